@@ -1,0 +1,282 @@
+"""Configuration: a tree of dataclasses with defaults, loaded from YAML plus dotted overrides.
+
+YAML files hold only what differs from the defaults below. Unknown keys are errors that name
+the key, the file and the closest valid key; values are checked against the field's type.
+
+    config = load_config("configs/cityscapes_resnet50.yaml", ["train.batch_size=8"])
+    save_config(config, "runs/x/config.yaml")
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A configuration file or override that cannot be applied."""
+
+
+@dataclass
+class BackboneConfig:
+    """The regular stream.
+
+    name: `small` (trains in minutes on a CPU), `resnet50`, `resnet101`, `wrn38`,
+        `mobilenetv2`.
+    weights: "" (random init), "imagenet" (through `keras.applications`, needs network once)
+        or a path to a local `.weights.h5` / `.keras` file.
+    """
+
+    name: str = "small"
+    output_stride: int = 8
+    weights: str = ""
+    width_multiplier: float = 1.0
+    base_width: int = 16
+    dropout: bool = True
+
+
+@dataclass
+class ModelConfig:
+    """The Gated-SCNN network (REFERENCE.md section 1)."""
+
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    shape_stream: bool = True
+    shape_stream_stride: int = 1
+    gate: str = "reference"
+    image_gradients: str = "canny"
+    canny_low: float = 10.0
+    canny_high: float = 100.0
+    canny_max_steps: int = 0
+    aspp_channels: int = 256
+    aspp_rates: list[int] = field(default_factory=lambda: [6, 12, 18])
+    decoder_channels: int = 256
+    skip_channels: int = 48
+    compat: str = "none"
+
+
+@dataclass
+class SyntheticConfig:
+    """Procedurally drawn scenes (the built-in default dataset)."""
+
+    num_train: int = 300
+    num_val: int = 60
+    height: int = 128
+    width: int = 128
+    seed: int = 0
+
+
+@dataclass
+class DataConfig:
+    """Datasets and the tf.data pipeline (REFERENCE.md sections 4 and 5)."""
+
+    dataset: str = "synthetic"
+    root: str = ""
+    train_split: str = "train"
+    val_split: str = "val"
+    ignore_label: int = 255
+    crop_size: list[int] = field(default_factory=lambda: [128, 128])
+    scale_range: list[float] = field(default_factory=lambda: [0.5, 2.0])
+    hflip: bool = True
+    color_jitter: float = 0.25
+    blur_prob: float = 0.5
+    blur_sigma: list[float] = field(default_factory=lambda: [0.15, 1.3])
+    edge_radius: int = 2
+    class_uniform_fraction: float = 0.0
+    class_uniform_classes: list[int] = field(default_factory=list)
+    shuffle_buffer: int = 256
+    skip_corrupt: bool = False
+    deterministic: bool = False
+    seed: int = 0
+    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+
+
+@dataclass
+class LossConfig:
+    """The four Gated-SCNN loss terms and their weights (REFERENCE.md section 2)."""
+
+    lambda_edge: float = 20.0
+    lambda_seg: float = 1.0
+    lambda_att: float = 1.0
+    lambda_dual: float = 1.0
+    class_weighting: str = "none"
+    class_weights: list[float] = field(default_factory=list)
+    attention_threshold: float = 0.8
+    dual_tau: float = 1.0
+    dual_sigma: float = 1.0
+
+
+@dataclass
+class TrainConfig:
+    """The training loop, optimiser and run directory (REFERENCE.md section 5)."""
+
+    run_dir: str = "runs/synthetic"
+    strategy: str = "auto"
+    sync_batch_norm: bool = True
+    batch_size: int = 8
+    steps: int = 1500
+    optimizer: str = "sgd"
+    learning_rate: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    poly_power: float = 1.0
+    warmup_steps: int = 0
+    mixed_precision: bool = False
+    xla: bool = False
+    clip_norm: float = 0.0
+    checkpoint_every: int = 250
+    keep_checkpoints: int = 3
+    val_every: int = 500
+    log_every: int = 25
+    image_every: int = 250
+    seed: int = 0
+
+
+@dataclass
+class EvalConfig:
+    """The evaluation protocol (REFERENCE.md section 6)."""
+
+    tolerances: list[int] = field(default_factory=lambda: [3, 5, 9, 12])
+    reference_height: int = 1024
+    crop_factors: list[int] = field(default_factory=lambda: [0, 100, 200, 300, 400])
+    flip: bool = False
+    scales: list[float] = field(default_factory=lambda: [1.0])
+    window: list[int] = field(default_factory=list)
+    window_overlap: float = 0.33
+
+
+@dataclass
+class ExportConfig:
+    """SavedModel and TFLite export."""
+
+    model_name: str = "gscnn"
+    version: int = 1
+    tflite_size: list[int] = field(default_factory=lambda: [512, 1024])
+    quantize: str = "none"
+    representative_images: int = 32
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _convert(value: Any, tp: Any, where: str) -> Any:
+    """Checks `value` against the annotation `tp`, converting ints to floats and the like."""
+    origin = typing.get_origin(tp)
+    if origin is typing.Union:
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if value is None:
+            return None
+        return _convert(value, args[0], where)
+    if origin is list:
+        (item_tp,) = typing.get_args(tp)
+        if isinstance(value, tuple):
+            value = list(value)
+        if not isinstance(value, list):
+            raise ConfigError(f"{where}: expected a list of {_type_name(item_tp)}, got {value!r}")
+        return [_convert(v, item_tp, f"{where}[{i}]") for i, v in enumerate(value)]
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+    elif tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif tp is str:
+        if isinstance(value, str):
+            return value
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return str(value)
+    raise ConfigError(f"{where}: expected {_type_name(tp)}, got {value!r} ({type(value).__name__})")
+
+
+def _apply(node: Any, values: dict, prefix: str, source: str) -> None:
+    """Recursively sets `values` (a nested dict) on the dataclass `node`."""
+    if not isinstance(values, dict):
+        raise ConfigError(f"{source}: '{prefix or '<root>'}' must be a mapping, got {values!r}")
+    hints = typing.get_type_hints(type(node))
+    names = [f.name for f in dataclasses.fields(node)]
+    for key, value in values.items():
+        dotted = f"{prefix}{key}"
+        if key not in names:
+            close = difflib.get_close_matches(str(key), names, n=1, cutoff=0.0)
+            hint = f"; did you mean '{prefix}{close[0]}'?" if close else ""
+            raise ConfigError(f"{source}: unknown key '{dotted}'{hint} (valid: {', '.join(names)})")
+        current = getattr(node, key)
+        if dataclasses.is_dataclass(current):
+            _apply(current, value, f"{dotted}.", source)
+        else:
+            setattr(node, key, _convert(value, hints[key], f"{source}: '{dotted}'"))
+
+
+def _parse_override(text: str) -> dict:
+    if "=" not in text:
+        raise ConfigError(f"override '{text}': expected the form a.b=value")
+    key, raw = text.split("=", 1)
+    value = yaml.safe_load(raw) if raw.strip() else ""
+    nested: dict = {}
+    cursor = nested
+    parts = key.strip().split(".")
+    for part in parts[:-1]:
+        cursor = cursor.setdefault(part, {})
+    cursor[parts[-1]] = value
+    return nested
+
+
+def config_from_dict(values: dict, source: str = "<dict>") -> Config:
+    config = Config()
+    _apply(config, values or {}, "", source)
+    return config
+
+
+def load_config(path: Optional[str | os.PathLike] = None, overrides=()) -> Config:
+    """Reads a YAML config (differences from the defaults) and applies `a.b=value` overrides."""
+    config = Config()
+    if path:
+        path = os.fspath(path)
+        if not os.path.isfile(path):
+            raise ConfigError(f"config file not found: {path}")
+        with open(path, encoding="utf-8") as f:
+            try:
+                values = yaml.safe_load(f)
+            except yaml.YAMLError as e:
+                raise ConfigError(f"{path}: not valid YAML: {e}") from e
+        _apply(config, values or {}, "", path)
+    for text in overrides:
+        _apply(config, _parse_override(text), "", f"override '{text}'")
+    return config
+
+
+def save_config(config: Config, path: str | os.PathLike) -> None:
+    """Writes the full config as YAML, atomically (a temporary file, then rename)."""
+    path = os.fspath(path)
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    tmp = f"{path}.tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(config.to_yaml())
+    os.replace(tmp, path)
