@@ -58,6 +58,7 @@ class ModelConfig:
     decoder_channels: int = 256
     skip_channels: int = 48
     compat: str = "none"
+    sync_batch_norm: bool = True
 
 
 @dataclass
@@ -117,7 +118,6 @@ class TrainConfig:
 
     run_dir: str = "runs/synthetic"
     strategy: str = "auto"
-    sync_batch_norm: bool = True
     batch_size: int = 8
     steps: int = 1500
     optimizer: str = "sgd"

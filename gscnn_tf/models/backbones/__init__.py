@@ -1,0 +1,36 @@
+"""Regular-stream backbones. Each builder takes the `BackboneConfig` and the normalised
+image tensor [B, H, W, 3] of a functional graph and returns the taps
+`{"stem", "skip", "gate1", "gate2", "gate3", "out"}` (REFERENCE.md section 1)."""
+
+from __future__ import annotations
+
+import importlib
+
+TAPS = ("stem", "skip", "gate1", "gate2", "gate3", "out")
+
+_BUILDERS = {
+    "small": "gscnn_tf.models.backbones.small",
+    "resnet50": "gscnn_tf.models.backbones.resnet",
+    "resnet101": "gscnn_tf.models.backbones.resnet",
+    "wrn38": "gscnn_tf.models.backbones.wider_resnet",
+    "mobilenetv2": "gscnn_tf.models.backbones.mobilenet",
+}
+
+
+def build_backbone(config, x, batch_norm_kwargs=None):
+    """Builds the backbone named by `config.name` on `x`; returns the dict of taps.
+
+    `batch_norm_kwargs` (synchronized, epsilon, momentum) apply to every BatchNormalization.
+    """
+    if config.name not in _BUILDERS:
+        raise ValueError(
+            f"model.backbone.name '{config.name}': expected one of {', '.join(_BUILDERS)}")
+    if config.output_stride not in (8, 16):
+        raise ValueError(
+            f"model.backbone.output_stride {config.output_stride}: expected 8 or 16")
+    module = importlib.import_module(_BUILDERS[config.name])
+    taps = module.build(config, x, dict(batch_norm_kwargs or {}))
+    missing = [t for t in TAPS if t not in taps]
+    if missing:
+        raise ValueError(f"backbone '{config.name}' did not return taps {missing}")
+    return taps
