@@ -1,0 +1,197 @@
+"""Canny edge detection in pure TensorFlow, equal to OpenCV's `cv2.Canny(img, low, high)`
+(aperture 3, L1 gradient), pixel for pixel.
+
+The rules that make it exact are measured in `docs/CANNY.md`: OpenCV 5's fixed-point
+grayscale, replicate-border 3x3 Sobel, L1 magnitude, non-maximum suppression with the Q15
+tan(22.5 deg) sector tests and OpenCV's asymmetric comparisons (zero magnitude outside the
+image), strict thresholds and 8-connected hysteresis run to convergence in a `tf.while_loop`.
+Everything is TF ops with dynamic height and width, so it runs inside `tf.function`, a Keras
+functional model (through the `Canny` layer), SavedModel and TFLite (builtin ops only).
+"""
+
+from __future__ import annotations
+
+import keras
+import tensorflow as tf
+
+from gscnn_tf.ops.filters import sobel
+
+# OpenCV 5 RGB -> gray in Q15: (9798 R + 19235 G + 3735 B + 2^14) >> 15.
+_GRAY_WEIGHTS = (9798.0, 19235.0, 3735.0)
+_Q15 = 32768.0
+_TG22_Q15 = 13573.0  # round(tan(22.5 deg) * 2^15)
+
+STEP_FORMS = ("bool", "pool")
+CHANNEL_MODES = ("gray", "max")
+
+
+def to_uint8_values(image: tf.Tensor) -> tf.Tensor:
+    """uint8 or float `[B, H, W, C]` -> float32 holding integers 0..255. Floats are rounded
+    half to even (OpenCV's `saturate_cast<uchar>`) and clipped to 0..255."""
+    if image.dtype == tf.uint8:
+        return tf.cast(image, tf.float32)
+    if not image.dtype.is_floating:
+        raise ValueError(f"canny image dtype {image.dtype.name}: expected uint8 or float")
+    return tf.clip_by_value(tf.round(tf.cast(image, tf.float32)), 0.0, 255.0)
+
+
+def rgb_to_gray(image: tf.Tensor) -> tf.Tensor:
+    """RGB `[B, H, W, 3]` float32 integer values 0..255 -> `[B, H, W, 1]` gray exactly as
+    OpenCV 5's `COLOR_RGB2GRAY` rounds it (every intermediate is an integer below 2^24, so
+    float32 is exact)."""
+    r, g, b = tf.split(image, 3, axis=-1)
+    wr, wg, wb = _GRAY_WEIGHTS
+    q = wr * r + wg * g + wb * b + _Q15 / 2.0
+    return tf.floor(q / _Q15)
+
+
+def _gradients(image: tf.Tensor, channels: str) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+    """Returns (dx, dy, L1 magnitude), each `[B, H, W]` float32."""
+    c = image.shape[-1]
+    if channels == "gray":
+        x = rgb_to_gray(image) if c == 3 else image
+        dx, dy = sobel(x, padding="replicate")
+        dx, dy = dx[..., 0], dy[..., 0]
+        return dx, dy, tf.abs(dx) + tf.abs(dy)
+    # "max": OpenCV's multi-channel rule, per pixel the channel with the largest magnitude,
+    # the first (lowest-index) channel winning ties.
+    dxs, dys = sobel(image, padding="replicate")
+    mags = tf.abs(dxs) + tf.abs(dys)
+    dx, dy, mag = dxs[..., 0], dys[..., 0], mags[..., 0]
+    for k in range(1, c):
+        take = mags[..., k] > mag
+        dx = tf.where(take, dxs[..., k], dx)
+        dy = tf.where(take, dys[..., k], dy)
+        mag = tf.where(take, mags[..., k], mag)
+    return dx, dy, mag
+
+
+def _non_max_suppression(dx: tf.Tensor, dy: tf.Tensor, mag: tf.Tensor) -> tf.Tensor:
+    """Boolean `[B, H, W]`: pixels that are local maxima across the gradient direction,
+    with OpenCV's sector tests and comparisons; magnitude is 0 outside the image."""
+    p = tf.pad(mag, [[0, 0], [1, 1], [1, 1]])
+    up, down = p[:, :-2, 1:-1], p[:, 2:, 1:-1]
+    left, right = p[:, 1:-1, :-2], p[:, 1:-1, 2:]
+    up_left, up_right = p[:, :-2, :-2], p[:, :-2, 2:]
+    down_left, down_right = p[:, 2:, :-2], p[:, 2:, 2:]
+    ax, ay = tf.abs(dx), tf.abs(dy)
+    tg22x = ax * _TG22_Q15
+    horizontal = ay * _Q15 < tg22x
+    vertical = (ay - 2.0 * ax) * _Q15 > tg22x
+    same_sign = tf.equal(dx < 0.0, dy < 0.0)
+    diag_a = tf.where(same_sign, up_left, up_right)
+    diag_b = tf.where(same_sign, down_right, down_left)
+    keep_h = tf.logical_and(mag > left, mag >= right)
+    keep_v = tf.logical_and(mag > up, mag >= down)
+    keep_d = tf.logical_and(mag > diag_a, mag > diag_b)
+    return tf.where(horizontal, keep_h, tf.where(vertical, keep_v, keep_d))
+
+
+def _dilate_bool(e: tf.Tensor) -> tf.Tensor:
+    """3x3 (8-connected) binary dilation of a boolean `[B, H, W]` map by shifted slices."""
+    p = tf.pad(tf.cast(e, tf.uint8), [[0, 0], [1, 1], [1, 1]]) > 0
+    rows = tf.logical_or(tf.logical_or(p[:, :, :-2], p[:, :, 1:-1]), p[:, :, 2:])
+    return tf.logical_or(tf.logical_or(rows[:, :-2], rows[:, 1:-1]), rows[:, 2:])
+
+
+def _hysteresis_step_fn(candidate: tf.Tensor, step_form: str):
+    """Returns (initial state from a strong map, step function, state -> bool map)."""
+    if step_form == "bool":
+        return (lambda s: s,
+                lambda e: tf.logical_and(_dilate_bool(e), candidate),
+                lambda e: e)
+    cand = tf.cast(candidate, tf.float32)[..., None]
+
+    def step(e):
+        return tf.nn.max_pool2d(e, ksize=3, strides=1, padding="SAME") * cand
+
+    return (lambda s: tf.cast(s, tf.float32)[..., None], step, lambda e: e[..., 0] > 0.5)
+
+
+def _hysteresis(strong: tf.Tensor, candidate: tf.Tensor, max_steps: int, step_form: str,
+                check_every: int) -> tf.Tensor:
+    """Grows `strong` 8-connectedly through `candidate` (both boolean `[B, H, W]`)."""
+    init, step, to_bool = _hysteresis_step_fn(candidate, step_form)
+    e = init(strong)
+    if max_steps > 0:
+        for _ in range(max_steps):
+            e = step(e)
+        return to_bool(e)
+
+    def body(e, _):
+        prev = e
+        for _ in range(check_every):
+            e = step(e)
+        grew = tf.reduce_any(tf.logical_and(to_bool(e), tf.logical_not(to_bool(prev))))
+        return e, grew
+
+    e, _ = tf.while_loop(lambda e, grew: grew, body, (e, tf.constant(True)),
+                         parallel_iterations=1)
+    return to_bool(e)
+
+
+def canny(image, low: float = 10.0, high: float = 100.0, max_steps: int = 0,
+          step_form: str = "bool", channels: str = "gray", check_every: int = 4) -> tf.Tensor:
+    """Canny edges equal to OpenCV's `cv2.Canny` (aperture 3, L1 gradient).
+
+    Args:
+      image: uint8 or float `[B, H, W, C]`, C = 1 (gray) or 3 (RGB). Float values are taken
+        as 0..255, rounded half to even and clipped to uint8 values first.
+      low, high: hysteresis thresholds on the L1 gradient magnitude (strict: a pixel is a
+        candidate when magnitude > low and strong when magnitude > high).
+      max_steps: 0 runs hysteresis to convergence in a `tf.while_loop` (exact). A positive
+        value unrolls exactly that many growth steps and emits no WHILE op (for GPU delegates
+        that reject it); edges farther than `max_steps` pixels along a chain from a strong
+        pixel are then missed (benchmarks/results/canny.md gives the agreement figures).
+      step_form: "bool" (shifted-slice boolean OR, fastest in TF) or "pool" (3x3 float
+        max-pool, fastest in TFLite). Both give identical results.
+      channels: "gray" = `cv2.Canny` on the grayscale image (OpenCV 5 RGB -> gray rounding,
+        C = 3 taken as RGB); "max" = `cv2.Canny` on the C-channel image itself: per pixel the
+        channel with the largest magnitude (first channel on ties) supplies dx and dy.
+      check_every: growth steps between convergence checks of the while loop.
+
+    Returns:
+      float32 `[B, H, W, 1]` in {0, 1}.
+    """
+    if step_form not in STEP_FORMS:
+        raise ValueError(f"canny step_form '{step_form}': expected one of {STEP_FORMS}")
+    if channels not in CHANNEL_MODES:
+        raise ValueError(f"canny channels '{channels}': expected one of {CHANNEL_MODES}")
+    if max_steps < 0 or check_every < 1:
+        raise ValueError(f"canny max_steps {max_steps} / check_every {check_every}: expected "
+                         "max_steps >= 0 and check_every >= 1")
+    image = tf.convert_to_tensor(image)
+    if image.shape.rank != 4 or image.shape[-1] not in (1, 3):
+        raise ValueError(f"canny image shape {image.shape}: expected [B, H, W, 1 or 3]")
+    x = to_uint8_values(image)
+    dx, dy, mag = _gradients(x, channels)
+    local_max = _non_max_suppression(dx, dy, mag)
+    candidate = tf.logical_and(local_max, mag > float(low))
+    strong = tf.logical_and(local_max, mag > float(high))
+    edges = _hysteresis(strong, candidate, int(max_steps), step_form, int(check_every))
+    return tf.cast(edges, tf.float32)[..., None]
+
+
+@keras.saving.register_keras_serializable(package="gscnn_tf")
+class Canny(keras.layers.Layer):
+    """Keras layer wrapping `canny` (no weights): `[B, H, W, 1 or 3]` 0..255 ->
+    `[B, H, W, 1]` float32 {0, 1}; H and W may be None."""
+
+    def __init__(self, low=10.0, high=100.0, max_steps=0, step_form="bool", channels="gray",
+                 **kwargs):
+        kwargs.setdefault("trainable", False)
+        super().__init__(**kwargs)
+        self.low, self.high = float(low), float(high)
+        self.max_steps, self.step_form, self.channels = int(max_steps), step_form, channels
+
+    def call(self, image):
+        return canny(image, self.low, self.high, self.max_steps, self.step_form, self.channels)
+
+    def compute_output_shape(self, input_shape):
+        return tuple(input_shape[:-1]) + (1,)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(low=self.low, high=self.high, max_steps=self.max_steps,
+                      step_form=self.step_form, channels=self.channels)
+        return config
