@@ -1,0 +1,151 @@
+"""Reading one image/label pair with TF ops only, so bad files are named from inside tf.data.
+
+A decode error inside a `tf.data` map carries no file name. Here each file is decoded in a
+one-element dataset with `ignore_errors()`, followed by a sentinel element: an empty result
+means the file could not be read or decoded, and the caller then raises (or warns, with
+`skip_corrupt`) naming the file. Labels go through a 256-entry lookup table, raw value ->
+train id, where `OUT_OF_RANGE` marks values outside the dataset's classes; those pixels become
+ignore and are counted in a warning printed (by `tf.print`, to stderr) with the file name.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import tensorflow as tf
+
+OUT_OF_RANGE = -1
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+class DataError(ValueError):
+    """A dataset that cannot be used as it is: the message names the file or folder."""
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """What consumers need to know about a dataset's classes.
+
+    palette: uint8 [num_classes, 3] RGB colours; ignore_label: the label value for "no class"
+    in the pipeline's output (255 by default).
+    """
+
+    num_classes: int
+    class_names: tuple
+    palette: np.ndarray
+    ignore_label: int
+
+
+def lookup_table(values: dict, ignore_values=(), ignore_label: int = 255) -> np.ndarray:
+    """A [256] int32 table: `values` {raw value: train id}, `ignore_values` -> ignore_label,
+    every other raw value -> OUT_OF_RANGE."""
+    table = np.full([256], OUT_OF_RANGE, np.int32)
+    for raw in ignore_values:
+        table[raw] = ignore_label
+    for raw, train_id in values.items():
+        table[raw] = train_id
+    return table
+
+
+def _decode_image(path):
+    image = tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
+    return tf.ensure_shape(image, [None, None, 3]), tf.constant(b"")
+
+
+def _decode_label(path):
+    contents = tf.io.read_file(path)
+    labels = tf.io.decode_png(contents, channels=1)[:, :, 0]
+    return labels, tf.strings.substr(contents, 0, 26)
+
+
+def _try_decode(path, decode_fn, empty):
+    """One element (decoded, header, ok): ok is False when the file can't be read/decoded."""
+    good = tf.data.Dataset.from_tensors(path).map(decode_fn).ignore_errors()
+    good = good.map(lambda x, header: (x, header, True))
+    bad = tf.data.Dataset.from_tensors((empty, tf.constant(b""), False))
+    return good.concatenate(bad).take(1)
+
+
+def _fail_or_warn(ok, path, what, skip_corrupt):
+    message = tf.strings.join([f"corrupt or unreadable {what} file: ", path,
+                               " (expected a readable PNG or JPEG)"])
+    if skip_corrupt:
+        return tf.cond(ok, tf.no_op,
+                       lambda: tf.print("gscnn_tf.data WARNING: skipping", message))
+    return tf.debugging.Assert(ok, [message])
+
+
+def _check_label_format(header, path):
+    """An 8-bit single-channel PNG: other kinds (palette, RGB, 16-bit) would decode to
+    values that are not class ids."""
+    is_png = tf.equal(tf.strings.substr(header, 0, 8), _PNG_SIGNATURE)
+    depth_and_type = tf.strings.substr(header, 24, 2)
+    good = tf.logical_and(is_png, tf.equal(depth_and_type, b"\x08\x00"))
+    message = tf.strings.join([
+        "label file ", path, " is not an 8-bit single-channel PNG (got PNG bit depth/colour "
+        "type bytes ", tf.strings.as_string(tf.io.decode_raw(depth_and_type, tf.uint8)),
+        "; palette, RGB, 16-bit and JPEG masks are not supported): expected class ids as "
+        "8-bit grayscale"])
+    return tf.debugging.Assert(good, [message])
+
+
+def _map_labels(raw, table, path, ignore_label):
+    """uint8 [H, W] raw values -> int32 train ids; out-of-range values -> ignore + warning."""
+    labels = tf.gather(table, tf.cast(raw, tf.int32))
+    bad = tf.equal(labels, OUT_OF_RANGE)
+    count = tf.reduce_sum(tf.cast(bad, tf.int32))
+    warn = tf.cond(
+        count > 0,
+        lambda: tf.print("gscnn_tf.data WARNING:", path, ":", count,
+                         "pixels with values outside the dataset's classes (e.g.",
+                         tf.boolean_mask(raw, bad)[0], ") set to ignore", ignore_label),
+        tf.no_op)
+    with tf.control_dependencies([warn]):
+        return tf.where(bad, ignore_label, labels)
+
+
+def decode_pair_dataset(image_path, label_path, table, skip_corrupt=False, ignore_label=255):
+    """A dataset of one element (image uint8 [H, W, 3], labels int32 [H, W]) for one pair,
+    or of none when a file is corrupt and `skip_corrupt` is set.
+
+    table: int32 [256] raw label value -> train id (see `lookup_table`). Raises
+    InvalidArgumentError naming the file for a corrupt file (without `skip_corrupt`), a label
+    file that is not an 8-bit single-channel PNG, or an image/label size mismatch.
+    """
+    images = _try_decode(image_path, _decode_image, tf.zeros([0, 0, 3], tf.uint8))
+    labels = _try_decode(label_path, _decode_label, tf.zeros([0, 0], tf.uint8))
+
+    def check(image_item, label_item):
+        image, _, image_ok = image_item
+        raw, header, label_ok = label_item
+        checks = [_fail_or_warn(image_ok, image_path, "image", skip_corrupt),
+                  _fail_or_warn(label_ok, label_path, "label", skip_corrupt)]
+        ok = tf.logical_and(image_ok, label_ok)
+        with tf.control_dependencies(checks):
+            ok = tf.identity(ok)
+        return image, raw, header, ok
+
+    def finish(image, raw, header, ok):
+        image_hw, label_hw = tf.shape(image)[:2], tf.shape(raw)
+        same = tf.reduce_all(tf.equal(image_hw, label_hw))
+        message = tf.strings.join([
+            "image and label sizes differ: ", image_path, " is ",
+            tf.strings.reduce_join(tf.strings.as_string(image_hw), separator="x"), ", ",
+            label_path, " is ",
+            tf.strings.reduce_join(tf.strings.as_string(label_hw), separator="x")])
+        checks = [_check_label_format(header, label_path), tf.debugging.Assert(same, [message])]
+        with tf.control_dependencies(checks):
+            return tf.identity(image), _map_labels(raw, table, label_path, ignore_label)
+
+    pair = tf.data.Dataset.zip((images, labels)).map(check)
+    return pair.filter(lambda image, raw, header, ok: ok).map(finish)
+
+
+def load_example(image_path, label_path, table, ignore_label: int = 255):
+    """(image float32 [H, W, 3] RGB 0..255, labels int32 [H, W]) for one pair; errors name the
+    file. Works eagerly (evaluation, prediction) and inside tf.data."""
+    dataset = decode_pair_dataset(image_path, label_path, tf.constant(table, tf.int32),
+                                  ignore_label=ignore_label)
+    image, labels = dataset.get_single_element()
+    return tf.cast(image, tf.float32), labels

@@ -1,0 +1,160 @@
+"""The tf.data input pipeline: files -> decoded, label-mapped, augmented, edge-annotated batches.
+
+    dataset = build_dataset(config, "train", training=True, batch_size=8)
+    for image, targets in dataset:   # float32 [B, H, W, 3] 0..255; targets["labels"] int32
+        ...                           # [B, H, W] (ignore 255), targets["edges"] f32 {0, 1}
+
+`data.dataset` picks the source: `synthetic` (generated into `data.root`, default
+data/synthetic, when missing), `folder` (see `gscnn_tf.data.folder`) or `cityscapes`.
+Only TF ops run per example. Training: every pass reshuffles the (sharded) file list, and
+example k of a worker's stream is augmented with the stateless seed (base, k * workers +
+worker): `data.deterministic` fixes the base at `data.seed` and makes the element order
+deterministic too. Edges (`label_edges`, `data.edge_radius`) are computed from the labels
+after augmentation.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import tensorflow as tf
+
+from gscnn_tf.data import augment, cityscapes, folder, synthetic
+from gscnn_tf.data.decode import DataError, DatasetInfo, decode_pair_dataset
+from gscnn_tf.data.decode import load_example as _load_example
+
+DATASETS = ("synthetic", "folder", "cityscapes")
+
+__all__ = ["DataError", "DatasetInfo", "build_dataset", "dataset_info", "label_tables",
+           "list_examples", "load_example"]
+
+
+def _dataset_name(config) -> str:
+    name = config.data.dataset
+    if name not in DATASETS:
+        raise DataError(f"data.dataset '{name}': expected one of {', '.join(DATASETS)}")
+    return name
+
+
+def dataset_info(config) -> DatasetInfo:
+    """num_classes, class_names, palette (uint8 [C, 3]) and ignore_label of the dataset."""
+    name, ignore = _dataset_name(config), config.data.ignore_label
+    if name == "cityscapes":
+        return cityscapes.info(ignore)
+    if name == "synthetic":
+        return DatasetInfo(len(synthetic.CLASSES), tuple(n for n, _ in synthetic.CLASSES),
+                           np.array([c for _, c in synthetic.CLASSES], np.uint8), ignore)
+    return folder.info(config.data.root, ignore)
+
+
+def label_tables(config) -> np.ndarray:
+    """int32 [T, 256]: raw label value -> train id, one row per label encoding."""
+    name, ignore = _dataset_name(config), config.data.ignore_label
+    if name == "cityscapes":
+        return cityscapes.label_tables(ignore)
+    root = synthetic.ensure_synthetic(config) if name == "synthetic" else config.data.root
+    return folder.label_tables(root, ignore)
+
+
+def _examples(config, split: str) -> list[tuple[str, str, int]]:
+    name = _dataset_name(config)
+    if name == "cityscapes":
+        return cityscapes.examples(config.data.root, split)
+    if name == "synthetic":
+        return folder.examples(synthetic.ensure_synthetic(config), split)
+    if not config.data.root:
+        raise DataError("data.dataset 'folder' needs data.root: a folder holding "
+                        "classes.yaml, images/<split>/ and masks/<split>/")
+    return folder.examples(config.data.root, split)
+
+
+def list_examples(config, split: str) -> list[tuple[str, str]]:
+    """Sorted (image path, label path) pairs of `split`; the order of the evaluation dataset
+    (`build_dataset(..., training=False)` without sharding)."""
+    return [(image, label) for image, label, _ in _examples(config, split)]
+
+
+def load_example(config, image_path: str, label_path: str):
+    """(image float32 [H, W, 3] RGB 0..255, labels int32 [H, W] train ids) of one pair, the
+    pipeline's decode and label mapping; errors name the file."""
+    row = cityscapes.table_row(label_path) if _dataset_name(config) == "cityscapes" else 0
+    return _load_example(image_path, label_path, label_tables(config)[row],
+                         config.data.ignore_label)
+
+
+def _base_seed(data_config) -> int:
+    if data_config.deterministic:
+        return data_config.seed
+    return int.from_bytes(os.urandom(4), "little") >> 1
+
+
+def _with_edges(image, labels, radius):
+    from gscnn_tf.data.edges import label_edges
+
+    return image, {"labels": labels, "edges": label_edges(labels, radius)}
+
+
+def build_dataset(config, split: str, training: bool, batch_size: int, input_context=None):
+    """A `tf.data.Dataset` of (image float32 [B, H, W, 3] 0..255,
+    {"labels": int32 [B, H, W], "edges": float32 [B, H, W]}).
+
+    training=True: endless, shuffled, augmented crops of `data.crop_size`, batches of exactly
+    `batch_size` (drop_remainder). training=False: one pass in `list_examples` order, no
+    augmentation, each image at its own size; a batch of images of different sizes is padded
+    to the largest (image 0, labels ignore, edges 0), so use batch_size 1 for exact full
+    images of varying sizes (Cityscapes images all have one size).
+    input_context (`tf.distribute.InputContext`): `batch_size` is then the global batch; this
+    pipeline reads only its shard of the files (disjoint between pipelines) and batches
+    `input_context.get_per_replica_batch_size(batch_size)`.
+    """
+    data = config.data
+    info = dataset_info(config)
+    examples = _examples(config, split)
+    tables = tf.constant(label_tables(config), tf.int32)
+    workers, worker = 1, 0
+    if input_context is not None:
+        workers, worker = input_context.num_input_pipelines, input_context.input_pipeline_id
+        batch_size = input_context.get_per_replica_batch_size(batch_size)
+    if len(examples) < workers:
+        raise DataError(f"split '{split}' has {len(examples)} examples, fewer than the "
+                        f"{workers} input pipelines that must each get some")
+    images, labels, rows = (list(column) for column in zip(*examples))
+    files = tf.data.Dataset.from_tensor_slices((images, labels, rows)).shard(workers, worker)
+    deterministic = data.deterministic or not training
+    options = tf.data.Options()
+    options.deterministic = deterministic
+
+    def decode(image_path, label_path, row):
+        return decode_pair_dataset(image_path, label_path, tf.gather(tables, row),
+                                   data.skip_corrupt, data.ignore_label)
+
+    if not training:
+        dataset = files.interleave(decode, num_parallel_calls=tf.data.AUTOTUNE,
+                                   deterministic=True)
+        dataset = dataset.map(lambda image, labels: _with_edges(
+            tf.cast(image, tf.float32), labels, data.edge_radius),
+            num_parallel_calls=tf.data.AUTOTUNE)
+        padding = (tf.constant(0.0), {"labels": tf.constant(data.ignore_label),
+                                      "edges": tf.constant(0.0)})
+        dataset = dataset.padded_batch(batch_size, padding_values=padding)
+        return dataset.prefetch(tf.data.AUTOTUNE).with_options(options)
+
+    base = _base_seed(data)
+    count = (len(examples) - worker + workers - 1) // workers
+    files = files.shuffle(count, seed=base if data.deterministic else None,
+                          reshuffle_each_iteration=True).repeat()
+
+    def decode_numbered(k, item):
+        return decode(*item).map(lambda image, labels: (k, image, labels))
+
+    def train_map(k, image, labels):
+        seed = tf.stack([tf.constant(base, tf.int64), k * workers + worker])
+        image, labels = augment.augment(image, labels, seed, data, info.num_classes)
+        return _with_edges(image, labels, data.edge_radius)
+
+    dataset = files.enumerate().interleave(decode_numbered, num_parallel_calls=tf.data.AUTOTUNE,
+                                           deterministic=deterministic)
+    dataset = dataset.map(train_map, num_parallel_calls=tf.data.AUTOTUNE)
+    dataset = dataset.batch(batch_size, drop_remainder=True)
+    return dataset.prefetch(tf.data.AUTOTUNE).with_options(options)
