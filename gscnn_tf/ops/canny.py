@@ -89,7 +89,7 @@ def _non_max_suppression(dx: tf.Tensor, dy: tf.Tensor, mag: tf.Tensor) -> tf.Ten
 
 def _dilate_bool(e: tf.Tensor) -> tf.Tensor:
     """3x3 (8-connected) binary dilation of a boolean `[B, H, W]` map by shifted slices."""
-    p = tf.pad(tf.cast(e, tf.uint8), [[0, 0], [1, 1], [1, 1]]) > 0
+    p = tf.pad(e, [[0, 0], [1, 1], [1, 1]])
     rows = tf.logical_or(tf.logical_or(p[:, :, :-2], p[:, :, 1:-1]), p[:, :, 2:])
     return tf.logical_or(tf.logical_or(rows[:, :-2], rows[:, 1:-1]), rows[:, 2:])
 
@@ -138,7 +138,8 @@ def canny(image, low: float = 10.0, high: float = 100.0, max_steps: int = 0,
       image: uint8 or float `[B, H, W, C]`, C = 1 (gray) or 3 (RGB). Float values are taken
         as 0..255, rounded half to even and clipped to uint8 values first.
       low, high: hysteresis thresholds on the L1 gradient magnitude (strict: a pixel is a
-        candidate when magnitude > low and strong when magnitude > high).
+        candidate when magnitude > low and strong when magnitude > high); swapped when
+        low > high, as OpenCV does.
       max_steps: 0 runs hysteresis to convergence in a `tf.while_loop` (exact). A positive
         value unrolls exactly that many growth steps and emits no WHILE op (for GPU delegates
         that reject it); edges farther than `max_steps` pixels along a chain from a strong
@@ -163,11 +164,12 @@ def canny(image, low: float = 10.0, high: float = 100.0, max_steps: int = 0,
     image = tf.convert_to_tensor(image)
     if image.shape.rank != 4 or image.shape[-1] not in (1, 3):
         raise ValueError(f"canny image shape {image.shape}: expected [B, H, W, 1 or 3]")
+    low, high = sorted((float(low), float(high)))
     x = to_uint8_values(image)
     dx, dy, mag = _gradients(x, channels)
     local_max = _non_max_suppression(dx, dy, mag)
-    candidate = tf.logical_and(local_max, mag > float(low))
-    strong = tf.logical_and(local_max, mag > float(high))
+    candidate = tf.logical_and(local_max, mag > low)
+    strong = tf.logical_and(local_max, mag > high)
     edges = _hysteresis(strong, candidate, int(max_steps), step_form, int(check_every))
     return tf.cast(edges, tf.float32)[..., None]
 
