@@ -51,18 +51,18 @@ def _gradients(image: tf.Tensor, channels: str) -> tuple[tf.Tensor, tf.Tensor, t
     if channels == "gray":
         x = rgb_to_gray(image) if c == 3 else image
         dx, dy = sobel(x, padding="replicate")
-        dx, dy = dx[..., 0], dy[..., 0]
+        dx, dy = tf.squeeze(dx, -1), tf.squeeze(dy, -1)
         return dx, dy, tf.abs(dx) + tf.abs(dy)
     # "max": OpenCV's multi-channel rule, per pixel the channel with the largest magnitude,
     # the first (lowest-index) channel winning ties.
-    dxs, dys = sobel(image, padding="replicate")
-    mags = tf.abs(dxs) + tf.abs(dys)
-    dx, dy, mag = dxs[..., 0], dys[..., 0], mags[..., 0]
+    dxs, dys = (tf.unstack(d, axis=-1) for d in sobel(image, padding="replicate"))
+    mags = [tf.abs(a) + tf.abs(b) for a, b in zip(dxs, dys)]
+    dx, dy, mag = dxs[0], dys[0], mags[0]
     for k in range(1, c):
-        take = mags[..., k] > mag
-        dx = tf.where(take, dxs[..., k], dx)
-        dy = tf.where(take, dys[..., k], dy)
-        mag = tf.where(take, mags[..., k], mag)
+        take = mags[k] > mag
+        dx = tf.where(take, dxs[k], dx)
+        dy = tf.where(take, dys[k], dy)
+        mag = tf.where(take, mags[k], mag)
     return dx, dy, mag
 
 
@@ -100,12 +100,13 @@ def _hysteresis_step_fn(candidate: tf.Tensor, step_form: str):
         return (lambda s: s,
                 lambda e: tf.logical_and(_dilate_bool(e), candidate),
                 lambda e: e)
-    cand = tf.cast(candidate, tf.float32)[..., None]
+    cand = tf.expand_dims(tf.cast(candidate, tf.float32), -1)
 
     def step(e):
         return tf.nn.max_pool2d(e, ksize=3, strides=1, padding="SAME") * cand
 
-    return (lambda s: tf.cast(s, tf.float32)[..., None], step, lambda e: e[..., 0] > 0.5)
+    return (lambda s: tf.expand_dims(tf.cast(s, tf.float32), -1), step,
+            lambda e: tf.squeeze(e, -1) > 0.5)
 
 
 def _hysteresis(strong: tf.Tensor, candidate: tf.Tensor, max_steps: int, step_form: str,
@@ -171,7 +172,7 @@ def canny(image, low: float = 10.0, high: float = 100.0, max_steps: int = 0,
     candidate = tf.logical_and(local_max, mag > low)
     strong = tf.logical_and(local_max, mag > high)
     edges = _hysteresis(strong, candidate, int(max_steps), step_form, int(check_every))
-    return tf.cast(edges, tf.float32)[..., None]
+    return tf.expand_dims(tf.cast(edges, tf.float32), -1)
 
 
 @keras.saving.register_keras_serializable(package="gscnn_tf")
