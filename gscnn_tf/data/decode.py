@@ -71,8 +71,8 @@ def _fail_or_warn(ok, path, what, skip_corrupt):
     message = tf.strings.join([f"corrupt or unreadable {what} file: ", path,
                                " (expected a readable PNG or JPEG)"])
     if skip_corrupt:
-        return tf.cond(ok, tf.no_op,
-                       lambda: tf.print("gscnn_tf.data WARNING: skipping", message))
+        return tf.cond(ok, tf.no_op, lambda: tf.print(
+            tf.strings.join(["gscnn_tf.data WARNING: skipping ", message])))
     return tf.debugging.Assert(ok, [message])
 
 
@@ -97,9 +97,11 @@ def _map_labels(raw, table, path, ignore_label):
     count = tf.reduce_sum(tf.cast(bad, tf.int32))
     warn = tf.cond(
         count > 0,
-        lambda: tf.print("gscnn_tf.data WARNING:", path, ":", count,
-                         "pixels with values outside the dataset's classes (e.g.",
-                         tf.boolean_mask(raw, bad)[0], ") set to ignore", ignore_label),
+        lambda: tf.print(tf.strings.join([
+            "gscnn_tf.data WARNING: ", path, ": ", tf.strings.as_string(count),
+            " pixels with values outside the dataset's classes (e.g. ",
+            tf.strings.as_string(tf.boolean_mask(raw, bad)[0]),
+            f") set to ignore {ignore_label}"])),
         tf.no_op)
     with tf.control_dependencies([warn]):
         return tf.where(bad, ignore_label, labels)

@@ -37,6 +37,16 @@ def _dataset_name(config) -> str:
     return name
 
 
+def _folder_root(config) -> str:
+    """The root of a folder-format dataset; the synthetic one is generated when missing."""
+    if config.data.dataset == "synthetic":
+        return synthetic.ensure_synthetic(config)
+    if not config.data.root:
+        raise DataError("data.dataset 'folder' needs data.root: a folder holding "
+                        "classes.yaml, images/<split>/ and masks/<split>/")
+    return config.data.root
+
+
 def dataset_info(config) -> DatasetInfo:
     """num_classes, class_names, palette (uint8 [C, 3]) and ignore_label of the dataset."""
     name, ignore = _dataset_name(config), config.data.ignore_label
@@ -45,7 +55,7 @@ def dataset_info(config) -> DatasetInfo:
     if name == "synthetic":
         return DatasetInfo(len(synthetic.CLASSES), tuple(n for n, _ in synthetic.CLASSES),
                            np.array([c for _, c in synthetic.CLASSES], np.uint8), ignore)
-    return folder.info(config.data.root, ignore)
+    return folder.info(_folder_root(config), ignore)
 
 
 def label_tables(config) -> np.ndarray:
@@ -53,20 +63,14 @@ def label_tables(config) -> np.ndarray:
     name, ignore = _dataset_name(config), config.data.ignore_label
     if name == "cityscapes":
         return cityscapes.label_tables(ignore)
-    root = synthetic.ensure_synthetic(config) if name == "synthetic" else config.data.root
-    return folder.label_tables(root, ignore)
+    return folder.label_tables(_folder_root(config), ignore)
 
 
 def _examples(config, split: str) -> list[tuple[str, str, int]]:
     name = _dataset_name(config)
     if name == "cityscapes":
         return cityscapes.examples(config.data.root, split)
-    if name == "synthetic":
-        return folder.examples(synthetic.ensure_synthetic(config), split)
-    if not config.data.root:
-        raise DataError("data.dataset 'folder' needs data.root: a folder holding "
-                        "classes.yaml, images/<split>/ and masks/<split>/")
-    return folder.examples(config.data.root, split)
+    return folder.examples(_folder_root(config), split)
 
 
 def list_examples(config, split: str) -> list[tuple[str, str]]:
