@@ -74,7 +74,14 @@ class SyntheticConfig:
 
 @dataclass
 class DataConfig:
-    """Datasets and the tf.data pipeline (REFERENCE.md sections 4 and 5)."""
+    """Datasets and the tf.data pipeline (REFERENCE.md sections 4 and 5).
+
+    dataset: `synthetic` (generated into `root`, default data/synthetic), `folder` or
+        `cityscapes` (root: `root` or $CITYSCAPES_DATASET). Training reshuffles the whole
+        file list every pass. class_uniform_fraction: share of crops centred on a pixel of a
+        class drawn uniformly among those present (restricted to class_uniform_classes when
+        given). deterministic: fixed augmentation seeds (`seed`) and element order.
+    """
 
     dataset: str = "synthetic"
     root: str = ""
@@ -90,7 +97,6 @@ class DataConfig:
     edge_radius: int = 2
     class_uniform_fraction: float = 0.0
     class_uniform_classes: list[int] = field(default_factory=list)
-    shuffle_buffer: int = 256
     skip_corrupt: bool = False
     deterministic: bool = False
     seed: int = 0
