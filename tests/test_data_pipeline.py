@@ -239,3 +239,35 @@ def test_wrong_or_empty_root_errors(tmp_path, case, message):
     config = load_config(None, ["data.dataset=folder", f"data.root={root}", *overrides])
     with pytest.raises(DataError, match=message):
         pipeline.build_dataset(config, "train", True, 1)
+
+
+def test_load_image_decodes_and_names_bad_files(tmp_path):
+    path = str(tmp_path / "x.png")
+    cv2.imwrite(path, np.full((5, 7, 3), (1, 2, 3), np.uint8))
+    image = pipeline.load_image(path)
+    assert image.dtype == tf.float32 and image.shape == (5, 7, 3)
+    np.testing.assert_array_equal(image[0, 0].numpy(), [3, 2, 1])
+    (tmp_path / "bad.jpg").write_bytes(b"\xff\xd8garbage")
+    with pytest.raises(tf.errors.InvalidArgumentError, match="unreadable image file: .*bad.jpg"):
+        pipeline.load_image(str(tmp_path / "bad.jpg"))
+
+
+def test_distribute_datasets_from_function_under_mirrored_strategy(tmp_path):
+    write_folder(str(tmp_path), count=6, size=(12, 12))
+    config = folder_config(tmp_path, "data.crop_size=[8, 8]", "data.deterministic=true")
+    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    dataset = strategy.distribute_datasets_from_function(
+        lambda context: pipeline.build_dataset(config, "train", True, 4, context))
+    image, targets = next(iter(dataset))
+    local = strategy.experimental_local_results(image)
+    assert len(local) == 2 and all(x.shape == (2, 8, 8, 3) for x in local)
+    assert all(t.shape == (2, 8, 8) for t in strategy.experimental_local_results(
+        targets["labels"]))
+
+
+def test_nondeterministic_mode_draws_a_fresh_seed(tmp_path):
+    write_folder(str(tmp_path), count=2, size=(24, 24))
+    config = folder_config(tmp_path, "data.crop_size=[16, 16]")
+    first = _take(pipeline.build_dataset(config, "train", True, 2), 2)
+    second = _take(pipeline.build_dataset(config, "train", True, 2), 2)
+    assert any(not np.array_equal(a[0], b[0]) for a, b in zip(first, second))

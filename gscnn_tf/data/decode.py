@@ -151,3 +151,13 @@ def load_example(image_path, label_path, table, ignore_label: int = 255):
                                   ignore_label=ignore_label)
     image, labels = dataset.get_single_element()
     return tf.cast(image, tf.float32), labels
+
+
+def load_image(path):
+    """float32 [H, W, 3] RGB 0..255 of a PNG/JPEG (grey and RGBA converted); an unreadable
+    or corrupt file raises InvalidArgumentError naming it."""
+    image, _, ok = _try_decode(tf.convert_to_tensor(path), _decode_image,
+                               tf.zeros([0, 0, 3], tf.uint8)).get_single_element()
+    tf.debugging.Assert(ok, [tf.strings.join(["corrupt or unreadable image file: ", path,
+                                              " (expected a readable PNG or JPEG)"])])
+    return tf.cast(image, tf.float32)

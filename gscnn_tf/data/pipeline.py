@@ -21,13 +21,13 @@ import numpy as np
 import tensorflow as tf
 
 from gscnn_tf.data import augment, cityscapes, folder, synthetic
-from gscnn_tf.data.decode import DataError, DatasetInfo, decode_pair_dataset
+from gscnn_tf.data.decode import DataError, DatasetInfo, decode_pair_dataset, load_image
 from gscnn_tf.data.decode import load_example as _load_example
 
 DATASETS = ("synthetic", "folder", "cityscapes")
 
 __all__ = ["DataError", "DatasetInfo", "build_dataset", "dataset_info", "label_tables",
-           "list_examples", "load_example"]
+           "list_examples", "load_example", "load_image"]
 
 
 def _dataset_name(config) -> str:
