@@ -19,19 +19,14 @@ PAD_VALUE = 0.0
 BLUR_LEVELS = 8  # random blur sigmas are rounded to this many levels (static kernels)
 
 
-def _axis_sampling(offset, out_size, in_size, scaled_size):
-    """Source indices and weights of output positions offset..offset+out_size-1 along an axis
-    of `in_size` pixels resized to `scaled_size` (tf.image.resize, half-pixel centres)."""
+def _nearest(offset, out_size, in_size, scaled_size):
+    """(source index, inside) of output positions offset..offset+out_size-1 along an axis of
+    `in_size` pixels resized to `scaled_size` by tf.image.resize's nearest (half-pixel)."""
     scale = tf.cast(in_size, tf.float32) / tf.cast(scaled_size, tf.float32)
     pos = offset + tf.range(out_size)
-    valid = tf.logical_and(pos >= 0, pos < scaled_size)
-    centre = (tf.cast(pos, tf.float32) + 0.5) * scale
-    source = centre - 0.5
-    floor = tf.floor(source)
-    lower = tf.clip_by_value(tf.cast(floor, tf.int32), 0, in_size - 1)
-    upper = tf.clip_by_value(tf.cast(tf.math.ceil(source), tf.int32), 0, in_size - 1)
-    nearest = tf.clip_by_value(tf.cast(tf.floor(centre), tf.int32), 0, in_size - 1)
-    return lower, upper, source - floor, nearest, valid
+    inside = tf.logical_and(pos >= 0, pos < scaled_size)
+    index = tf.cast(tf.floor((tf.cast(pos, tf.float32) + 0.5) * scale), tf.int32)
+    return tf.clip_by_value(index, 0, in_size - 1), inside
 
 
 def scaled_crop(image, labels, scaled_hw, offset, crop_hw, ignore_label=255):
@@ -39,27 +34,24 @@ def scaled_crop(image, labels, scaled_hw, offset, crop_hw, ignore_label=255):
     image resized to `scaled_hw`, padded where the window leaves it.
 
     image: [H, W, 3] any real dtype; labels: int32 [H, W]. Returns (float32 [h, w, 3],
-    int32 [h, w]), equal to resizing the whole image (bilinear / nearest, no antialias),
-    padding with PAD_VALUE / ignore_label and slicing.
+    int32 [h, w]), equal to resizing the whole image (bilinear, half-pixel centres, edge
+    clamped / nearest), padding with PAD_VALUE / ignore_label and slicing. The image goes
+    through ScaleAndTranslate (the kernel behind tf.image.resize's antialias path; with a
+    triangle kernel and no antialiasing it is bilinear), which reads only the source pixels
+    the window needs.
     """
     h, w = crop_hw
     size = tf.shape(labels)
-    rows = _axis_sampling(offset[0], h, size[0], scaled_hw[0])
-    cols = _axis_sampling(offset[1], w, size[1], scaled_hw[1])
-    # only the source window that the crop touches is converted and gathered from
-    r0, r1 = tf.minimum(rows[0][0], rows[3][0]), tf.maximum(rows[1][-1], rows[3][-1]) + 1
-    c0, c1 = tf.minimum(cols[0][0], cols[3][0]), tf.maximum(cols[1][-1], cols[3][-1]) + 1
-    window = tf.cast(image[r0:r1, c0:c1], tf.float32)
-    top = tf.gather(window, rows[0] - r0, axis=0)
-    bottom = tf.gather(window, rows[1] - r0, axis=0)
-    window = top + (bottom - top) * rows[2][:, None, None]
-    left = tf.gather(window, cols[0] - c0, axis=1)
-    right = tf.gather(window, cols[1] - c0, axis=1)
-    out_image = left + (right - left) * cols[2][None, :, None]
-    out_labels = tf.gather(tf.gather(labels, rows[3], axis=0), cols[3], axis=1)
-    valid = tf.logical_and(rows[4][:, None], cols[4][None, :])
-    out_image = tf.where(valid[:, :, None], out_image, PAD_VALUE)
-    out_labels = tf.where(valid, out_labels, ignore_label)
+    scaled = tf.cast(scaled_hw, tf.float32)
+    out_image = tf.raw_ops.ScaleAndTranslate(
+        images=image[None], size=tf.constant([h, w]), scale=scaled / tf.cast(size, tf.float32),
+        translation=-tf.cast(offset, tf.float32), kernel_type="triangle", antialias=False)[0]
+    rows, row_inside = _nearest(offset[0], h, size[0], scaled_hw[0])
+    cols, col_inside = _nearest(offset[1], w, size[1], scaled_hw[1])
+    out_labels = tf.gather(tf.gather(labels, rows, axis=0), cols, axis=1)
+    inside = tf.logical_and(row_inside[:, None], col_inside[None, :])
+    out_image = tf.where(inside[:, :, None], tf.clip_by_value(out_image, 0.0, 255.0), PAD_VALUE)
+    out_labels = tf.where(inside, out_labels, ignore_label)
     return tf.ensure_shape(out_image, [h, w, 3]), tf.ensure_shape(out_labels, [h, w])
 
 
@@ -117,13 +109,15 @@ def random_scaled_crop(image, labels, seed, crop_hw, scale_range, ignore_label=2
 
 
 def random_hflip(image, labels, seed):
-    flip = _uniform(seed) < 0.5
-    return (tf.where(flip, tf.reverse(image, [1]), image),
-            tf.where(flip, tf.reverse(labels, [1]), labels))
+    """Mirrors image [H, W, C] and labels [H, W] together with probability 1/2."""
+    return tf.cond(_uniform(seed) < 0.5,
+                   lambda: (tf.reverse(image, [1]), tf.reverse(labels, [1])),
+                   lambda: (image, labels))
 
 
 def _grey(image):
-    return tf.reduce_sum(image * tf.constant([0.299, 0.587, 0.114]), -1, keepdims=True)
+    """ITU-R 601 luma [H, W, 1] of RGB [H, W, 3] (a matrix product: faster than a reduce)."""
+    return tf.tensordot(image, tf.constant([[0.299], [0.587], [0.114]]), 1)
 
 
 def color_jitter(image, seed, strength):
