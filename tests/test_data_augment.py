@@ -150,3 +150,11 @@ def test_random_blur_uses_gaussian_blur_levels(rng):
     np.testing.assert_allclose(out.numpy(), expected.numpy(), atol=1e-4)
     same = augment.random_blur(tf.constant(image), tf.constant([0, 0]), 0.0, (0.8, 0.8))
     np.testing.assert_array_equal(same.numpy(), image)
+
+
+def test_class_uniform_classes_outside_the_dataset_are_an_error():
+    with pytest.raises(ValueError, match=r"class_uniform_classes \[2, 7\]: \[7\] outside"):
+        augment.random_scaled_crop(tf.zeros([8, 8, 3]), tf.zeros([8, 8], tf.int32),
+                                   tf.constant([0, 0]), (4, 4), (1.0, 1.0),
+                                   class_uniform_fraction=0.5, class_uniform_classes=(2, 7),
+                                   num_classes=4)

@@ -127,7 +127,15 @@ def test_edges_computed_after_augmentation(tmp_path):
                            "data.edge_radius=1")
     for _, targets in pipeline.build_dataset(config, "train", True, 2).take(3):
         expected = edges_module.label_edges(targets["labels"], 1)
-        np.testing.assert_array_equal(targets["edges"].numpy(), expected.numpy())
+        edges, labels = targets["edges"].numpy(), targets["labels"].numpy()
+        np.testing.assert_array_equal(edges, expected.numpy())
+        # independent of label_edges: a pixel next to a different (augmented) label is an edge
+        changes = np.zeros_like(edges, bool)
+        changes[:, 1:] |= labels[:, 1:] != labels[:, :-1]
+        changes[:, :-1] |= labels[:, 1:] != labels[:, :-1]
+        changes[:, :, 1:] |= labels[:, :, 1:] != labels[:, :, :-1]
+        changes[:, :, :-1] |= labels[:, :, 1:] != labels[:, :, :-1]
+        assert changes.any() and (edges[changes] == 1).all()
 
 
 def _context(workers, worker):

@@ -99,12 +99,19 @@ def random_scaled_crop(image, labels, seed, crop_hw, scale_range, ignore_label=2
         tf.random.stateless_uniform([], seeds[1 + i], low[i], high[i] + 1, dtype=tf.int32)
         for i in range(2)])
     if class_uniform_fraction > 0:
-        found, y, x = _class_uniform_centre(labels, seeds[3], num_classes, class_uniform_classes)
-        centre = tf.cast((tf.cast(tf.stack([y, x]), tf.float32) + 0.5)
-                         * tf.cast(scaled, tf.float32) / tf.cast(size, tf.float32), tf.int32)
-        centred = tf.clip_by_value(centre - crop // 2, low, high)
-        use = tf.logical_and(found, _uniform(seeds[4]) < class_uniform_fraction)
-        offset = tf.where(use, centred, offset)
+        bad = [c for c in class_uniform_classes if not 0 <= c < num_classes]
+        if bad:
+            raise ValueError(f"data.class_uniform_classes {list(class_uniform_classes)}: "
+                             f"{bad} outside the dataset's classes 0..{num_classes - 1}")
+
+        def centred():
+            found, y, x = _class_uniform_centre(labels, seeds[3], num_classes,
+                                                class_uniform_classes)
+            centre = tf.cast((tf.cast(tf.stack([y, x]), tf.float32) + 0.5)
+                             * tf.cast(scaled, tf.float32) / tf.cast(size, tf.float32), tf.int32)
+            return tf.where(found, tf.clip_by_value(centre - crop // 2, low, high), offset)
+
+        offset = tf.cond(_uniform(seeds[4]) < class_uniform_fraction, centred, lambda: offset)
     return scaled_crop(image, labels, scaled, offset, crop_hw, ignore_label)
 
 
