@@ -184,7 +184,8 @@ def test_skip_corrupt_skips_with_a_warning_naming_the_file(tmp_path, capfd):
     batches = list(pipeline.build_dataset(config, "train", False, 1))
     assert [int(image[0, 0, 0, 0]) for image, _ in batches] == [10, 20]
     err = capfd.readouterr().err
-    assert "skipping" in err and "corrupt or unreadable label" in err and "002.png" in err
+    assert "skipping corrupt or unreadable label file: " in err and "002.png" in err
+    assert "(expected an 8-bit single-channel PNG)" in err
 
 
 def test_size_mismatch_error_names_the_pair(tmp_path):

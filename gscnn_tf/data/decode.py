@@ -68,8 +68,9 @@ def _try_decode(path, decode_fn, empty):
 
 
 def _fail_or_warn(ok, path, what, skip_corrupt):
+    expected = "a PNG or JPEG image" if what == "image" else "an 8-bit single-channel PNG"
     message = tf.strings.join([f"corrupt or unreadable {what} file: ", path,
-                               " (expected a readable PNG or JPEG)"])
+                               f" (expected {expected})"])
     if skip_corrupt:
         return tf.cond(ok, tf.no_op, lambda: tf.print(
             tf.strings.join(["gscnn_tf.data WARNING: skipping ", message])))
