@@ -26,17 +26,16 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import tensorflow as tf  # noqa: E402
 
-from gscnn_tf.config import SyntheticConfig, load_config  # noqa: E402
+from gscnn_tf.config import load_config  # noqa: E402
 from gscnn_tf.data import pipeline, synthetic  # noqa: E402
 
 
 def make_dataset(root: str, count: int) -> str:
     """`count` 2048x1024 scenes in the folder format under `root` (reused when present)."""
-    config = SyntheticConfig(num_train=count, num_val=0, height=1024, width=2048, seed=0)
-    marker = os.path.join(root, synthetic.MARKER)
-    if not os.path.isfile(marker):
-        synthetic.generate(root, config)
-    return root
+    config = load_config(None, [f"data.root={root}", f"data.synthetic.num_train={count}",
+                                "data.synthetic.num_val=0", "data.synthetic.height=1024",
+                                "data.synthetic.width=2048"])
+    return synthetic.ensure_synthetic(config)
 
 
 def rate(iterator, batches: int, batch_size: int, warmup: int = 2) -> float:
@@ -95,7 +94,8 @@ def machine() -> dict:
         with open("/proc/cpuinfo") as f:
             cpu = next((line.split(":", 1)[1].strip() for line in f
                         if line.startswith("model name")), cpu)
-    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(),
+    return {"cpu": cpu, "cores": os.cpu_count(), "load_average_1min": os.getloadavg()[0],
+            "python": platform.python_version(),
             "tensorflow": tf.__version__, "platform": platform.platform(),
             "gpus": len(tf.config.list_physical_devices("GPU"))}
 
@@ -108,6 +108,9 @@ def main(argv=None) -> int:
     parser.add_argument("--batches", type=int, default=20)
     parser.add_argument("--model-steps", type=int, default=3)
     parser.add_argument("--no-model", action="store_true")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="config override for the model step, e.g. "
+                             "model.backbone.name=resnet50")
     parser.add_argument("--data", default=os.path.join(tempfile.gettempdir(),
                                                        "gscnn_bench_2048x1024"))
     parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results"))
@@ -118,7 +121,7 @@ def main(argv=None) -> int:
     print(f"dataset: {args.images} 2048x1024 PNG pairs in {root} "
           f"({time.perf_counter() - start:.1f} s)")
     config = load_config(None, ["data.dataset=folder", f"data.root={root}",
-                                f"data.crop_size=[{args.crop}, {args.crop}]"])
+                                f"data.crop_size=[{args.crop}, {args.crop}]", *args.set])
     results = {"machine": machine(), "crop": args.crop, "batch_size": args.batch,
                "source_size": [1024, 2048]}
     iterator = iter(pipeline.build_dataset(config, "train", True, args.batch))
@@ -148,7 +151,9 @@ def main(argv=None) -> int:
     m = results["machine"]
     lines = [f"# Input pipeline throughput ({args.crop}x{args.crop} crops from 2048x1024)", "",
              f"Machine: {m['cpu']}, {m['cores']} cores, {m['gpus']} GPU, TensorFlow "
-             f"{m['tensorflow']}, Python {m['python']}. Batch {args.batch}.", "",
+             f"{m['tensorflow']}, Python {m['python']}. Batch {args.batch}. Load average "
+             f"before the run: {m['load_average_1min']:.2f} (other processes share the "
+             "cores: figures are lower bounds).", "",
              "| stage | examples/s |", "| --- | --- |"]
     lines += [f"| {name} | {value:.2f} |" if value else f"| {name} | not measured |"
               for name, value in rows]
