@@ -17,18 +17,29 @@ _BUILDERS = {
 }
 
 
+def _module(config):
+    if config.name not in _BUILDERS:
+        raise ValueError(
+            f"model.backbone.name '{config.name}': expected one of {', '.join(_BUILDERS)}")
+    return importlib.import_module(_BUILDERS[config.name])
+
+
+def preprocessing_mode(config) -> str:
+    """How the backbone named by `config.name` expects its input normalised, in the terms of
+    `keras.applications.imagenet_utils.preprocess_input`: "caffe" (RGB -> BGR, minus the
+    ImageNet mean in 0..255), "tf" (x / 127.5 - 1) or "torch" (x / 255, ImageNet mean / std)."""
+    return _module(config).PREPROCESSING
+
+
 def build_backbone(config, x, batch_norm_kwargs=None):
     """Builds the backbone named by `config.name` on `x`; returns the dict of taps.
 
     `batch_norm_kwargs` (synchronized, epsilon, momentum) apply to every BatchNormalization.
     """
-    if config.name not in _BUILDERS:
-        raise ValueError(
-            f"model.backbone.name '{config.name}': expected one of {', '.join(_BUILDERS)}")
+    module = _module(config)
     if config.output_stride not in (8, 16):
         raise ValueError(
             f"model.backbone.output_stride {config.output_stride}: expected 8 or 16")
-    module = importlib.import_module(_BUILDERS[config.name])
     taps = module.build(config, x, dict(batch_norm_kwargs or {}))
     missing = [t for t in TAPS if t not in taps]
     if missing:
