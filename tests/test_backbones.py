@@ -135,6 +135,34 @@ def test_mobilenet_weights_from_local_file(tmp_path, suffix):
     np.testing.assert_allclose(ours, theirs, rtol=1e-4, atol=1e-4 * np.abs(theirs).max())
 
 
+def test_imagenet_weights_come_from_keras_applications(monkeypatch):
+    """The 'imagenet' route, offline: keras.applications.MobileNetV2 is replaced by a stand-in
+    that checks the arguments and returns a randomised model."""
+    real = keras.applications.MobileNetV2
+    calls = []
+
+    def fake(**kwargs):
+        calls.append(kwargs)
+        model = real(**{**kwargs, "weights": None})
+        _randomise(model, 7)
+        fake.model = model
+        return model
+
+    monkeypatch.setattr(keras.applications, "MobileNetV2", fake)
+    model = _backbone(BackboneConfig(name="mobilenetv2", width_multiplier=0.5,
+                                     weights="imagenet"))
+    assert calls == [{"include_top": False, "weights": "imagenet", "alpha": 0.5,
+                      "input_shape": (224, 224, 3)}]
+    _assert_transferred(model, fake.model, skipped=("Conv_1", "Conv_1_bn"))
+
+    def offline(**kwargs):
+        raise Exception("URL fetch failure")
+
+    monkeypatch.setattr(keras.applications, "MobileNetV2", offline)
+    with pytest.raises(ValueError, match="'imagenet'.*MobileNetV2.*URL fetch failure"):
+        _backbone(BackboneConfig(name="mobilenetv2", weights="imagenet"))
+
+
 @pytest.mark.filterwarnings("ignore:Skipping nested container")
 def test_weight_file_errors(tmp_path):
     other = keras.applications.MobileNetV2(include_top=False, weights=None, alpha=0.5,

@@ -111,6 +111,6 @@ def build(config, x, bn_kwargs):
     load_pretrained(
         config, inputs, taps,
         lambda weights: keras.applications.MobileNetV2(
-            include_top=False, weights=weights, alpha=alpha, input_shape=(None, None, 3)),
+            include_top=False, weights=weights, alpha=alpha, input_shape=(224, 224, 3)),
         f"keras.applications.MobileNetV2(alpha={alpha})")
     return taps

@@ -36,7 +36,13 @@ def load_pretrained(config, x, taps, make_source: Callable, source_name: str) ->
     if not weights:
         return
     if weights == "imagenet":
-        source = make_source("imagenet")
+        try:
+            source = make_source("imagenet")
+        except Exception as e:  # no network, or a width keras.applications has no weights for
+            raise ValueError(
+                f"model.backbone.weights 'imagenet': keras.applications could not provide "
+                f"{source_name}'s ImageNet weights (the first use downloads them; a local "
+                f"weights file works offline): {e}") from e
     else:
         if not os.path.isfile(weights):
             raise ValueError(

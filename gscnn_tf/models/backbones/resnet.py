@@ -93,6 +93,6 @@ def build(config, x, bn_kwargs):
     source = _SOURCES[config.name]
     load_pretrained(
         config, inputs, taps,
-        lambda weights: source(include_top=False, weights=weights, input_shape=(None, None, 3)),
+        lambda weights: source(include_top=False, weights=weights, input_shape=(224, 224, 3)),
         f"keras.applications.{source.__name__}")
     return taps
