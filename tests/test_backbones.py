@@ -113,16 +113,16 @@ def test_resnet50_weights_from_local_file(tmp_path):
     np.testing.assert_allclose(ours, theirs, rtol=1e-4, atol=1e-4 * np.abs(theirs).max())
 
 
-@pytest.mark.parametrize("suffix", [".weights.h5", ".h5"])
+@pytest.mark.parametrize("suffix", [".weights.h5", ".h5", ".keras"])
 def test_mobilenet_weights_from_local_file(tmp_path, suffix):
     source = keras.applications.MobileNetV2(include_top=False, weights=None, alpha=0.35,
                                             input_shape=(None, None, 3))
     _randomise(source, 3)
     path = str(tmp_path / f"mobilenet_v2_0.35_notop{suffix}")
-    if suffix == ".h5":
-        source.save(path)  # the legacy HDF5 layout of keras.applications' downloads
-    else:
+    if suffix == ".weights.h5":
         source.save_weights(path)
+    else:
+        source.save(path)  # ".h5": the legacy HDF5 layout of keras.applications' downloads
     config = BackboneConfig(name="mobilenetv2", output_stride=16, width_multiplier=0.35,
                             weights=path)
     model = _backbone(config)
