@@ -225,8 +225,8 @@ def dual_task_loss(seg_logits, labels, tau: float = 1.0, sigma: float = 1.0, see
     mask = tf.cast(valid, tf.float32)[..., None]
     probs = gumbel_softmax(seg_logits, tau, seed, example_offset) * mask
     onehot = tf.one_hot(tf.where(valid, labels, 0), num_classes, dtype=tf.float32) * mask
-    potentials = boundary_potential(tf.concat([probs, onehot], axis=-1), sigma)
-    zeta, zeta_hat = potentials[..., :num_classes], tf.stop_gradient(potentials[..., num_classes:])
+    zeta = boundary_potential(probs, sigma)
+    zeta_hat = tf.stop_gradient(boundary_potential(onehot, sigma))
     support = tf.stop_gradient(tf.cast(tf.maximum(zeta, zeta_hat) > NONZERO_POTENTIAL,
                                        tf.float32))
     return tf.math.divide_no_nan(tf.reduce_sum(support * tf.abs(zeta - zeta_hat)),

@@ -1,0 +1,140 @@
+"""Ground-truth edges and loss cost: `label_edges` on 720x720 and 1024x2048 label maps
+(radius 1-4, graph mode), the scipy distance-transform definition for comparison, and one
+forward + backward pass of `GSCNNLoss` on a 720x720 crop with 19 classes.
+
+    python benchmarks/edges.py                  # writes benchmarks/results/edges.{json,md}
+    python benchmarks/edges.py --repeats 3 --no-loss
+
+Label maps are synthetic street scenes (`gscnn_tf.data.synthetic.render`). Times are medians
+of `--repeats` runs after one warm-up run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+from scipy import ndimage  # noqa: E402
+
+from data_pipeline import machine  # noqa: E402
+from gscnn_tf.config import LossConfig  # noqa: E402
+from gscnn_tf.data import synthetic  # noqa: E402
+from gscnn_tf.data.edges import label_edges  # noqa: E402
+from gscnn_tf.losses import GSCNNLoss  # noqa: E402
+
+
+def median_ms(fn, repeats: int) -> float:
+    fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return 1000.0 * statistics.median(times)
+
+
+def scipy_edges(labels: np.ndarray, radius: int) -> np.ndarray:
+    """The definition with one Euclidean distance transform per label value."""
+    out = np.zeros(labels.shape, bool)
+    for value in np.unique(labels):
+        mask = labels == value
+        if not mask.all():
+            out |= mask & (ndimage.distance_transform_edt(mask) <= radius)
+    return out
+
+
+def scene_labels(height: int, width: int, count: int) -> np.ndarray:
+    return np.stack([synthetic.render(0, "train", i, height, width)[1] for i in range(count)])
+
+
+def edge_rows(repeats: int) -> list[dict]:
+    rows = []
+    for (height, width), batch in [((720, 720), 1), ((720, 720), 8), ((1024, 2048), 1)]:
+        labels = scene_labels(height, width, batch)
+        tensor = tf.constant(labels.astype(np.int32))
+        for radius in (1, 2, 3, 4):
+            fn = tf.function(lambda t, r=radius: label_edges(t, r))
+            ms = median_ms(lambda: fn(tensor).numpy(), repeats)
+            rows.append({"size": f"{height}x{width}", "batch": batch, "radius": radius,
+                         "tf_ms": ms, "megapixels_per_s": batch * height * width / ms / 1e3})
+        ms = median_ms(lambda: [scipy_edges(m, 2) for m in labels], max(1, repeats // 3))
+        rows.append({"size": f"{height}x{width}", "batch": batch, "radius": 2,
+                     "scipy_ms": ms, "fraction_edges": float(scipy_edges(labels[0], 2).mean())})
+        print(rows[-5:])
+    return rows
+
+
+def loss_rows(repeats: int, size: int = 720, classes: int = 19) -> list[dict]:
+    rng = np.random.default_rng(0)
+    labels = scene_labels(size, size, 1).astype(np.int32) % classes
+    targets = {"labels": tf.constant(labels), "edges": label_edges(tf.constant(labels), 2)}
+    outputs = {"seg_logits": tf.constant(rng.normal(size=(1, size, size, classes)), tf.float32),
+               "edge_logits": tf.constant(rng.normal(size=(1, size, size, 1)), tf.float32)}
+    loss_fn = GSCNNLoss(LossConfig(class_weighting="image"))
+    rows = []
+    for seed in (None, tf.constant([0, 1])):
+        @tf.function
+        def step(targets, outputs):
+            with tf.GradientTape() as tape:
+                tape.watch(outputs)
+                total = loss_fn(targets, outputs, seed=seed)["total"]
+            return total, tape.gradient(total, outputs)
+
+        ms = median_ms(lambda: tf.nest.map_structure(lambda t: t.numpy(),
+                                                     step(targets, outputs)), repeats)
+        rows.append({"size": f"{size}x{size}", "classes": classes,
+                     "gumbel_noise": seed is not None, "forward_backward_ms": ms})
+        print(rows[-1])
+    return rows
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--no-loss", action="store_true")
+    parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results"))
+    args = parser.parse_args(argv)
+
+    results = {"machine": machine(), "edges": edge_rows(args.repeats),
+               "loss": [] if args.no_loss else loss_rows(args.repeats)}
+    os.makedirs(args.out, exist_ok=True)
+    with open(os.path.join(args.out, "edges.json"), "w") as f:
+        json.dump(results, f, indent=2)
+    m = results["machine"]
+    lines = ["# Ground-truth edges and loss cost", "",
+             f"Machine: {m['cpu']}, {m['cores']} cores, {m['gpus']} GPU, TensorFlow "
+             f"{m['tensorflow']}. Load average before the run: {m['load_average_1min']:.2f} "
+             "(other processes share the cores: figures are upper bounds on time). Medians of "
+             f"{args.repeats} runs; synthetic street-scene label maps.", "",
+             "| label map | batch | radius | `label_edges` ms | Mpixel/s | scipy EDT ms |",
+             "| --- | --- | --- | --- | --- | --- |"]
+    for row in results["edges"]:
+        if "tf_ms" in row:
+            scipy_ms = next((r["scipy_ms"] for r in results["edges"] if "scipy_ms" in r
+                             and (r["size"], r["batch"], r["radius"])
+                             == (row["size"], row["batch"], row["radius"])), None)
+            lines.append(f"| {row['size']} | {row['batch']} | {row['radius']} | "
+                         f"{row['tf_ms']:.1f} | {row['megapixels_per_s']:.0f} | "
+                         + (f"{scipy_ms:.0f} |" if scipy_ms else "|"))
+    if results["loss"]:
+        lines += ["", "| GSCNNLoss forward + backward | classes | Gumbel noise | ms |",
+                  "| --- | --- | --- | --- |"]
+        lines += [f"| {r['size']}, batch 1 | {r['classes']} | {r['gumbel_noise']} | "
+                  f"{r['forward_backward_ms']:.0f} |" for r in results["loss"]]
+    with open(os.path.join(args.out, "edges.md"), "w") as f:
+        f.write("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
