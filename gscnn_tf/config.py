@@ -105,7 +105,13 @@ class DataConfig:
 
 @dataclass
 class LossConfig:
-    """The four Gated-SCNN loss terms and their weights (REFERENCE.md section 2)."""
+    """The four Gated-SCNN loss terms and their weights (REFERENCE.md section 2).
+
+    class_weighting: `none`, `image` (the reference's per-image weights 2 - f_c for present
+        classes) or `fixed` (`class_weights`, one per class). attention_threshold: boundary
+        probability above which a pixel enters the attention loss. dual_tau: Gumbel-softmax
+        temperature; dual_sigma: Gaussian smoothing of the dual-task boundary potentials.
+    """
 
     lambda_edge: float = 20.0
     lambda_seg: float = 1.0

@@ -110,16 +110,20 @@ def _weighted_mean(ce, labels, valid, num_classes, weighting, class_weights, glo
                                  global_sum(tf.reduce_sum(weights)))
 
 
-def _attention_mask(edge_logits: tf.Tensor, threshold: float) -> tf.Tensor:
-    """[B, H, W] bool: sigmoid(edge_logits) > threshold, carrying no gradient."""
-    return tf.stop_gradient(tf.sigmoid(_edge_map(edge_logits)) > threshold)
-
-
 def _edge_map(edge_logits) -> tf.Tensor:
     edge_logits = _float32(edge_logits)
     if edge_logits.shape.rank == 4 and edge_logits.shape[-1] == 1:
         return edge_logits[..., 0]
     raise ValueError(f"edge_logits shape {edge_logits.shape}: expected [B, H, W, 1]")
+
+
+def _attention_mask(edge_logits, threshold: float, labels: tf.Tensor) -> tf.Tensor:
+    """[B, H, W] bool: sigmoid(edge_logits) > threshold, carrying no gradient."""
+    logits = _edge_map(edge_logits)
+    if not logits.shape.is_compatible_with(labels.shape):
+        raise ValueError(f"edge_logits shape {edge_logits.shape} does not match labels "
+                         f"{labels.shape} (expected [B, H, W, 1] and [B, H, W])")
+    return tf.stop_gradient(tf.sigmoid(logits) > threshold)
 
 
 def segmentation_loss(seg_logits, labels, class_weighting: str = "none", class_weights=(),
@@ -145,7 +149,7 @@ def attention_loss(seg_logits, edge_logits, labels, threshold: float = 0.8,
     no gradient, so only `seg_logits` receive one. 0 when no pixel passes."""
     seg_logits = _float32(seg_logits)
     labels = _check_labels(labels, seg_logits)
-    masked = tf.where(_attention_mask(edge_logits, threshold), labels, ignore_label)
+    masked = tf.where(_attention_mask(edge_logits, threshold, labels), labels, ignore_label)
     return segmentation_loss(seg_logits, masked, class_weighting, class_weights, ignore_label,
                              global_sum)
 
@@ -286,7 +290,7 @@ class GSCNNLoss:
             offset = context.replica_id_in_sync_group * tf.shape(labels)[0]
 
         ce, valid = _pixel_cross_entropy(seg_logits, labels, self.ignore_label)
-        attended = valid & _attention_mask(edge_logits, c.attention_threshold)
+        attended = valid & _attention_mask(edge_logits, c.attention_threshold, labels)
         weighted = (c.class_weighting, c.class_weights, cross_replica_sum)
         terms = {
             "seg": _weighted_mean(ce, labels, valid, num_classes, *weighted),

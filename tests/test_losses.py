@@ -323,3 +323,5 @@ def test_bad_inputs_are_named(rng):
         losses.segmentation_loss(seg, labels[:, :-1])
     with pytest.raises(ValueError, match="edge_logits shape"):
         losses.edge_loss(edge[..., 0], edges)
+    with pytest.raises(ValueError, match="does not match labels"):
+        losses.GSCNNLoss()(targets, {**outputs, "edge_logits": outputs["edge_logits"][:, 1:]})
