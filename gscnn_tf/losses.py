@@ -25,8 +25,9 @@ IGNORE_LABEL = 255
 WEIGHTINGS = ("none", "image", "fixed")
 # A boundary potential counts as non-zero above this. Potentials peak at O(1) (a one-hot step
 # smoothed with sigma 1 gives 1.8); float32 convolutions leave up to ~1e-6 of rounding noise in
-# constant regions, and how much depends on the backend (oneDNN and XLA differ), while genuine
-# tails of the smoothed boundaries stay above 2e-5 for sigma >= 1.
+# constant regions, and how much depends on the backend (oneDNN and XLA differ). The smallest
+# genuine values of a one-hot map's potential are 2e-5 at sigma 1 (5e-6 at sigma 2): entries
+# dropped by the threshold differ by less than it.
 NONZERO_POTENTIAL = 1e-5
 
 
@@ -202,8 +203,8 @@ def gumbel_softmax(logits, tau: float = 1.0, seed=None, example_offset=0) -> tf.
 
 def boundary_potential(maps: tf.Tensor, sigma: float = 1.0) -> tf.Tensor:
     """zeta = |Sobel(G_sigma * maps)| / sqrt(2) per channel of [B, H, W, K] float32 maps
-    (replicate padding, so image borders make no boundary). Exactly 0 where the smoothed map
-    is locally constant; the square root has a zero (not NaN) gradient there."""
+    (replicate padding, so image borders make no boundary). 0 (up to float32 rounding) where
+    the smoothed map is locally constant; the square root has a zero, not NaN, gradient at 0."""
     dx, dy = sobel(gaussian_blur(maps, sigma))
     squared = dx * dx + dy * dy
     nonzero = squared > 0
