@@ -204,7 +204,7 @@ def test_gradients_reach_both_heads(rng):
     for key in ("seg_logits", "edge_logits"):
         grad = total[key].numpy()
         assert np.isfinite(grad).all() and np.abs(grad).sum() > 0, key
-    # the attention mask and the dual term carry no gradient to the edge head
+    # the attention mask carries no gradient to the edge head
     att = tape.gradient(terms["att"], outputs)
     assert att["edge_logits"] is None or not np.any(att["edge_logits"].numpy())
     assert np.abs(tape.gradient(terms["dual"], outputs["seg_logits"]).numpy()).sum() > 0
