@@ -104,13 +104,18 @@ def test_resnet50_weights_from_local_file(tmp_path):
     _randomise(source, 1)
     path = str(tmp_path / "resnet50_notop.weights.h5")
     source.save_weights(path)
-    model = _backbone(BackboneConfig(name="resnet50", output_stride=16, weights=path))
-    _assert_transferred(model, source)
-    # Up to conv4_x the OS-16 network is keras.applications' ResNet50 unchanged.
-    image = np.random.default_rng(2).normal(size=(1, 37, 45, 3)).astype("float32")
-    ours = keras.Model(model.input, model.get_layer("conv4_block6_out").output)(image)
-    theirs = keras.Model(source.input, source.get_layer("conv4_block6_out").output)(image)
-    np.testing.assert_allclose(ours, theirs, rtol=1e-4, atol=1e-4 * np.abs(theirs).max())
+    image = np.random.default_rng(2).normal(size=(1, 69, 45, 3)).astype("float32")
+    theirs = source(image).numpy()
+    assert theirs.shape == (1, 3, 2, 2048)
+    for output_stride in (16, 8):
+        model = _backbone(BackboneConfig(name="resnet50", output_stride=output_stride,
+                                         weights=path))
+        _assert_transferred(model, source)
+        # Dilation instead of stride: keras.applications' (OS-32) conv5_x is our conv5_x at
+        # every (32 / OS)-th pixel, exactly, for any input size.
+        step = 32 // output_stride
+        ours = model(image)["out"].numpy()[:, ::step, ::step]
+        np.testing.assert_allclose(ours, theirs, rtol=1e-4, atol=1e-4 * np.abs(theirs).max())
 
 
 @pytest.mark.parametrize("suffix", [".weights.h5", ".h5", ".keras"])
@@ -123,16 +128,21 @@ def test_mobilenet_weights_from_local_file(tmp_path, suffix):
         source.save_weights(path)
     else:
         source.save(path)  # ".h5": the legacy HDF5 layout of keras.applications' downloads
-    config = BackboneConfig(name="mobilenetv2", output_stride=16, width_multiplier=0.35,
-                            weights=path)
-    model = _backbone(config)
-    _assert_transferred(model, source, skipped=("Conv_1", "Conv_1_bn"))
-    # Up to block 12 the OS-16 network is keras.applications' MobileNetV2 (even sizes: its
-    # explicit padding equals "same").
-    image = np.random.default_rng(4).normal(size=(2, 64, 96, 3)).astype("float32")
-    ours = keras.Model(model.input, model.get_layer("block_12_add").output)(image)
-    theirs = keras.Model(source.input, source.get_layer("block_12_add").output)(image)
-    np.testing.assert_allclose(ours, theirs, rtol=1e-4, atol=1e-4 * np.abs(theirs).max())
+    # keras.applications pads its strided depthwise convs like "same" only when it knows the
+    # input size, so the reference here has a fixed input shape (odd at every stride).
+    fixed = keras.applications.MobileNetV2(include_top=False, weights=None, alpha=0.35,
+                                           input_shape=(35, 37, 3))
+    fixed.set_weights(source.get_weights())
+    image = np.random.default_rng(4).normal(size=(2, 35, 37, 3)).astype("float32")
+    theirs = keras.Model(fixed.input, fixed.get_layer("block_16_project_BN").output)(image)
+    for output_stride in (16, 8):
+        model = _backbone(BackboneConfig(name="mobilenetv2", output_stride=output_stride,
+                                         width_multiplier=0.35, weights=path))
+        _assert_transferred(model, source, skipped=("Conv_1", "Conv_1_bn"))
+        # Dilation instead of stride: the OS-32 features are ours at every (32 / OS)-th pixel.
+        step = 32 // output_stride
+        ours = model(image)["out"].numpy()[:, ::step, ::step]
+        np.testing.assert_allclose(ours, theirs, rtol=1e-4, atol=1e-4 * np.abs(theirs).max())
 
 
 def test_imagenet_weights_come_from_keras_applications(monkeypatch):
