@@ -76,7 +76,8 @@ def test_mobilenet_layout_follows_deeplab_dilation():
     os8 = mobilenet.block_layout(8)
     assert os8[6] == (1, 1) and os8[7:13] == [(1, 2)] * 6
     assert os8[13] == (1, 2) and os8[14:] == [(1, 4)] * 3
-    assert mobilenet.make_divisible(32 * 0.35) == 16 and mobilenet.make_divisible(1280 * 1.4) == 1792
+    assert mobilenet.make_divisible(32 * 0.35) == 16
+    assert mobilenet.make_divisible(1280 * 1.4) == 1792
 
 
 def test_preprocessing_modes():
@@ -209,7 +210,7 @@ def _torch_max_pool(x):
 
 
 def _torch_conv3x3_s2(x, kernel):
-    """PyTorch Conv2d(3x3, stride=2, padding=1, bias=False) on [H, W, Cin], kernel [3,3,Cin,Cout]."""
+    """PyTorch Conv2d(3x3, stride=2, padding=1, bias=False): [H, W, Cin], [3, 3, Cin, Cout]."""
     padded = np.pad(x, ((1, 1), (1, 1), (0, 0)))
     out_h, out_w = (x.shape[0] - 1) // 2 + 1, (x.shape[1] - 1) // 2 + 1
     return np.array([[np.einsum("hwc,hwco->o", padded[2 * i:2 * i + 3, 2 * j:2 * j + 3], kernel)
