@@ -126,10 +126,17 @@ class LossConfig:
 
 @dataclass
 class TrainConfig:
-    """The training loop, optimiser and run directory (REFERENCE.md section 5)."""
+    """The training loop, optimiser and run directory (REFERENCE.md section 5).
+
+    strategy: auto | one_device | mirrored | multi_worker (see gscnn_tf.training.strategy);
+    cpu_replicas: split the CPU into this many logical devices (tests; no GPU needed).
+    batch_size is the global batch. With data.deterministic, a resumed run skips the batches
+    already seen, so it sees exactly the batches an uninterrupted run would.
+    """
 
     run_dir: str = "runs/synthetic"
     strategy: str = "auto"
+    cpu_replicas: int = 0
     batch_size: int = 8
     steps: int = 1500
     optimizer: str = "sgd"

@@ -1,0 +1,69 @@
+"""Optimizers of the recipe (REFERENCE.md section 5) and the weight decay on kernels.
+
+SGD (momentum 0.9) takes weight decay the way the reference's PyTorch SGD does: an L2 term
+`weight_decay / 2 * sum(kernel ** 2)` added to the loss, so its gradient `weight_decay * w`
+passes through the momentum. AdamW decays decoupled (its own `weight_decay`), also on kernels
+only. Biases, batch-norm scales and offsets are never decayed.
+
+    optimizer = build_optimizer(config.train)            # inside strategy.scope()
+    optimizer.build(model.trainable_variables)
+    loss = terms["total"] + l2_loss(model, config.train) / strategy.num_replicas_in_sync
+"""
+
+from __future__ import annotations
+
+import keras
+import tensorflow as tf
+
+from gscnn_tf.training.schedules import WarmupPolynomialDecay
+
+OPTIMIZERS = ("sgd", "adamw")
+
+
+def is_kernel(variable) -> bool:
+    """True for convolution / dense kernels (`kernel`, `depthwise_kernel`, ...)."""
+    return variable.name.endswith("kernel")
+
+
+def learning_rate_schedule(train_config) -> WarmupPolynomialDecay:
+    return WarmupPolynomialDecay(train_config.learning_rate, train_config.steps,
+                                 train_config.poly_power, train_config.warmup_steps)
+
+
+def build_optimizer(train_config, variables=None) -> keras.optimizers.Optimizer:
+    """SGD or AdamW with the polynomial schedule, wrapped in `LossScaleOptimizer` when
+    `train.mixed_precision`. Pass `variables` (the model's trainable variables) to build it
+    at once, which `tf.distribute` needs before the first step and AdamW needs to know which
+    variables are not kernels."""
+    c = train_config
+    schedule = learning_rate_schedule(c)
+    if c.optimizer == "sgd":
+        optimizer = keras.optimizers.SGD(schedule, momentum=c.momentum)
+    elif c.optimizer == "adamw":
+        optimizer = keras.optimizers.AdamW(schedule, weight_decay=c.weight_decay)
+        if variables is not None:
+            optimizer.exclude_from_weight_decay(
+                var_list=[v for v in variables if not is_kernel(v)])
+    else:
+        raise ValueError(f"train.optimizer '{c.optimizer}': expected one of "
+                         f"{', '.join(OPTIMIZERS)}")
+    if c.mixed_precision:
+        optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+    if variables is not None:
+        optimizer.build(list(variables))
+    return optimizer
+
+
+def l2_coefficient(train_config) -> float:
+    """The coefficient of the L2 loss term: `weight_decay` for SGD, 0 for AdamW."""
+    return train_config.weight_decay if train_config.optimizer == "sgd" else 0.0
+
+
+def l2_loss(model: keras.Model, train_config) -> tf.Tensor:
+    """weight_decay / 2 * sum of squared kernels (float32 scalar; 0 for AdamW)."""
+    coefficient = l2_coefficient(train_config)
+    kernels = [v for v in model.trainable_variables if is_kernel(v)]
+    if coefficient == 0.0 or not kernels:
+        return tf.constant(0.0)
+    total = tf.add_n([tf.reduce_sum(tf.square(tf.cast(v, tf.float32))) for v in kernels])
+    return 0.5 * coefficient * total

@@ -1,0 +1,182 @@
+"""The custom training loop: one loop for one device, MirroredStrategy and
+MultiWorkerMirroredStrategy (see `strategy.py`).
+
+    trainer = Trainer(load_config("configs/synthetic.yaml"))
+    summary = trainer.train(resume=True)     # {"step", "train": {...}, "val": {...}}
+
+The run directory (`train.run_dir`) holds config.yaml, checkpoints/ (the latest
+`train.keep_checkpoints`), best/ (the best model by validation mIoU), events/ (TensorBoard)
+and metrics.json (every validation, the last training terms).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from gscnn_tf.config import save_config
+from gscnn_tf.data.pipeline import build_dataset, dataset_info, list_examples
+from gscnn_tf.losses import GSCNNLoss
+from gscnn_tf.training.checkpoints import RunCheckpoints
+from gscnn_tf.training.optimizers import build_optimizer, learning_rate_schedule
+from gscnn_tf.training.progress import Progress
+from gscnn_tf.training.step import TERMS, make_train_step
+from gscnn_tf.training.strategy import is_chief, make_strategy
+from gscnn_tf.training.summaries import Summaries, image_panels
+from gscnn_tf.training.validation import validate
+
+
+class NonFiniteLossError(FloatingPointError):
+    """Training produced a NaN or infinite loss; no checkpoint was written after it."""
+
+
+def _default_builder(model_config, num_classes):
+    from gscnn_tf import build_model
+
+    return build_model(model_config, num_classes)
+
+
+def _gate_model(model):
+    from gscnn_tf.models.gscnn import gate_model
+
+    return gate_model(model)
+
+
+class Trainer:
+    """Builds the strategy, model, optimizer, datasets and checkpoints of a config.
+
+    `model_builder(model_config, num_classes)` and `loss_fn` default to
+    `gscnn_tf.build_model` and `GSCNNLoss(config.loss)`.
+    """
+
+    def __init__(self, config, strategy=None, model_builder=None, loss_fn=None):
+        self.config = config
+        c = config.train
+        self.strategy = strategy or make_strategy(c.strategy, c.cpu_replicas)
+        self.chief = is_chief(self.strategy)
+        self.info = dataset_info(config)
+        keras.utils.set_random_seed(c.seed)
+        policy = keras.mixed_precision.dtype_policy()
+        if c.mixed_precision:
+            keras.mixed_precision.set_dtype_policy("mixed_float16")
+        try:
+            with self.strategy.scope():
+                self.model = (model_builder or _default_builder)(config.model,
+                                                                  self.info.num_classes)
+                self.optimizer = build_optimizer(c, self.model.trainable_variables)
+                self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
+        finally:
+            keras.mixed_precision.set_dtype_policy(policy)
+        self.schedule = learning_rate_schedule(c)
+        self.loss_fn = loss_fn or GSCNNLoss(config.loss, config.data.ignore_label)
+        objects = {"model": self.model, "optimizer": self.optimizer, "step": self.step}
+        resolver = getattr(self.strategy, "cluster_resolver", None)
+        self.checkpoints = RunCheckpoints(c.run_dir, objects, c.keep_checkpoints, self.chief,
+                                          getattr(resolver, "task_id", 0) or 0)
+        self.summaries = Summaries(c.run_dir, self.chief)
+        self.train_step = make_train_step(self.strategy, self.model, self.optimizer,
+                                          self.loss_fn, self.schedule, c, self.step)
+        self.history: list[dict] = []
+
+    def train(self, resume: bool = False) -> dict:
+        """Trains to `train.steps` (continuing from the latest checkpoint when `resume`);
+        returns {"step", "train": last terms, "val": last validation}."""
+        c = self.config.train
+        if resume and self.checkpoints.restore_latest() is not None:
+            self._load_history()
+        elif self.checkpoints.latest is not None:
+            raise FileExistsError(f"{c.run_dir} already holds checkpoints: pass --resume to "
+                                  "continue that run, or choose another train.run_dir")
+        if self.chief:
+            save_config(self.config, os.path.join(c.run_dir, "config.yaml"))
+        start = int(self.step.numpy())
+        iterator = iter(self._train_data(start))
+        num_train = len(list_examples(self.config, self.config.data.train_split))
+        steps_per_epoch = max(1, math.ceil(num_train / c.batch_size))
+        progress = Progress(c.steps, start, c.batch_size, steps_per_epoch, self.chief)
+        values, val = {}, self.history[-1]["val"] if self.history else {}
+        for step in range(start + 1, c.steps + 1):
+            images, targets = next(iterator)
+            values = {k: float(v) for k, v in self.train_step(images, targets).items()}
+            if not math.isfinite(values["total"]):
+                terms = ", ".join(f"{k}={values[k]:.4g}" for k in TERMS)
+                raise NonFiniteLossError(f"non-finite loss at step {step}: {terms}; the last "
+                                         f"good checkpoint is {self.checkpoints.latest}")
+            rate = progress.update(step, values)
+            if step % c.log_every == 0 or step == c.steps:
+                self.summaries.scalars(step, {**values, "images_per_second": rate})
+            if c.image_every and step % c.image_every == 0:
+                self._image_summary(step, images, targets)
+            if step % c.checkpoint_every == 0 or step == c.steps:
+                self.checkpoints.save(step)
+            if (c.val_every and step % c.val_every == 0) or step == c.steps:
+                val = self.validate(step, values)
+        self.summaries.flush()
+        return {"step": int(self.step.numpy()), "train": values, "val": val}
+
+    def _train_data(self, start: int):
+        """The distributed training data; with `data.deterministic`, past the `start` steps
+        already trained (each input pipeline feeds its replicas one batch per step each)."""
+        config = self.config
+
+        def dataset_fn(ctx):
+            dataset = build_dataset(config, config.data.train_split, True,
+                                    config.train.batch_size, ctx)
+            if not config.data.deterministic or start == 0:
+                return dataset
+            per_pipeline = ctx.num_replicas_in_sync // ctx.num_input_pipelines
+            return dataset.skip(start * per_pipeline)
+
+        return self.strategy.distribute_datasets_from_function(dataset_fn)
+
+    def validate(self, step: int, train_values: dict | None = None) -> dict:
+        """Validates on `data.val_split`, keeps the best model, appends to metrics.json."""
+        dataset = build_dataset(self.config, self.config.data.val_split, False,
+                                self.config.train.batch_size)
+        result = validate(self.model, dataset, self.info.num_classes, self.config.eval,
+                          self.config.data.ignore_label)
+        self.checkpoints.save_best(step, result["miou"])
+        self.summaries.scalars(step, {"miou": result["miou"],
+                                      "boundary_f": result["boundary_f"]}, prefix="val")
+        self.history.append({"step": step, "train": dict(train_values or {}), "val": result})
+        if self.chief:
+            print(f"validation at step {step}: mIoU {100 * result['miou']:.2f}, boundary F "
+                  f"@{result['tolerance_px']}px {100 * result['boundary_f']:.2f}", flush=True)
+            self._write_metrics()
+        return result
+
+    def _image_summary(self, step, images, targets):
+        if not self.chief:
+            return
+        local = self.strategy.experimental_local_results
+        images, targets = local(images)[0], {k: local(v)[0] for k, v in targets.items()}
+        outputs = self.model(images, training=False)
+        gates = _gate_model(self.model)(images, training=False)
+        gates = [gates[k] for k in sorted(gates)] if isinstance(gates, dict) else list(gates)
+        self.summaries.images(step, image_panels(images, targets, outputs, gates,
+                                                 self.info.palette))
+
+    def _metrics_path(self) -> str:
+        return os.path.join(self.config.train.run_dir, "metrics.json")
+
+    def _load_history(self) -> None:
+        path = self._metrics_path()
+        if os.path.isfile(path):
+            with open(path, encoding="utf-8") as f:
+                step = int(self.step.numpy())
+                self.history = [h for h in json.load(f)["history"] if h["step"] <= step]
+
+    def _write_metrics(self) -> None:
+        path = self._metrics_path()
+        tmp = f"{path}.tmp"
+        best = max(self.history, key=lambda h: h["val"]["miou"])
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump({"last": self.history[-1], "best": best, "history": self.history}, f,
+                      indent=1, default=lambda v: float(np.asarray(v)))
+        os.replace(tmp, path)
