@@ -1,0 +1,163 @@
+"""The custom loop: sync BN, 1 vs 2 replicas, resume, non-finite loss, atomic checkpoints."""
+
+import hashlib
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from tensorflow.python.checkpoint import checkpoint_management
+
+from gscnn_tf.losses import GSCNNLoss
+from gscnn_tf.training.checkpoints import RunCheckpoints
+from gscnn_tf.training.trainer import NonFiniteLossError, Trainer
+from training_support import tiny_config, toy_model
+
+import keras
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory):
+    return str(tmp_path_factory.mktemp("synthetic"))
+
+
+@pytest.fixture(scope="module")
+def mirrored():
+    """One MirroredStrategy over the 2 logical CPUs for the whole module (strategies made
+    one after another in a process can collide on collective instance keys)."""
+    return tf.distribute.MirroredStrategy(
+        [d.name for d in tf.config.list_logical_devices("CPU")[:2]])
+
+
+def test_sync_batch_norm_uses_global_batch_statistics(rng, mirrored):
+    strategy = mirrored
+    x = rng.normal(size=(4, 3, 3, 2)).astype(np.float32)
+    x[2:] = 5.0 * x[2:] + 3.0                          # replica 1 sees other statistics
+    with strategy.scope():
+        bn = keras.layers.BatchNormalization(synchronized=True, momentum=0.5, epsilon=1e-3)
+        bn.build((None, 3, 3, 2))
+    data = strategy.experimental_distribute_dataset(tf.data.Dataset.from_tensors(x).unbatch()
+                                                     .batch(4))
+    out = strategy.run(tf.function(lambda b: bn(b, training=True)), args=(next(iter(data)),))
+    out = np.concatenate([t.numpy() for t in strategy.experimental_local_results(out)])
+    mean, var = x.mean(axis=(0, 1, 2)), x.var(axis=(0, 1, 2))
+    np.testing.assert_allclose(out, (x - mean) / np.sqrt(var + 1e-3), atol=1e-4)
+    np.testing.assert_allclose(bn.moving_mean.numpy(), 0.5 * mean, atol=1e-5)
+    np.testing.assert_allclose(bn.moving_variance.numpy(), 0.5 + 0.5 * var, rtol=1e-4)
+
+
+def _weights(trainer):
+    return [v.numpy() for v in trainer.model.weights]
+
+
+@pytest.mark.parametrize("clip_norm", [0.0, 0.05])
+def test_two_replicas_step_equals_one_replica_step(data_root, tmp_path, clip_norm, mirrored):
+    results = []
+    for name, strategy in (("one", tf.distribute.get_strategy()), ("two", mirrored)):
+        config = tiny_config(data_root, tmp_path / name, "train.steps=10",
+                             f"train.clip_norm={clip_norm}")
+        trainer = Trainer(config, strategy=strategy, model_builder=toy_model)
+        before = _weights(trainer)
+        iterator = iter(trainer._train_data(0))
+        terms = trainer.train_step(*next(iterator))
+        results.append((before, _weights(trainer), {k: float(v) for k, v in terms.items()}))
+    (b1, w1, t1), (b2, w2, t2) = results
+    for a, b in zip(b1, b2):
+        np.testing.assert_array_equal(a, b)
+    assert any(not np.allclose(a, b) for a, b in zip(b1, w1))
+    for a, b in zip(w1, w2):
+        np.testing.assert_allclose(a, b, atol=1e-5)
+    for k in t1:
+        assert t1[k] == pytest.approx(t2[k], rel=1e-5, abs=1e-6), k
+
+
+def _lr(trainer):
+    return float(trainer.schedule(trainer.optimizer.iterations))
+
+
+def test_interrupted_then_resumed_equals_uninterrupted(data_root, tmp_path, monkeypatch):
+    straight = Trainer(tiny_config(data_root, tmp_path / "a"), model_builder=toy_model)
+    straight.train()
+
+    config = tiny_config(data_root, tmp_path / "b")
+    crashing = Trainer(config, model_builder=toy_model)
+    save = crashing.checkpoints.save
+
+    def save_then_crash(step):
+        save(step)
+        if step == 4:
+            raise KeyboardInterrupt("simulated crash after the step-4 checkpoint")
+
+    monkeypatch.setattr(crashing.checkpoints, "save", save_then_crash)
+    with pytest.raises(KeyboardInterrupt):
+        crashing.train()
+    with pytest.raises(FileExistsError):
+        Trainer(config, model_builder=toy_model).train()
+    resumed = Trainer(config, model_builder=toy_model)
+    assert resumed.checkpoints.restore_latest() == 4
+    assert _lr(resumed) == pytest.approx(0.01 * (1 - 4 / 6))
+    resumed.train(resume=True)
+    assert int(resumed.step.numpy()) == int(straight.step.numpy()) == 6
+    assert int(resumed.optimizer.iterations.numpy()) == 6
+    assert _lr(resumed) == _lr(straight)
+    for a, b in zip(_weights(straight), _weights(resumed)):
+        np.testing.assert_allclose(a, b, atol=1e-6)
+
+
+class _NaNAfter:
+    """GSCNNLoss whose seg term (and total) turns NaN from the 0-based step `first` on."""
+
+    def __init__(self, first):
+        self.loss, self.first = GSCNNLoss(), first
+
+    def __call__(self, targets, outputs, seed=None):
+        terms = dict(self.loss(targets, outputs, seed=seed))
+        nan = tf.where(seed[1] >= self.first, np.float32(np.nan), np.float32(0.0))
+        terms["seg"] = terms["seg"] + nan
+        terms["total"] = terms["total"] + nan
+        return terms
+
+
+def _digest(folder):
+    digest = hashlib.sha256()
+    for name in sorted(os.listdir(folder)):
+        with open(os.path.join(folder, name), "rb") as f:
+            digest.update(name.encode() + f.read())
+    return digest.hexdigest()
+
+
+def test_non_finite_loss_stops_and_keeps_last_checkpoint(data_root, tmp_path):
+    config = tiny_config(data_root, tmp_path / "run", "train.steps=8")
+    trainer = Trainer(config, model_builder=toy_model, loss_fn=_NaNAfter(4))
+    with pytest.raises(NonFiniteLossError, match=r"step 5: seg=nan, edge=[0-9.]+, att="):
+        trainer.train()
+    folder = os.path.join(config.train.run_dir, "checkpoints")
+    assert trainer.checkpoints.latest.endswith("ckpt-4")
+    before = _digest(folder)
+    fresh = Trainer(config, model_builder=toy_model)
+    assert fresh.checkpoints.restore_latest() == 4
+    assert all(np.isfinite(w).all() for w in _weights(fresh))
+    assert _digest(folder) == before
+
+
+def test_crash_during_save_leaves_latest_checkpoint_usable(tmp_path, monkeypatch):
+    value = tf.Variable([1.0, 2.0])
+    step = tf.Variable(1, dtype=tf.int64)
+    ckpts = RunCheckpoints(str(tmp_path), {"value": value, "step": step}, keep=2)
+    ckpts.save(1)
+
+    def crash(*args, **kwargs):
+        raise OSError("simulated crash before the checkpoint state file is replaced")
+
+    value.assign([7.0, 7.0])
+    step.assign(2)
+    monkeypatch.setattr(checkpoint_management, "update_checkpoint_state_internal", crash)
+    with pytest.raises(OSError):
+        ckpts.save(2)
+    monkeypatch.undo()
+    prefix = tmp_path / "checkpoints" / "ckpt-3"        # a save killed mid-write
+    (tmp_path / "checkpoints" / "ckpt-3.index").write_bytes(b"\x00partial")
+    (tmp_path / "checkpoints" / "ckpt-3.data-00000-of-00001").write_bytes(b"")
+    assert os.path.basename(ckpts.latest) == "ckpt-1" and not prefix.exists()
+    assert RunCheckpoints(str(tmp_path), {"value": value, "step": step}).restore_latest() == 1
+    np.testing.assert_array_equal(value.numpy(), [1.0, 2.0])

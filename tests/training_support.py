@@ -1,0 +1,30 @@
+"""Shared pieces of the training tests: a tiny config on a tiny synthetic dataset and a toy
+model with the GSCNN output contract (used until/besides the real small model)."""
+
+import keras
+
+from gscnn_tf.config import load_config
+
+
+def tiny_config(root, run_dir, *overrides):
+    """Synthetic data at 32x32 (8 train, 4 val images) under `root`, deterministic order and
+    augmentation, global batch 4; `overrides` are more `a.b=value` strings."""
+    return load_config(None, [
+        f"data.root={root}", "data.synthetic.num_train=8", "data.synthetic.num_val=4",
+        "data.synthetic.height=32", "data.synthetic.width=32", "data.crop_size=[32,32]",
+        "data.deterministic=true", "train.batch_size=4", "train.steps=6",
+        "train.checkpoint_every=2", "train.val_every=0", "train.log_every=1",
+        "train.image_every=0", f"train.run_dir={run_dir}", *overrides])
+
+
+def toy_model(model_config, num_classes):
+    """conv -> (sync) batch norm -> relu -> 1x1 heads: {"seg_logits", "edge_logits"}."""
+    image = keras.Input((None, None, 3), name="image")
+    x = keras.layers.Rescaling(1 / 255.0)(image)
+    x = keras.layers.Conv2D(8, 3, padding="same", name="conv")(x)
+    x = keras.layers.BatchNormalization(synchronized=model_config.sync_batch_norm,
+                                        name="bn")(x)
+    x = keras.layers.ReLU()(x)
+    seg = keras.layers.Conv2D(num_classes, 1, name="seg", dtype="float32")(x)
+    edge = keras.layers.Conv2D(1, 1, name="edge", dtype="float32")(x)
+    return keras.Model(image, {"seg_logits": seg, "edge_logits": edge})
