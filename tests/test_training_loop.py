@@ -11,7 +11,7 @@ from tensorflow.python.checkpoint import checkpoint_management
 from gscnn_tf.losses import GSCNNLoss
 from gscnn_tf.training.checkpoints import RunCheckpoints
 from gscnn_tf.training.trainer import NonFiniteLossError, Trainer
-from training_support import tiny_config, toy_model
+from training_support import mirrored_strategy, tiny_config, toy_model
 
 import keras
 
@@ -21,12 +21,9 @@ def data_root(tmp_path_factory):
     return str(tmp_path_factory.mktemp("synthetic"))
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def mirrored():
-    """One MirroredStrategy over the 2 logical CPUs for the whole module (strategies made
-    one after another in a process can collide on collective instance keys)."""
-    return tf.distribute.MirroredStrategy(
-        [d.name for d in tf.config.list_logical_devices("CPU")[:2]])
+    return mirrored_strategy()
 
 
 def test_sync_batch_norm_uses_global_batch_statistics(rng, mirrored):

@@ -1,7 +1,10 @@
 """Shared pieces of the training tests: a tiny config on a tiny synthetic dataset and a toy
 model with the GSCNN output contract (used until/besides the real small model)."""
 
+import functools
+
 import keras
+import tensorflow as tf
 
 from gscnn_tf.config import load_config
 
@@ -28,3 +31,11 @@ def toy_model(model_config, num_classes):
     seg = keras.layers.Conv2D(num_classes, 1, name="seg", dtype="float32")(x)
     edge = keras.layers.Conv2D(1, 1, name="edge", dtype="float32")(x)
     return keras.Model(image, {"seg_logits": seg, "edge_logits": edge})
+
+
+@functools.cache
+def mirrored_strategy():
+    """One MirroredStrategy over the 2 logical CPUs (conftest) for the whole test session:
+    strategies made one after another in a process can collide on collective instance keys."""
+    return tf.distribute.MirroredStrategy(
+        [d.name for d in tf.config.list_logical_devices("CPU")[:2]])

@@ -7,7 +7,8 @@ only. Biases, batch-norm scales and offsets are never decayed.
 
     optimizer = build_optimizer(config.train)            # inside strategy.scope()
     optimizer.build(model.trainable_variables)
-    loss = terms["total"] + l2_loss(model, config.train) / strategy.num_replicas_in_sync
+    loss = terms["total"] + l2_loss(model.trainable_variables, l2_coefficient(config.train))
+                           / strategy.num_replicas_in_sync
 """
 
 from __future__ import annotations
@@ -59,10 +60,9 @@ def l2_coefficient(train_config) -> float:
     return train_config.weight_decay if train_config.optimizer == "sgd" else 0.0
 
 
-def l2_loss(model: keras.Model, train_config) -> tf.Tensor:
-    """weight_decay / 2 * sum of squared kernels (float32 scalar; 0 for AdamW)."""
-    coefficient = l2_coefficient(train_config)
-    kernels = [v for v in model.trainable_variables if is_kernel(v)]
+def l2_loss(variables, coefficient: float) -> tf.Tensor:
+    """coefficient / 2 * sum of squared kernels among `variables` (float32 scalar)."""
+    kernels = [v for v in variables if is_kernel(v)]
     if coefficient == 0.0 or not kernels:
         return tf.constant(0.0)
     total = tf.add_n([tf.reduce_sum(tf.square(tf.cast(v, tf.float32))) for v in kernels])

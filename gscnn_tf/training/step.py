@@ -11,7 +11,7 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
-from gscnn_tf.training.optimizers import l2_loss
+from gscnn_tf.training.optimizers import l2_coefficient, l2_loss
 
 TERMS = ("seg", "edge", "att", "dual", "l2", "total")
 
@@ -30,7 +30,7 @@ def make_train_step(strategy, model, optimizer, loss_fn, schedule, train_config,
         with tf.GradientTape() as tape:
             outputs = model(images, training=True)
             terms = dict(loss_fn(targets, outputs, seed=seed))
-            terms["l2"] = l2_loss(model, c) / replicas
+            terms["l2"] = l2_loss(variables, l2_coefficient(c)) / replicas
             terms["total"] = terms["total"] + terms["l2"]
             loss = optimizer.scale_loss(terms["total"]) if scaled else terms["total"]
         grads = tape.gradient(loss, variables)

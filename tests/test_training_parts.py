@@ -1,0 +1,72 @@
+"""Schedule, optimizers, kernel weight decay and strategy selection against formulas."""
+
+import keras
+import numpy as np
+import pytest
+
+from gscnn_tf.config import TrainConfig
+from gscnn_tf.training.optimizers import build_optimizer, is_kernel, l2_loss
+from gscnn_tf.training.schedules import WarmupPolynomialDecay
+from gscnn_tf.training.strategy import StrategyError, make_strategy
+
+
+@pytest.mark.parametrize("power,warmup", [(1.0, 0), (0.9, 0), (2.0, 10)])
+def test_schedule_matches_formula(power, warmup):
+    schedule = WarmupPolynomialDecay(0.01, 100, power, warmup)
+    for step in (0, 1, 5, 9, 10, 50, 99, 100, 150):
+        if step < warmup:
+            expected = 0.01 * (step + 1) / warmup
+        else:
+            expected = 0.01 * (1 - min(step - warmup, 100 - warmup) / (100 - warmup)) ** power
+        assert float(schedule(step)) == pytest.approx(expected, rel=1e-5, abs=1e-9)
+    again = WarmupPolynomialDecay.from_config(schedule.get_config())
+    assert float(again(37)) == pytest.approx(float(schedule(37)))
+
+
+def _model():
+    x = keras.Input((4, 4, 2))
+    y = keras.layers.Conv2D(3, 3, name="conv")(x)
+    y = keras.layers.BatchNormalization(name="bn")(y)
+    y = keras.layers.DepthwiseConv2D(1, name="dw")(y)
+    return keras.Model(x, y)
+
+
+def test_l2_covers_kernels_only():
+    model = _model()
+    names = sorted(v.path for v in model.trainable_variables if is_kernel(v))
+    assert names == ["conv/kernel", "dw/kernel"]
+    expected = 0.5 * 1e-4 * sum(float(np.sum(v.numpy() ** 2)) for v in model.trainable_variables
+                                if v.name == "kernel")
+    assert float(l2_loss(model.trainable_variables, 1e-4)) == pytest.approx(expected, rel=1e-5)
+
+
+def test_sgd_step_and_adamw_decays_kernels_only():
+    model = _model()
+    config = TrainConfig(steps=10)
+    sgd = build_optimizer(config, model.trainable_variables)
+    assert isinstance(sgd, keras.optimizers.SGD) and sgd.momentum == 0.9 and sgd.built
+    adamw = build_optimizer(TrainConfig(optimizer="adamw", weight_decay=0.5, steps=10),
+                            model.trainable_variables)
+    before = {v.path: v.numpy().copy() for v in model.trainable_variables}
+    adamw.apply([np.zeros(v.shape, np.float32) for v in model.trainable_variables],
+                model.trainable_variables)
+    for v in model.trainable_variables:
+        if is_kernel(v):    # decoupled decay: w <- w - lr * wd * w (Adam's update is 0 here)
+            np.testing.assert_allclose(v.numpy(), before[v.path] * (1 - 0.01 * 0.5), rtol=1e-5)
+        else:
+            np.testing.assert_array_equal(v.numpy(), before[v.path])
+    scaled = build_optimizer(TrainConfig(mixed_precision=True, steps=10))
+    assert isinstance(scaled, keras.optimizers.LossScaleOptimizer)
+    with pytest.raises(ValueError, match="train.optimizer 'adam'"):
+        build_optimizer(TrainConfig(optimizer="adam"))
+
+
+def test_strategy_selection(monkeypatch):
+    monkeypatch.delenv("TF_CONFIG", raising=False)
+    assert make_strategy("one_device").num_replicas_in_sync == 1
+    assert make_strategy("auto", cpu_replicas=0).num_replicas_in_sync == 1
+    with pytest.raises(StrategyError, match="train.strategy 'ring'"):
+        make_strategy("ring")
+    monkeypatch.setenv("TF_CONFIG", "{not json")
+    with pytest.raises(StrategyError, match="TF_CONFIG is not valid JSON"):
+        make_strategy("auto")
