@@ -1,10 +1,12 @@
 """Schedule, optimizers, kernel weight decay and strategy selection against formulas."""
 
+import os
+
 import keras
 import numpy as np
 import pytest
 
-from gscnn_tf.config import TrainConfig
+from gscnn_tf.config import TrainConfig, load_config
 from gscnn_tf.training.optimizers import build_optimizer, is_kernel, l2_loss
 from gscnn_tf.training.schedules import WarmupPolynomialDecay
 from gscnn_tf.training.strategy import StrategyError, make_strategy
@@ -70,3 +72,16 @@ def test_strategy_selection(monkeypatch):
     monkeypatch.setenv("TF_CONFIG", "{not json")
     with pytest.raises(StrategyError, match="TF_CONFIG is not valid JSON"):
         make_strategy("auto")
+
+
+@pytest.mark.parametrize("name", ["cityscapes_wrn38", "cityscapes_resnet50",
+                                  "cityscapes_resnet101", "cityscapes_mobilenetv2",
+                                  "deeplabv3plus_resnet50", "deeplabv3plus_wrn38"])
+def test_cityscapes_configs_follow_the_paper_recipe(name):
+    config = load_config(os.path.join(os.path.dirname(__file__), "..", "configs", f"{name}.yaml"))
+    t = config.train
+    assert config.data.dataset == "cityscapes" and config.data.crop_size == [800, 800]
+    assert (t.batch_size, t.optimizer, t.learning_rate, t.momentum) == (16, "sgd", 0.01, 0.9)
+    assert (t.weight_decay, t.poly_power, config.model.sync_batch_norm) == (1e-4, 1.0, True)
+    assert config.model.shape_stream == name.startswith("cityscapes")
+    assert config.model.backbone.name == name.split("_")[1]
