@@ -1,19 +1,20 @@
 """The custom loop: sync BN, 1 vs 2 replicas, resume, non-finite loss, atomic checkpoints."""
 
 import hashlib
+import json
 import os
 
 import numpy as np
+import keras
 import pytest
 import tensorflow as tf
 from tensorflow.python.checkpoint import checkpoint_management
 
+from gscnn_tf.config import load_config
 from gscnn_tf.losses import GSCNNLoss
 from gscnn_tf.training.checkpoints import RunCheckpoints
 from gscnn_tf.training.trainer import NonFiniteLossError, Trainer
 from training_support import mirrored_strategy, tiny_config, toy_model
-
-import keras
 
 
 @pytest.fixture(scope="module")
@@ -158,3 +159,42 @@ def test_crash_during_save_leaves_latest_checkpoint_usable(tmp_path, monkeypatch
     assert os.path.basename(ckpts.latest) == "ckpt-1" and not prefix.exists()
     assert RunCheckpoints(str(tmp_path), {"value": value, "step": step}).restore_latest() == 1
     np.testing.assert_array_equal(value.numpy(), [1.0, 2.0])
+
+
+def _event_tags(folder):
+    tags = set()
+    for name in os.listdir(folder):
+        for event in tf.compat.v1.train.summary_iterator(os.path.join(folder, name)):
+            tags.update(value.tag for value in event.summary.value)
+    return tags
+
+
+def test_run_directory_contents(data_root, tmp_path):
+    config = tiny_config(data_root, tmp_path / "run", "train.steps=2", "train.val_every=1")
+    result = Trainer(config, model_builder=toy_model).train()
+    run_dir = config.train.run_dir
+    assert load_config(os.path.join(run_dir, "config.yaml")) == config
+    with open(os.path.join(run_dir, "metrics.json"), encoding="utf-8") as f:
+        metrics = json.load(f)
+    assert [h["step"] for h in metrics["history"]] == [1, 2]
+    assert metrics["last"]["val"]["miou"] == pytest.approx(result["val"]["miou"])
+    assert 0.0 <= result["val"]["miou"] <= 1.0
+    best = metrics["best"]["step"]
+    assert os.path.isfile(os.path.join(run_dir, "best", f"ckpt-{best}.index"))
+    tags = _event_tags(os.path.join(run_dir, "events"))
+    expected = {f"train/{k}" for k in ("seg", "edge", "att", "dual", "l2", "total", "lr",
+                                       "images_per_second")} | {"val/miou", "val/boundary_f"}
+    assert expected <= tags
+
+
+@pytest.mark.parametrize("overrides", [["train.mixed_precision=true"], ["train.xla=true"],
+                                       ["train.optimizer=adamw", "train.warmup_steps=2"]])
+def test_options_train_finite(data_root, tmp_path, overrides):
+    config = tiny_config(data_root, tmp_path / "run", "train.steps=3", *overrides)
+    trainer = Trainer(config, model_builder=toy_model)
+    before = _weights(trainer)
+    result = trainer.train()
+    assert np.isfinite(result["train"]["total"]) and result["step"] == 3
+    assert any(not np.allclose(a, b) for a, b in zip(before, _weights(trainer)))
+    if config.train.mixed_precision:
+        assert trainer.model.get_layer("conv").compute_dtype == "float16"
