@@ -5,11 +5,13 @@ import os
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from gscnn_tf.config import TrainConfig, load_config
 from gscnn_tf.training.optimizers import build_optimizer, is_kernel, l2_loss
 from gscnn_tf.training.schedules import WarmupPolynomialDecay
 from gscnn_tf.training.strategy import StrategyError, make_strategy
+from gscnn_tf.training.summaries import image_panels
 
 
 @pytest.mark.parametrize("power,warmup", [(1.0, 0), (0.9, 0), (2.0, 10)])
@@ -85,3 +87,29 @@ def test_cityscapes_configs_follow_the_paper_recipe(name):
     assert (t.weight_decay, t.poly_power, config.model.sync_batch_norm) == (1e-4, 1.0, True)
     assert config.model.shape_stream == name.startswith("cityscapes")
     assert config.model.backbone.name == name.split("_")[1]
+
+
+def test_image_panels_against_numpy(rng):
+    palette = rng.integers(0, 256, (4, 3)).astype(np.uint8)
+    labels = rng.integers(0, 4, (2, 8, 8)).astype(np.int32)
+    labels[0, 0, 0] = 255
+    images = rng.uniform(0, 255, (2, 8, 8, 3)).astype(np.float32)
+    logits = rng.normal(size=(2, 8, 8, 4)).astype(np.float32)
+    edges = (rng.uniform(size=(2, 8, 8)) > 0.5).astype(np.float32)
+    gates = [np.full((2, 8 // s, 8 // s, 1), 0.5, np.float32) for s in (1, 2, 4)]
+    panels = image_panels(images, {"labels": labels, "edges": edges},
+                          {"seg_logits": logits, "edge_logits": np.zeros((2, 8, 8, 1),
+                                                                         np.float32)},
+                          gates, palette)
+    assert sorted(panels) == sorted(["input", "ground_truth", "prediction_overlay",
+                                     "edge_probability", "ground_truth_edges", "gate1_alpha",
+                                     "gate2_alpha", "gate3_alpha"])
+    truth = np.concatenate([palette, [[0, 0, 0]]])[np.where(labels == 255, 4, labels)]
+    np.testing.assert_array_equal(panels["ground_truth"].numpy(), truth)
+    overlay = (0.5 * images.astype(np.uint8) + 0.5 * palette[logits.argmax(-1)]).astype(np.uint8)
+    np.testing.assert_allclose(panels["prediction_overlay"].numpy(), overlay, atol=1)
+    np.testing.assert_array_equal(panels["ground_truth_edges"].numpy()[..., 0],
+                                  (edges * 255).astype(np.uint8))
+    for name in ("edge_probability", "gate3_alpha"):
+        assert panels[name].shape == (2, 8, 8, 3) and panels[name].dtype == tf.uint8
+        np.testing.assert_array_equal(panels[name].numpy(), 127)
