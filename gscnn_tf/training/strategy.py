@@ -68,7 +68,7 @@ def make_strategy(name: str = "auto", cpu_replicas: int = 0) -> tf.distribute.St
     if name not in STRATEGIES:
         raise StrategyError(f"train.strategy '{name}': expected one of {', '.join(STRATEGIES)}")
     if name == "multi_worker" or (name == "auto" and cluster_size() > 1):
-        if cluster_size() < 1 or not os.environ.get("TF_CONFIG"):
+        if not os.environ.get("TF_CONFIG"):
             raise StrategyError("train.strategy 'multi_worker' needs TF_CONFIG (cluster, task)")
         return tf.distribute.MultiWorkerMirroredStrategy()
     if name == "one_device":
