@@ -198,3 +198,25 @@ def test_options_train_finite(data_root, tmp_path, overrides):
     assert any(not np.allclose(a, b) for a, b in zip(before, _weights(trainer)))
     if config.train.mixed_precision:
         assert trainer.model.get_layer("conv").compute_dtype == "float16"
+
+
+def test_cli_trains_resumes_and_reports(data_root, tmp_path, monkeypatch, capsys):
+    import argparse
+
+    from gscnn_tf.training import cli, trainer
+
+    monkeypatch.setattr(trainer, "_default_builder", toy_model)
+    config = tiny_config(data_root, tmp_path / "run", "train.steps=2")
+    path = tmp_path / "tiny.yaml"
+    path.write_text(config.to_yaml())
+
+    def run(*argv):
+        parser = argparse.ArgumentParser()
+        cli.add_arguments(parser)
+        return cli.run(parser.parse_args(["--config", str(path), *argv]))
+
+    assert run() == 0
+    assert "done: step 2, validation mIoU" in capsys.readouterr().out
+    assert run("--resume", "--set", "train.steps=3", "--strategy", "one_device") == 0
+    out = capsys.readouterr().out
+    assert "done: step 3" in out and "boundary F" in out
