@@ -220,3 +220,16 @@ def test_cli_trains_resumes_and_reports(data_root, tmp_path, monkeypatch, capsys
     assert run("--resume", "--set", "train.steps=3", "--strategy", "one_device") == 0
     out = capsys.readouterr().out
     assert "done: step 3" in out and "boundary F" in out
+
+
+def test_real_model_trains_with_image_summaries(data_root, tmp_path, mirrored):
+    pytest.importorskip("gscnn_tf.models.gscnn")
+    config = tiny_config(data_root, tmp_path / "run", "train.steps=2", "train.image_every=2",
+                         "model.backbone.base_width=8", "model.aspp_channels=16",
+                         "model.decoder_channels=16", "model.skip_channels=8")
+    trainer = Trainer(config, strategy=mirrored)
+    result = trainer.train()
+    assert result["step"] == 2 and np.isfinite(result["train"]["total"])
+    tags = _event_tags(os.path.join(config.train.run_dir, "events"))
+    assert {f"images/gate{i}_alpha" for i in (1, 2, 3)} | {"images/prediction_overlay",
+                                                           "images/edge_probability"} <= tags
