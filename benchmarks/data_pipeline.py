@@ -54,7 +54,7 @@ def decode_rate(config, count: int) -> float:
     decoded = files.map(lambda i, m: (tf.io.decode_png(tf.io.read_file(i), channels=3),
                                       tf.io.decode_png(tf.io.read_file(m), channels=1)),
                         num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
-    return rate(iter(decoded), count, 1)
+    return rate(iter(decoded), 3 * count, 1)
 
 
 def model_step_rate(config, batch_size: int, steps: int):
@@ -62,6 +62,7 @@ def model_step_rate(config, batch_size: int, steps: int):
     try:
         import keras
 
+        import gscnn_tf.models.gscnn  # noqa: F401  (build_model imports it lazily)
         from gscnn_tf import build_model
         from gscnn_tf.losses import GSCNNLoss
     except ImportError as e:
@@ -127,7 +128,7 @@ def main(argv=None) -> int:
     iterator = iter(pipeline.build_dataset(config, "train", True, args.batch))
     results["train_examples_per_s"] = rate(iterator, args.batches, args.batch)
     eval_iter = iter(pipeline.build_dataset(config, "train", False, 1).repeat())
-    results["eval_examples_per_s"] = rate(eval_iter, args.images, 1)
+    results["eval_examples_per_s"] = rate(eval_iter, 2 * args.images, 1)
     results["decode_only_examples_per_s"] = decode_rate(config, args.images)
     results["model_step_examples_per_s"] = (None if args.no_model else
                                             model_step_rate(config, args.batch,
