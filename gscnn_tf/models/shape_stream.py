@@ -1,0 +1,50 @@
+"""The gated shape stream (REFERENCE.md section 1, the paper's figure 2).
+
+    stem tap -> basic block (64) -> 1x1 -> 32 -> GCL 1 (gate1 tap)
+             -> basic block (32) -> 1x1 -> 16 -> GCL 2 (gate2 tap)
+             -> basic block (16) -> 1x1 ->  8 -> GCL 3 (gate3 tap)
+             -> 1x1 -> 1 (no bias) = boundary logits
+
+The stream runs at input resolution / `model.shape_stream_stride` (1 as in the paper; 2 or 4
+to save memory). Each gate receives a 1x1 projection of its regular-stream tap to one channel,
+resized bilinearly to the stream's resolution.
+"""
+
+from __future__ import annotations
+
+from keras import layers
+
+from gscnn_tf.models.layers import ResizeLike, basic_block, gated_conv
+
+WIDTHS = (32, 16, 8)
+STEM_WIDTH = 64
+
+
+def shape_stream(image, taps, config, bn_kwargs):
+    """Builds the shape stream.
+
+    Args:
+        image: the model input `[B, H, W, 3]` (its size sets the stream's resolution).
+        taps: backbone taps (`stem`, `gate1`, `gate2`, `gate3`).
+        config: `ModelConfig` (`shape_stream_stride`, `gate`).
+
+    Returns:
+        (boundary logits `[B, H / s, W / s, 1]`, [alpha1, alpha2, alpha3] each
+        `[B, H / s, W / s, 1]` in [0, 1]).
+    """
+    stride = config.shape_stream_stride
+    if stride not in (1, 2, 4):
+        raise ValueError(f"model.shape_stream_stride {stride}: expected 1, 2 or 4")
+    x = ResizeLike(stride, name="shape_stem_resize")([taps["stem"], image])
+    if x.shape[-1] != STEM_WIDTH:
+        x = layers.Conv2D(STEM_WIDTH, 1, use_bias=False, name="shape_stem_proj")(x)
+    alphas = []
+    for i, width in enumerate(WIDTHS, start=1):
+        x = basic_block(x, f"shape_res{i}", bn_kwargs)
+        x = layers.Conv2D(width, 1, name=f"shape_reduce{i}")(x)
+        regular = layers.Conv2D(1, 1, name=f"gate{i}_dsn")(taps[f"gate{i}"])
+        regular = ResizeLike(stride, name=f"gate{i}_dsn_resize")([regular, image])
+        x, alpha = gated_conv(x, regular, f"gate{i}", config.gate, bn_kwargs)
+        alphas.append(alpha)
+    logits = layers.Conv2D(1, 1, use_bias=False, name="shape_fuse")(x)
+    return logits, alphas
