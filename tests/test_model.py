@@ -1,0 +1,141 @@
+"""The Gated-SCNN network: shapes, gradients, baseline, serialisation, mixed precision."""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import gscnn_tf
+from gscnn_tf.config import ModelConfig
+from gscnn_tf.models.gscnn import gate_model
+from gscnn_tf.models.summary import parameter_breakdown
+
+
+def tiny_config(**overrides):
+    config = ModelConfig(aspp_channels=16, decoder_channels=16, skip_channels=8)
+    config.backbone.base_width = 8
+    for key, value in overrides.items():
+        setattr(config, key, value)
+    return config
+
+
+def images(rng, batch, h, w):
+    return rng.uniform(0, 255, (batch, h, w, 3)).astype("float32")
+
+
+@pytest.mark.parametrize("batch,h,w,stride", [(1, 97, 131, 1), (2, 64, 48, 2), (1, 33, 65, 4)])
+def test_output_shapes_and_dtypes(rng, batch, h, w, stride):
+    model = gscnn_tf.build_model(tiny_config(shape_stream_stride=stride), num_classes=5)
+    out = model(images(rng, batch, h, w), training=False)
+    assert set(out) == {"seg_logits", "edge_logits"}
+    assert out["seg_logits"].shape == (batch, h, w, 5)
+    assert out["edge_logits"].shape == (batch, h, w, 1)
+    assert out["seg_logits"].dtype == tf.float32 and out["edge_logits"].dtype == tf.float32
+    gates = gate_model(model)(images(rng, batch, h, w))
+    for name in ("gate1", "gate2", "gate3"):
+        alpha = gates[name].numpy()
+        assert alpha.shape == (batch, -(-h // stride), -(-w // stride), 1)
+        assert alpha.min() >= 0.0 and alpha.max() <= 1.0
+
+
+def test_every_variable_gets_a_gradient(rng):
+    model = gscnn_tf.build_model(tiny_config(), num_classes=4)
+    x = images(rng, 2, 48, 40)
+    labels = rng.integers(0, 4, (2, 48, 40))
+    edges = rng.integers(0, 2, (2, 48, 40, 1)).astype("float32")
+    with tf.GradientTape() as tape:
+        out = model(x, training=True)
+        seg = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(
+            labels, out["seg_logits"]))
+        edge = tf.reduce_mean(tf.nn.sigmoid_cross_entropy_with_logits(edges, out["edge_logits"]))
+        loss = seg + edge
+    grads = tape.gradient(loss, model.trainable_variables)
+    dead = [v.path for v, g in zip(model.trainable_variables, grads)
+            if g is None or not np.any(g.numpy())]
+    assert not dead
+    assert any("gate1" in v.path for v in model.trainable_variables)
+
+
+def test_baseline_has_no_shape_stream_weights(rng):
+    gscnn = gscnn_tf.build_model(tiny_config(), num_classes=4)
+    baseline = gscnn_tf.build_model(tiny_config(shape_stream=False), num_classes=4)
+    names = [layer.name for layer in baseline.layers]
+    assert not any(n.startswith(("shape_", "gate", "fusion_", "aspp_edge")) for n in names)
+    parts_g, parts_b = parameter_breakdown(gscnn), parameter_breakdown(baseline)
+    assert parts_b["shape_stream"] == 0 and parts_g["shape_stream"] > 0
+    assert parts_b["backbone"] == parts_g["backbone"]
+    # The edge branch of ASPP (1x1 conv 1 -> 16, BN 4 x 16) and the wider ASPP concat
+    # projection (16 x 16 more inputs) are the only fusion/decoder differences.
+    assert parts_g["fusion_decoder"] - parts_b["fusion_decoder"] == 16 + 4 * 16 + 16 * 16
+    out = baseline(images(rng, 1, 40, 56))
+    np.testing.assert_array_equal(out["edge_logits"].numpy(), 0.0)
+    with pytest.raises(ValueError, match="no shape-stream gates"):
+        gate_model(baseline)
+
+
+def test_shape_stream_width_matches_the_reference_design():
+    # 64-wide basic block, then 32/16/8 with three gates: about 0.108 M parameters at a
+    # 64-channel stem (REFERENCE.md), independent of the backbone except for the dsn convs.
+    config = tiny_config()
+    config.backbone.base_width = 64
+    parts = parameter_breakdown(gscnn_tf.build_model(config, num_classes=3))
+    assert 0.095e6 < parts["shape_stream"] < 0.12e6
+
+
+@pytest.mark.parametrize("gate", ["reference", "paper"])
+def test_keras_round_trip(rng, tmp_path, gate):
+    model = gscnn_tf.build_model(tiny_config(gate=gate), num_classes=3)
+    x = images(rng, 1, 45, 37)
+    expected = model(x, training=False)
+    clone = keras.Model.from_config(model.get_config())
+    clone.set_weights(model.get_weights())
+    path = tmp_path / "m.keras"
+    model.save(path)
+    loaded = keras.models.load_model(path)
+    for other in (clone, loaded):
+        got = other(x, training=False)
+        for key in expected:
+            np.testing.assert_allclose(got[key].numpy(), expected[key].numpy(), atol=1e-5)
+
+
+def test_image_gradients_none_and_canny_differ(rng):
+    x = images(rng, 1, 40, 40)
+    with_canny = gscnn_tf.build_model(tiny_config(), 3)
+    without = gscnn_tf.build_model(tiny_config(image_gradients="none"), 3)
+    without.set_weights(with_canny.get_weights())
+    a = with_canny(x)["seg_logits"].numpy()
+    b = without(x)["seg_logits"].numpy()
+    assert not np.allclose(a, b)
+    with pytest.raises(ValueError, match="image_gradients"):
+        gscnn_tf.build_model(tiny_config(image_gradients="sobel"), 3)
+
+
+def test_mixed_precision_outputs_float32(rng):
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        model = gscnn_tf.build_model(tiny_config(), num_classes=3)
+        out = model(images(rng, 1, 33, 47), training=False)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    assert any(v.dtype == "float32" for v in model.weights)
+    assert model.get_layer("decoder_classifier").compute_dtype == "float16"
+    assert out["seg_logits"].dtype == tf.float32 and out["edge_logits"].dtype == tf.float32
+    assert np.all(np.isfinite(out["seg_logits"].numpy()))
+
+
+def test_bad_config_errors():
+    with pytest.raises(ValueError, match="shape_stream_stride"):
+        gscnn_tf.build_model(tiny_config(shape_stream_stride=3), 3)
+    with pytest.raises(ValueError, match="model.gate"):
+        gscnn_tf.build_model(tiny_config(gate="other"), 3)
+    with pytest.raises(ValueError, match="num_classes"):
+        gscnn_tf.build_model(tiny_config(), 0)
+
+
+def test_flop_count_matches_an_analytic_conv(rng):
+    inputs = keras.Input((None, None, 3), name="image")
+    outputs = keras.layers.Conv2D(4, 3, padding="same", use_bias=False)(inputs)
+    model = keras.Model(inputs, outputs)
+    # 2 x (H x W x k x k x Cin x Cout) multiply-adds.
+    from gscnn_tf.models.summary import count_flops
+    assert count_flops(model, 10, 12) == 2 * 10 * 12 * 3 * 3 * 3 * 4
