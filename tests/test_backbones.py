@@ -2,7 +2,6 @@
 PyTorch-style padding of WideResNet-38 and its parameter count."""
 
 import math
-import os
 
 import keras
 import numpy as np
@@ -11,6 +10,7 @@ import pytest
 from gscnn_tf.config import BackboneConfig, ModelConfig
 from gscnn_tf.models.backbones import TAPS, build_backbone, preprocessing_mode
 from gscnn_tf.models.backbones import mobilenet, pretrained, wider_resnet
+from gscnn_tf.models.gscnn import build_model
 
 H, W = 35, 41  # odd on purpose: every tap must be ceil(n / stride)
 
@@ -271,15 +271,21 @@ def test_wrn38_structure_and_parameter_count():
 
 
 def test_full_wrn38_gscnn_parameter_count():
-    if not os.path.exists(os.path.join(os.path.dirname(wider_resnet.__file__), "..", "gscnn.py")):
-        pytest.skip("gscnn_tf/models/gscnn.py not written yet")
-    from gscnn_tf.models.gscnn import build_model
-
     model = build_model(ModelConfig(backbone=BackboneConfig(name="wrn38")), 19)
     assert abs(model.count_params() / 137.28e6 - 1) < 0.01, model.count_params()
+
+    def count(prefixes):
+        return sum(layer.count_params() for layer in model.layers
+                   if layer.name.startswith(prefixes))
+
+    assert count("mod") == _reference_wrn38_params()
+    # The model's naming contract: the shape stream is every shape_*, gate* and fusion_* layer.
+    shape_stream = count(("shape_", "gate", "fusion_"))
+    assert abs(shape_stream / 0.108e6 - 1) < 0.02, shape_stream
     baseline = build_model(ModelConfig(backbone=BackboneConfig(name="wrn38"),
                                        shape_stream=False), 19)
+    assert not any(layer.name.startswith(("shape_", "gate", "fusion_"))
+                   for layer in baseline.layers)
     extra = model.count_params() - baseline.count_params()
-    # REFERENCE.md: shape stream ~0.108 M; with ASPP's edge branch and the wider decoder
-    # input ~0.17 M.
+    # REFERENCE.md: with ASPP's edge branch and the wider decoder input ~0.17 M.
     assert 0.15e6 < extra < 0.19e6, extra
