@@ -113,30 +113,34 @@ def _class_map(labels: np.ndarray, valid: np.ndarray, num_classes: int) -> np.nd
 
 
 def class_boundaries(labels: np.ndarray, num_classes: int) -> list[np.ndarray]:
-    """Per class, the `[K, 2]` (row, col) pixels of `seg2bmap(labels == c)`.
+    """Per class, the `[K, 2]` (row, col) pixels of `seg2bmap(labels == c)`, in no
+    particular order.
 
     labels: int `[H, W]`, NO_CLASS where no class counts. Same result as the reference's
     per-class XOR with the right, down and down-right neighbours (see the module docstring).
     """
-    h, w = labels.shape
+    w = labels.shape[1]
     right = labels.copy()
     right[:, :-1] = labels[:, 1:]
     down = labels.copy()
     down[:-1, :] = labels[1:, :]
     diag = labels.copy()
     diag[:-1, :-1] = labels[1:, 1:]
-    keys = []
-    flat = np.arange(h * w, dtype=np.int64).reshape(h, w)
-    differs_any = np.zeros((h, w), bool)
-    for other in (right, down, diag):
-        differs = other != labels
-        differs_any |= differs
-        hit = differs & (other != NO_CLASS)
-        keys.append(other[hit].astype(np.int64) * (h * w) + flat[hit])
-    own = differs_any & (labels != NO_CLASS)
-    keys.append(labels[own].astype(np.int64) * (h * w) + flat[own])
-    keys = np.unique(np.concatenate(keys))
-    classes, pixels = np.divmod(keys, h * w)
+    # each pixel's candidate classes, each listed once: itself if it differs from any
+    # neighbour, and every neighbour's class that differs from its own
+    own = np.where((right != labels) | (down != labels) | (diag != labels), labels, NO_CLASS)
+    right = np.where(right != labels, right, NO_CLASS)
+    down = np.where((down != labels) & (down != right), down, NO_CLASS)
+    diag = np.where((diag != labels) & (diag != right) & (diag != down), diag, NO_CLASS)
+    pixels, classes = [], []
+    for candidate in (own, right, down, diag):
+        flat = np.flatnonzero(candidate != NO_CLASS)
+        pixels.append(flat)
+        classes.append(candidate.ravel()[flat].astype(np.uint8 if num_classes <= 256
+                                                      else np.int32))
+    pixels, classes = np.concatenate(pixels), np.concatenate(classes)
+    order = np.argsort(classes, kind="stable")
+    pixels, classes = pixels[order], classes[order]
     starts = np.searchsorted(classes, np.arange(num_classes + 1))
     coords = np.stack(np.divmod(pixels, w), axis=1)
     return [coords[starts[c]:starts[c + 1]] for c in range(num_classes)]
@@ -146,7 +150,8 @@ def _matched_fraction(points: np.ndarray, targets: np.ndarray, tolerances) -> np
     """For each tolerance r, the fraction of `points` within Euclidean distance r of some
     pixel of `targets` (both non-empty `[K, 2]`)."""
     max_r = float(max(tolerances))
-    dist, _ = cKDTree(targets).query(points, k=1, distance_upper_bound=max_r + 0.5)
+    dist, _ = cKDTree(targets, balanced_tree=False, compact_nodes=False).query(
+        points, k=1, distance_upper_bound=max_r + 0.5)
     # squared pixel distances are integers: r^2 vs r^2 + 1 are >= 1/(2r+1) apart after sqrt
     return np.array([np.mean(dist <= r + 1e-3) for r in tolerances])
 
