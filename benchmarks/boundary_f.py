@@ -104,7 +104,8 @@ def main() -> int:
         "extrapolated_500_images_s": round(cost_500, 1),
         "reference_dilation_s_per_image_estimate": reference_s and round(reference_s, 1),
         "wall_s_including_map_generation": round(wall, 1),
-        "gt_boundary_pixel_class_pairs_per_pixel": round(float(np.mean([r[2] for r in results])), 4),
+        "gt_boundary_pixel_class_pairs_per_pixel": round(float(np.mean([r[2] for r in
+                                                                         results])), 4),
         "f_first_image": {str(k): round(v, 4) for k, v in results[0][3].items()},
         "machine": machine(),
     }
@@ -127,8 +128,8 @@ def main() -> int:
             f"({cost_500 / 60:.1f} min) |\n"
             + (f"| the reference's dilations (scipy, one worker), per image, estimated | "
                f"{reference_s:.1f} s |\n" if reference_s else "")
-            + f"| ground-truth class-boundary pixels (two classes count twice) | {100 * record['gt_boundary_pixel_class_pairs_per_pixel']:.2f}"
-            " % of the image |\n\n"
+            + "| ground-truth class-boundary pixels (two classes count twice) | "
+            f"{100 * record['gt_boundary_pixel_class_pairs_per_pixel']:.2f} % of the image |\n\n"
             "The cost grows with the number of boundary pixels (one k-d tree query each), not "
             "with the tolerances; the reference dilates every class map of every image with "
             "each disk.\n")

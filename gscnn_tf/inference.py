@@ -32,7 +32,7 @@ IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 PICTURES = ("labels", "overlay", "edges")
 
 
-def _find_config(path: str) -> str | None:
+def find_run_config(path: str) -> str | None:
     """The `config.yaml` of the run holding `path` (it, or up to two folders above)."""
     folder = path if os.path.isdir(path) else os.path.dirname(path)
     for _ in range(3):
@@ -86,7 +86,7 @@ class Predictor:
 
         source = os.fspath(source)
         if config is None or isinstance(config, (str, os.PathLike)):
-            path = config or _find_config(source)
+            path = config or find_run_config(source)
             config = gscnn_tf.load_config(path, overrides) if path else None
         self.config = config
         self.model = self._signature = None
@@ -165,6 +165,19 @@ class Predictor:
         if gates:
             result["gates"] = {k: v.numpy()[..., 0] for k, v in self._gate_fn()(x).items()}
         return result
+
+    def probabilities(self, images) -> np.ndarray:
+        """images `[B, H, W, 3]` RGB 0..255 -> float32 `[B, H, W, C + 1]`: the softmax class
+        probabilities and, last, the boundary probability (Keras sources only; averaging
+        them is how test-time augmentation combines predictions)."""
+        import tensorflow as tf
+
+        if self.model is None:
+            raise ValueError(f"{self.source}: a SavedModel returns labels only; flip, "
+                             "multi-scale and sliding-window inference need a Keras source")
+        out = self._forward(tf.constant(np.asarray(images, np.float32)))
+        return tf.concat([tf.nn.softmax(out["seg_logits"]), tf.sigmoid(out["edge_logits"])],
+                         -1).numpy()
 
     def _gate_fn(self):
         if self._gates is None:

@@ -205,10 +205,17 @@ class BoundaryFAccumulator:
         self.count_present = np.zeros(num_classes, np.int64)
         self.count = 0
 
-    def update(self, pred, label) -> None:
+    def update(self, pred, label, pixel_tolerances=None) -> None:
+        """Adds images `[H, W]` or `[N, H, W]`. `pixel_tolerances` (one per tolerance): the
+        radii to use for these images, recorded under `tolerances` (images smaller than the
+        reference resolution get scaled-down radii)."""
         pred, label = _check_pair(pred, label)
+        radii = self.tolerances if pixel_tolerances is None else list(pixel_tolerances)
+        if len(radii) != len(self.tolerances):
+            raise ValueError(f"pixel_tolerances {radii}: expected one per tolerance "
+                             f"{self.tolerances}")
         for p, g in zip(pred, label):
-            scores, present = image_boundary_scores(p, g, self.num_classes, self.tolerances,
+            scores, present = image_boundary_scores(p, g, self.num_classes, radii,
                                                     self.ignore_label)
             self.sum_all += scores
             self.sum_present += scores * present
