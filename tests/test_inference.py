@@ -119,3 +119,34 @@ def test_viz_pictures():
     gates = viz.gates_picture({"gate1": np.ones((2, 2)), "gate2": np.zeros((2, 2, 1))},
                               (4, 6), gap=2)
     assert gates.shape == (4, 14, 3) and gates[0, 0, 0] == 255 and gates[0, 8, 0] == 0
+
+
+def test_predictor_savedmodel(trained, rng, tmp_path):
+    """A SavedModel with the serving contract (uint8 images -> labels, edge_prob)."""
+    model, _, _ = trained
+
+    class Serving(tf.Module):
+        def __init__(self):
+            super().__init__()
+            self.model = model
+
+        @tf.function(input_signature=[tf.TensorSpec([None, None, None, 3], tf.uint8,
+                                                    name="images")])
+        def serve(self, images):
+            out = self.model(tf.cast(images, tf.float32), training=False)
+            return {"labels": tf.argmax(out["seg_logits"], -1, output_type=tf.int32),
+                    "edge_prob": tf.sigmoid(out["edge_logits"])}
+
+    module = Serving()
+    tf.saved_model.save(module, str(tmp_path / "sm"),
+                        signatures={"serving_default": module.serve})
+    image = rng.integers(0, 256, (24, 40, 3)).astype(np.uint8)
+    predictor = Predictor(str(tmp_path / "sm"))
+    out = predictor.predict(image)
+    labels, edge = direct(model, image)
+    np.testing.assert_array_equal(out["labels"], labels)
+    np.testing.assert_allclose(out["edge_prob"], edge, atol=1e-5)
+    with pytest.raises(ValueError, match="gates"):
+        predictor.predict(image, gates=True)
+    with pytest.raises(ValueError, match="labels only"):
+        predictor.probabilities(image[None])
