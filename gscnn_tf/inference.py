@@ -114,6 +114,19 @@ class Predictor:
 
             self.model = gscnn_tf.build_model(config.model, dataset_info(config).num_classes)
             tf.train.Checkpoint(model=self.model).restore(prefix).expect_partial()
+        self._setup(source)
+
+    @classmethod
+    def from_model(cls, model, config=None) -> "Predictor":
+        """A Predictor around a Keras model already in memory (e.g. during training)."""
+        predictor = cls.__new__(cls)
+        predictor.config, predictor.model, predictor._signature = config, model, None
+        predictor._setup(f"<model {model.name}>")
+        return predictor
+
+    def _setup(self, source: str) -> None:
+        import tensorflow as tf
+
         self.source = source
         self._gates = None
         if self.model is not None:

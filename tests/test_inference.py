@@ -150,3 +150,10 @@ def test_predictor_savedmodel(trained, rng, tmp_path):
         predictor.predict(image, gates=True)
     with pytest.raises(ValueError, match="labels only"):
         predictor.probabilities(image[None])
+
+
+def test_predictor_from_model(trained, rng):
+    model, _, config = trained
+    image = rng.integers(0, 256, (16, 24, 3)).astype(np.uint8)
+    out = Predictor.from_model(model, config).predict(image)
+    np.testing.assert_array_equal(out["labels"], direct(model, image)[0])
