@@ -159,3 +159,10 @@ def test_crop_factor_plot_draws_points():
     picture = crop_factor_plot({0: 0.8, 100: 0.75, 200: 0.7})
     assert picture.shape == (400, 640, 3) and picture.dtype == np.uint8
     assert (picture != 255).any()
+
+
+def test_evaluator_rejects_bad_window():
+    config = Config()
+    config.eval.window = [64]
+    with pytest.raises(ValueError, match="eval.window"):
+        ev.Evaluator(RedChannelPredictor(), config)

@@ -90,6 +90,12 @@ class Evaluator:
         from gscnn_tf.data.pipeline import dataset_info
 
         self.predictor, self.config, self.eval = predictor, config, config.eval
+        if self.eval.window and (len(self.eval.window) != 2 or min(self.eval.window) < 1):
+            raise ValueError(f"eval.window {self.eval.window}: expected [height, width] in "
+                             "pixels, or [] for whole images")
+        if not 0 <= self.eval.window_overlap < 1:
+            raise ValueError(f"eval.window_overlap {self.eval.window_overlap}: expected a "
+                             "fraction in [0, 1)")
         info = dataset_info(config)
         self.num_classes, self.class_names = info.num_classes, list(info.class_names)
         self.ignore_label = info.ignore_label
