@@ -166,3 +166,36 @@ def test_evaluator_rejects_bad_window():
     config.eval.window = [64]
     with pytest.raises(ValueError, match="eval.window"):
         ev.Evaluator(RedChannelPredictor(), config)
+
+
+def test_sliding_window_exact_away_from_seams(rng):
+    """A model that sees 3 px around each pixel (three 3x3 convolutions): windows overlapping
+    by more than 2 x 3 px give the full-image result wherever every window holding the pixel
+    has it at least 3 px inside its cut borders (near seams the windows' zero padding shows).
+    GSCNN itself sees the whole window (ASPP image pooling), so its windowed result is not
+    exact anywhere; only the whole-image window is (test above)."""
+    import keras
+
+    inputs = keras.Input((None, None, 3))
+    x = inputs
+    for i in range(3):
+        x = keras.layers.Conv2D(4, 3, padding="same", activation="tanh", name=f"c{i}")(x)
+    model = keras.Model(inputs, x)
+    forward = lambda x: model(x.astype(np.float32) / 255, training=False).numpy()  # noqa
+    image = rng.uniform(0, 255, (40, 70, 3)).astype(np.float32)
+    full = forward(image[None])[0]
+    window, overlap, radius = (24, 32), 0.5, 3
+    out = ev.sliding_window(forward, image, window, overlap)
+    exact = np.ones(image.shape[:2], bool)
+    for top in ev.window_starts(40, 24, overlap):
+        for left in ev.window_starts(70, 32, overlap):
+            inner = np.zeros_like(exact)
+            inner[top + (radius if top else 0): top + 24 - (radius if top + 24 < 40 else 0),
+                  left + (radius if left else 0): left + 32 - (radius if left + 32 < 70 else 0)
+                  ] = True
+            covered = np.zeros_like(exact)
+            covered[top:top + 24, left:left + 32] = True
+            exact &= ~covered | inner
+    assert exact.mean() > 0.3
+    np.testing.assert_allclose(out[exact], full[exact], atol=1e-5)
+    assert np.abs(out - full)[~exact].max() > 1e-3  # seams do differ: zero padding
