@@ -82,7 +82,7 @@ class Predictor:
         import tensorflow as tf
 
         import gscnn_tf
-        from gscnn_tf.models import gscnn  # registers the custom layers for .keras loading
+        from gscnn_tf.models import gscnn  # noqa: F401  (registers the layers for .keras)
 
         source = os.fspath(source)
         if config is None or isinstance(config, (str, os.PathLike)):
