@@ -22,6 +22,7 @@ def _compiled(depth=3, **kwargs):
 _GRAY3 = _compiled(3)
 _GRAY1 = _compiled(1)
 _POOL3 = _compiled(3, step_form="pool")
+_BITS1 = _compiled(1, step_form="bits")
 _MAX3 = _compiled(3, channels="max")
 
 
@@ -69,6 +70,7 @@ def test_gray_input_and_pool_form_equal_opencv():
     ref = cv2.Canny(gray, 10, 100) > 0
     np.testing.assert_array_equal(_edges(_GRAY1, gray[..., None]), ref)
     np.testing.assert_array_equal(_edges(_POOL3, rgb), ref)
+    np.testing.assert_array_equal(_edges(_BITS1, gray[..., None]), ref)
 
 
 @pytest.mark.parametrize("blurred", [False, True])
@@ -77,8 +79,9 @@ def test_noise_odd_sizes_exact(blurred):
     for h, w in [(3, 5), (5, 3), (4, 7), (17, 31), (64, 65), (97, 131), (200, 301)]:
         img = _noise(rng, h, w, blurred)
         ref = cv2.Canny(img, 10, 100) > 0
-        mismatched = int((_edges(_GRAY1, img[..., None]) != ref).sum())
-        assert mismatched == 0, f"{h}x{w}: {mismatched} pixels differ from cv2.Canny"
+        for fn in (_GRAY1, _BITS1):
+            mismatched = int((_edges(fn, img[..., None]) != ref).sum())
+            assert mismatched == 0, f"{h}x{w}: {mismatched} pixels differ from cv2.Canny"
 
 
 def test_other_thresholds_and_swapped_thresholds():
