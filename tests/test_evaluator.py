@@ -199,3 +199,11 @@ def test_sliding_window_exact_away_from_seams(rng):
     assert exact.mean() > 0.3
     np.testing.assert_allclose(out[exact], full[exact], atol=1e-5)
     assert np.abs(out - full)[~exact].max() > 1e-3  # seams do differ: zero padding
+
+
+def test_boundary_workers_give_the_same_results(cityscapes_model):
+    _, config = cityscapes_model
+    inline = ev.Evaluator(RedChannelPredictor(), config).run("val", progress=False)
+    pooled = ev.Evaluator(RedChannelPredictor(), config, workers=2)
+    pooled._max_pending = 1  # exercise the bounded queue
+    assert json.dumps(pooled.run("val", progress=False)) == json.dumps(inline)  # NaN-safe

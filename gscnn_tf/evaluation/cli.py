@@ -31,6 +31,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--format", default="trainids", choices=("trainids", "cityscapes"),
                         help="prediction PNGs: train ids, or Cityscapes labelIds named for "
                              "the official evaluation")
+    parser.add_argument("--workers", type=int, default=0,
+                        help="processes for the boundary F-score beside inference")
     parser.add_argument("--step", type=int, default=0, help="TensorBoard step")
 
 
@@ -54,7 +56,7 @@ def run(args) -> int:
     output = args.output or os.path.join(
         os.path.dirname(config_path) if config_path and not args.config else ".",
         f"eval_{split}")
-    evaluator = Evaluator(Predictor(args.model, config), config)
+    evaluator = Evaluator(Predictor(args.model, config), config, args.workers)
     results = evaluator.run(split, args.save_predictions or None, args.format, args.limit)
     paths = write_reports(results, output, args.step)
     f_text = ", ".join(f"F@{t}px {100 * f:.2f}" for t, f in results["boundary_f"].items())

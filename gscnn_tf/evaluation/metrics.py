@@ -215,12 +215,15 @@ class BoundaryFAccumulator:
             raise ValueError(f"pixel_tolerances {radii}: expected one per tolerance "
                              f"{self.tolerances}")
         for p, g in zip(pred, label):
-            scores, present = image_boundary_scores(p, g, self.num_classes, radii,
-                                                    self.ignore_label)
-            self.sum_all += scores
-            self.sum_present += scores * present
-            self.count_present += present
-            self.count += 1
+            self.add(*image_boundary_scores(p, g, self.num_classes, radii, self.ignore_label))
+
+    def add(self, scores: np.ndarray, present: np.ndarray) -> None:
+        """Adds one image's `image_boundary_scores` result (computed elsewhere, e.g. in a
+        worker process)."""
+        self.sum_all += scores
+        self.sum_present += scores * present
+        self.count_present += present
+        self.count += 1
 
     def per_class(self, tolerance: int, present_only: bool = False) -> np.ndarray:
         """Per-class F `[C]` at `tolerance`; NaN where no image counts."""
