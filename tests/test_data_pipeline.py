@@ -11,6 +11,7 @@ import yaml
 from gscnn_tf.config import load_config
 from gscnn_tf.data import pipeline
 from gscnn_tf.data.decode import DataError
+from conftest import two_cpu_strategy
 
 NO_AUG = ["data.scale_range=[1.0, 1.0]", "data.hflip=false", "data.color_jitter=0.0",
           "data.blur_prob=0.0"]
@@ -264,7 +265,7 @@ def test_load_image_decodes_and_names_bad_files(tmp_path):
 def test_distribute_datasets_from_function_under_mirrored_strategy(tmp_path):
     write_folder(str(tmp_path), count=6, size=(12, 12))
     config = folder_config(tmp_path, "data.crop_size=[8, 8]", "data.deterministic=true")
-    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    strategy = two_cpu_strategy()
     dataset = strategy.distribute_datasets_from_function(
         lambda context: pipeline.build_dataset(config, "train", True, 4, context))
     image, targets = next(iter(dataset))

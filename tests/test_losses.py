@@ -7,6 +7,7 @@ from scipy import ndimage
 
 from gscnn_tf import losses
 from gscnn_tf.config import LossConfig
+from conftest import two_cpu_strategy
 
 C = 4
 
@@ -282,7 +283,7 @@ def test_two_replicas_sum_to_the_single_device_loss_and_gradient(rng, seed):
     targets, outputs = as_dicts(seg, edge, labels, edges)
     single_terms, single_grads = tf.function(step)(targets, outputs)
 
-    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    strategy = two_cpu_strategy()
     assert strategy.num_replicas_in_sync == 2
 
     def shard(context):

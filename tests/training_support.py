@@ -7,6 +7,7 @@ import keras
 import tensorflow as tf
 
 from gscnn_tf.config import load_config
+from conftest import two_cpu_strategy
 
 
 def tiny_config(root, run_dir, *overrides):
@@ -35,7 +36,5 @@ def toy_model(model_config, num_classes):
 
 @functools.cache
 def mirrored_strategy():
-    """One MirroredStrategy over the 2 logical CPUs (conftest) for the whole test session:
-    strategies made one after another in a process can collide on collective instance keys."""
-    return tf.distribute.MirroredStrategy(
-        [d.name for d in tf.config.list_logical_devices("CPU")[:2]])
+    """The session's one MirroredStrategy over the 2 logical CPUs (conftest)."""
+    return two_cpu_strategy()
