@@ -43,7 +43,15 @@ class BackboneConfig:
 
 @dataclass
 class ModelConfig:
-    """The Gated-SCNN network (REFERENCE.md section 1)."""
+    """The Gated-SCNN network (REFERENCE.md section 1).
+
+    shape_stream: false builds the DeepLab v3+ baseline. shape_stream_stride: 1 (full input
+    resolution, the paper), 2 or 4. gate: "reference" (normalised gate network) or "paper".
+    image_gradients: "canny" or "none" (zeros). canny_max_steps: 0 runs hysteresis to
+    convergence; N > 0 unrolls N steps (no WHILE op, for GPU delegates). canny_step_form:
+    "bool" / "bits" (fast in TF) or "pool" (fast in TFLite); all give the same edges.
+    aspp_rates are given at output stride 16 and doubled at 8.
+    """
 
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
     shape_stream: bool = True
@@ -53,6 +61,7 @@ class ModelConfig:
     canny_low: float = 10.0
     canny_high: float = 100.0
     canny_max_steps: int = 0
+    canny_step_form: str = "bool"
     aspp_channels: int = 256
     aspp_rates: list[int] = field(default_factory=lambda: [6, 12, 18])
     decoder_channels: int = 256

@@ -106,6 +106,9 @@ def test_image_gradients_none_and_canny_differ(rng):
     a = with_canny(x)["seg_logits"].numpy()
     b = without(x)["seg_logits"].numpy()
     assert not np.allclose(a, b)
+    pooled = gscnn_tf.build_model(tiny_config(canny_step_form="pool"), 3)
+    pooled.set_weights(with_canny.get_weights())
+    np.testing.assert_allclose(pooled(x)["seg_logits"].numpy(), a, atol=1e-6)
     with pytest.raises(ValueError, match="image_gradients"):
         gscnn_tf.build_model(tiny_config(image_gradients="sobel"), 3)
 

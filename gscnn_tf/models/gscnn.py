@@ -32,7 +32,7 @@ def _image_gradients(image, config):
     """`[B, H, W, 1]` float32: Canny edges in {0, 1} of the raw image, or zeros."""
     if config.image_gradients == "canny":
         return Canny(config.canny_low, config.canny_high, config.canny_max_steps,
-                     name="canny", dtype="float32")(image)
+                     config.canny_step_form, name="canny", dtype="float32")(image)
     if config.image_gradients == "none":
         return ZerosMap(name="canny", dtype="float32")(image)
     raise ValueError(f"model.image_gradients '{config.image_gradients}': expected one of "
