@@ -17,15 +17,9 @@ def default_palette(num_classes: int) -> np.ndarray:
         from gscnn_tf.data.cityscapes import CLASSES
 
         return np.array([colour for _, _, colour in CLASSES], np.uint8)
-    palette = np.zeros((num_classes, 3), np.uint8)
-    for index in range(num_classes):
-        value, colour = index, [0, 0, 0]
-        for shift in range(7, -1, -1):
-            for channel in range(3):
-                colour[channel] |= ((value >> channel) & 1) << shift
-            value >>= 3
-        palette[index] = colour
-    return palette
+    from gscnn_tf.data.folder import default_palette as voc_palette
+
+    return voc_palette(num_classes)
 
 
 def colorize(labels, palette, ignore_colour=(0, 0, 0)) -> np.ndarray:
