@@ -180,13 +180,22 @@ class EvalConfig:
 
 @dataclass
 class ExportConfig:
-    """SavedModel and TFLite export."""
+    """SavedModel and TFLite export (gscnn_tf.export).
+
+    model_name / version: TF Serving's <dir>/<model_name>/<version>/. tflite_size: fixed
+    [height, width] of a TFLite export. quantize: none | fp16 | dynamic | int8 (calibrated on
+    `representative_images` training-pipeline crops). tflite_canny_max_steps: Canny hysteresis
+    steps unrolled in the TFLite graph (no WHILE op, for GPU delegates and int8); 0 keeps the
+    exact WHILE loop. tflite_canny_step_form: the step form there ("pool" is fast in TFLite).
+    """
 
     model_name: str = "gscnn"
     version: int = 1
     tflite_size: list[int] = field(default_factory=lambda: [512, 1024])
     quantize: str = "none"
     representative_images: int = 32
+    tflite_canny_max_steps: int = 64
+    tflite_canny_step_form: str = "pool"
 
 
 @dataclass

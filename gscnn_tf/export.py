@@ -1,0 +1,430 @@
+"""Export: a SavedModel for TF Serving and TFLite files, each verified against the Keras model;
+`gscnn-tf export` is its command line.
+
+SavedModel (`export_saved_model`), written atomically as TF Serving's `<dir>/<name>/<version>/`
+(a temporary folder, then a rename; an existing version is kept unless `overwrite`). It needs
+only TensorFlow to load: `tf.saved_model.load(path).signatures[...]`. Signatures (stable names,
+the `Predictor` and the clients in `export/serving/` rely on them):
+
+    serving_default   images       uint8 [B, H, W, 3] RGB, any H, W
+                      -> labels    int32 [B, H, W] (train ids)
+                         edge_prob float32 [B, H, W, 1] (boundary probability, 0..1)
+    probabilities     images       uint8 [B, H, W, 3]
+                      -> probabilities float32 [B, H, W, C] (softmax), edge_prob as above
+    serve_bytes       image_bytes  string [B]: encoded PNG / JPEG / BMP / GIF, one size per
+                                   request -> labels, edge_prob as serving_default
+
+Inputs are declared with unknown rank so that in-graph checks can report a wrong rank or
+channel count as a clear `InvalidArgumentError` (a declared rank is trusted by the graph, and a
+request that breaks it aborts the server deep inside a convolution); `saved_model_cli` shows
+them as `unknown_rank`. The dtype is checked by TF Serving and by `tf.saved_model.load`'s
+signatures. `assets/classes.json` holds {"class_names", "palette" ([C, 3] RGB), "ignore_label"}.
+
+TFLite (`export_tflite`): a fixed `[1, H, W, 3]` uint8 input, outputs `labels` and `edge_prob`
+(signature `serving_default`), TFLite builtin ops only (a graph needing Flex / Select TF ops is
+an `ExportError` naming the ops). The variables are frozen into constants first (the converter
+leaves Keras 3 variables as resource variables otherwise). Quantization: `none` (float32),
+`fp16` (float16 weights), `dynamic` (int8 weights), `int8` (int8 weights and activations
+calibrated on images of the training pipeline; ops without an int8 kernel, Canny's
+comparisons, stay float). Canny's hysteresis for TFLite: `export.tflite_canny_max_steps` N > 0
+unrolls N max-pool growth steps (no WHILE op: GPU delegates and int8 calibration need that;
+64 steps find 0.984-1.0 of OpenCV's edge pixels, never extra, docs CANNY.md), 0 keeps the
+exact WHILE loop (float CPU only).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import re
+import shutil
+import tempfile
+
+import numpy as np
+
+SIGNATURES = ("serving_default", "probabilities", "serve_bytes")
+CLASSES_ASSET = "classes.json"
+QUANTIZE = ("none", "fp16", "dynamic", "int8")
+FORMATS = ("saved_model", "tflite")
+
+
+class ExportError(RuntimeError):
+    """An export that cannot be done as asked (existing version, non-builtin op, ...)."""
+
+
+def class_metadata(config, num_classes: int) -> dict:
+    """{"class_names", "palette", "ignore_label"} of the model's dataset (placeholders when
+    the config is unknown)."""
+    if config is not None:
+        from gscnn_tf.data.pipeline import dataset_info
+
+        info = dataset_info(config)
+        if info.num_classes == num_classes:
+            return {"class_names": list(info.class_names),
+                    "palette": np.asarray(info.palette).tolist(),
+                    "ignore_label": int(info.ignore_label)}
+    from gscnn_tf import viz
+
+    return {"class_names": [f"class_{i}" for i in range(num_classes)],
+            "palette": viz.default_palette(num_classes).tolist(), "ignore_label": 255}
+
+
+def _serving_module(model, classes_file: str):
+    """A tf.Module holding `model`, the classes asset and the three signature functions."""
+    import tensorflow as tf
+
+    def checked_images(images, name):
+        rule = f"{name}: `images` must be uint8 [batch, height, width, 3] RGB"
+        rank = tf.debugging.assert_rank(images, 4, message=rule)
+        with tf.control_dependencies([rank]):
+            channels = tf.debugging.assert_equal(tf.shape(images)[-1], 3, message=rule)
+        with tf.control_dependencies([channels]):
+            return tf.ensure_shape(images, [None, None, None, 3])
+
+    def decode_batch(image_bytes):
+        rule = "serve_bytes: `image_bytes` must be a string vector [batch] of encoded images"
+        rank = tf.debugging.assert_rank(image_bytes, 1, message=rule)
+        with tf.control_dependencies([rank]):
+            size = tf.debugging.assert_positive(tf.size(image_bytes), message=rule)
+        with tf.control_dependencies([size]):
+            image_bytes = tf.ensure_shape(image_bytes, [None])
+        first = tf.shape(tf.io.decode_image(image_bytes[0], channels=3,
+                                            expand_animations=False))
+
+        def decode(data):
+            image = tf.io.decode_image(data, channels=3, expand_animations=False)
+            same = tf.debugging.assert_equal(
+                tf.shape(image), first, message="serve_bytes: all images of one request "
+                "must have the same size (send one request per size)")
+            with tf.control_dependencies([same]):
+                return tf.identity(image)
+
+        return tf.map_fn(decode, image_bytes,
+                         fn_output_signature=tf.TensorSpec([None, None, 3], tf.uint8))
+
+    class ServingModule(tf.Module):
+        def __init__(self):
+            super().__init__(name="gscnn_serving")
+            self.model = model
+            self.classes = tf.saved_model.Asset(classes_file)
+
+        def _run(self, images):
+            out = self.model(tf.cast(images, tf.float32), training=False)
+            return out["seg_logits"], tf.sigmoid(out["edge_logits"])
+
+        def _labels(self, images):
+            logits, edge_prob = self._run(images)
+            return {"labels": tf.argmax(logits, -1, output_type=tf.int32),
+                    "edge_prob": edge_prob}
+
+        @tf.function(input_signature=[tf.TensorSpec(None, tf.uint8, name="images")])
+        def serving_default(self, images):
+            return self._labels(checked_images(images, "serving_default"))
+
+        @tf.function(input_signature=[tf.TensorSpec(None, tf.uint8, name="images")])
+        def probabilities(self, images):
+            logits, edge_prob = self._run(checked_images(images, "probabilities"))
+            return {"probabilities": tf.nn.softmax(logits), "edge_prob": edge_prob}
+
+        @tf.function(input_signature=[tf.TensorSpec(None, tf.string, name="image_bytes")])
+        def serve_bytes(self, image_bytes):
+            return self._labels(decode_batch(image_bytes))
+
+    return ServingModule()
+
+
+def export_saved_model(model, export_dir: str, model_name: str, version: int,
+                       metadata: dict, overwrite: bool = False) -> str:
+    """Writes `model` as `<export_dir>/<model_name>/<version>/`; returns that path.
+
+    The SavedModel is written into a temporary folder beside the target and renamed into
+    place, so TF Serving (which polls the model folder) never sees a half-written version.
+    """
+    import tensorflow as tf
+
+    if version < 1:
+        raise ExportError(f"version {version}: TF Serving versions are integers >= 1")
+    if not re.fullmatch(r"[A-Za-z0-9_.-]+", model_name):
+        raise ExportError(f"model name '{model_name}': use letters, digits, '_', '-', '.'")
+    parent = os.path.join(export_dir, model_name)
+    target = os.path.join(parent, str(version))
+    if os.path.exists(target) and not overwrite:
+        raise ExportError(f"{target} exists; pass --overwrite to replace version {version}, "
+                          "or export a new --version")
+    os.makedirs(parent, exist_ok=True)
+    work = tempfile.mkdtemp(prefix=f".{version}.tmp-", dir=parent)
+    try:
+        classes_file = os.path.join(work, CLASSES_ASSET)
+        with open(classes_file, "w", encoding="utf-8") as f:
+            json.dump(metadata, f, indent=1)
+        module = _serving_module(model, classes_file)
+        staged = os.path.join(work, "saved_model")
+        tf.saved_model.save(module, staged, signatures={
+            name: getattr(module, name) for name in SIGNATURES})
+        if os.path.exists(target):
+            shutil.rmtree(target)
+        os.rename(staged, target)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return target
+
+
+def with_canny(model, model_config, max_steps: int, step_form: str):
+    """`model` rebuilt with other Canny hysteresis settings (the Canny layer has no weights,
+    so the weights copy over unchanged)."""
+    import gscnn_tf
+
+    if (model_config.canny_max_steps, model_config.canny_step_form) == (max_steps, step_form):
+        return model
+    config = copy.deepcopy(model_config)
+    config.canny_max_steps, config.canny_step_form = max_steps, step_form
+    rebuilt = gscnn_tf.build_model(config, int(model.output["seg_logits"].shape[-1]))
+    rebuilt.set_weights(model.get_weights())
+    return rebuilt
+
+
+def frozen_function(model, height: int, width: int):
+    """Concrete function `images` uint8 [1, H, W, 3] -> {"labels", "edge_prob"} with the
+    variables folded into constants."""
+    import tensorflow as tf
+    from tensorflow.python.framework.convert_to_constants import (
+        convert_variables_to_constants_v2)
+
+    spec = [tf.TensorSpec([1, height, width, 3], tf.uint8, name="images")]
+
+    @tf.function(input_signature=spec)
+    def predict(images):
+        out = model(tf.cast(images, tf.float32), training=False)
+        return {"edge_prob": tf.sigmoid(out["edge_logits"]),
+                "labels": tf.argmax(out["seg_logits"], -1, output_type=tf.int32)}
+
+    frozen = convert_variables_to_constants_v2(predict.get_concrete_function(),
+                                               lower_control_flow=False)
+    names = sorted(predict.get_concrete_function().structured_outputs)
+
+    @tf.function(input_signature=spec)
+    def named(images):
+        return dict(zip(names, frozen(images)))
+
+    return named.get_concrete_function()
+
+
+def _missing_ops(message: str) -> list[str]:
+    """Names of the TF ops a converter error says are not TFLite builtins."""
+    found = re.findall(r"'tf\.(\w+)'", message) + re.findall(r"\btf\.(\w+)\b", message)
+    return sorted(set(found))
+
+
+def convert_tflite(function, quantize: str = "none", representative=None) -> bytes:
+    """TFLite flatbuffer of a concrete function, builtin ops only.
+
+    quantize: one of QUANTIZE; `int8` needs `representative`, a callable returning an
+    iterable of `[input]` lists (calibration samples).
+    """
+    import tensorflow as tf
+
+    if quantize not in QUANTIZE:
+        raise ExportError(f"quantize '{quantize}': expected one of {', '.join(QUANTIZE)}")
+    # A trackable object makes the converter keep the function's signature (names).
+    converter = tf.lite.TFLiteConverter.from_concrete_functions([function], tf.Module())
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+    if quantize != "none":
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    if quantize == "fp16":
+        converter.target_spec.supported_types = [tf.float16]
+    if quantize == "int8":
+        if representative is None:
+            raise ExportError("int8 quantization needs representative images")
+        if _has_while(function):
+            raise ExportError("int8 calibration cannot run a graph with a WHILE loop (Canny's "
+                              "hysteresis): set export.tflite_canny_max_steps > 0 "
+                              "(--canny-max-steps, e.g. 64)")
+        converter.representative_dataset = representative
+    try:
+        content = converter.convert()
+    except Exception as e:  # the converter raises ConverterError with the op list in text
+        ops = _missing_ops(str(e))
+        if ops:
+            raise ExportError(f"TFLite conversion needs op(s) that are not TFLite builtins: "
+                              f"{', '.join(ops)}; Flex / Select TF ops are not allowed "
+                              "(GPU delegates cannot run them)") from e
+        raise
+    custom = sorted(op for op in tflite_ops(content)
+                    if op.startswith("Flex") or op == "CUSTOM")
+    if custom:
+        raise ExportError(f"TFLite model contains non-builtin op(s): {', '.join(custom)}")
+    return content
+
+
+def _has_while(function) -> bool:
+    graph = function.graph.as_graph_def()
+    nodes = list(graph.node) + [n for f in graph.library.function for n in f.node_def]
+    return any(node.op in ("While", "StatelessWhile") for node in nodes)
+
+
+def _interpreter(content: bytes):
+    from ai_edge_litert.interpreter import Interpreter
+
+    interpreter = Interpreter(model_content=content)
+    interpreter.allocate_tensors()
+    return interpreter
+
+
+def tflite_ops(content: bytes) -> set[str]:
+    """The op names in a TFLite flatbuffer (e.g. {"CONV_2D", "WHILE", ...})."""
+    return {op["op_name"] for op in _interpreter(content)._get_ops_details()}
+
+
+def run_tflite(content: bytes, images: np.ndarray) -> dict:
+    """Runs a TFLite export on uint8 `[N, H, W, 3]` images one at a time; returns
+    {"labels": int32 [N, H, W], "edge_prob": float32 [N, H, W, 1]}."""
+    runner = _interpreter(content).get_signature_runner("serving_default")
+    outs = [runner(images=np.asarray(image[None], np.uint8)) for image in images]
+    return {key: np.concatenate([o[key] for o in outs]) for key in ("labels", "edge_prob")}
+
+
+def keras_labels(model, images: np.ndarray) -> np.ndarray:
+    """int32 `[N, H, W]` argmax of the Keras model on uint8 images `[N, H, W, 3]`."""
+    import tensorflow as tf
+
+    out = [model(tf.constant(image[None], tf.float32), training=False)["seg_logits"]
+           for image in images]
+    return np.concatenate([tf.argmax(o, -1, output_type=tf.int32).numpy() for o in out])
+
+
+def _to_uint8(images) -> np.ndarray:
+    return np.clip(np.round(np.asarray(images, np.float32)), 0, 255).astype(np.uint8)
+
+
+def representative_images(config, height: int, width: int, count: int) -> np.ndarray:
+    """uint8 `[count, H, W, 3]`: augmented training crops of size H x W from the training
+    pipeline (`data.crop_size` set to the TFLite size), for int8 calibration."""
+    from gscnn_tf.data.pipeline import build_dataset
+
+    config = copy.deepcopy(config)
+    config.data.crop_size = [height, width]
+    dataset = build_dataset(config, config.data.train_split, training=True, batch_size=1)
+    return _to_uint8(np.concatenate([image for image, _ in dataset.take(count)]))
+
+
+def heldout_images(config, height: int, width: int, count: int) -> np.ndarray:
+    """uint8 `[<=count, H, W, 3]`: validation images (never trained on), resized bilinearly
+    to H x W when their size differs."""
+    import tensorflow as tf
+
+    from gscnn_tf.data.pipeline import build_dataset
+
+    dataset = build_dataset(config, config.data.val_split, training=False, batch_size=1)
+    images = [tf.image.resize(image, [height, width]) if image.shape[1:3] != (height, width)
+              else image for image, _ in dataset.take(count)]
+    return _to_uint8(np.concatenate(images))
+
+
+def export_tflite(model, config, path: str, height: int, width: int, quantize: str = "none",
+                  max_steps: int | None = None, step_form: str | None = None) -> bytes:
+    """Converts `model` for a fixed `[1, H, W, 3]` input and writes it to `path`.
+
+    max_steps / step_form: Canny hysteresis for the TFLite graph (default
+    `export.tflite_canny_max_steps` / `export.tflite_canny_step_form`).
+    """
+    import tensorflow as tf
+
+    export = config.export
+    max_steps = export.tflite_canny_max_steps if max_steps is None else max_steps
+    step_form = step_form or export.tflite_canny_step_form
+    graph_model = with_canny(model, config.model, max_steps, step_form)
+    function = frozen_function(graph_model, height, width)
+    representative = None
+    if quantize == "int8":
+        samples = representative_images(config, height, width, export.representative_images)
+
+        def representative():
+            for image in samples:
+                yield [tf.constant(image[None])]
+
+    content = convert_tflite(function, quantize, representative)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = f"{path}.tmp"
+    with open(tmp, "wb") as f:
+        f.write(content)
+    os.replace(tmp, path)
+    return content
+
+
+def verify_tflite(content: bytes, model, images: np.ndarray) -> dict:
+    """Agreement of a TFLite export with the Keras model on uint8 `[N, H, W, 3]` images:
+    {"agreement": share of pixels with equal labels, "images": N, "bytes": file size}."""
+    labels = run_tflite(content, images)["labels"]
+    return {"agreement": float(np.mean(labels == keras_labels(model, images))),
+            "images": int(len(images)), "bytes": len(content)}
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    """"512x1024" -> (512, 1024) (height x width)."""
+    match = re.fullmatch(r"\s*(\d+)\s*[xX]\s*(\d+)\s*", text)
+    if not match or min(int(match[1]), int(match[2])) < 1:
+        raise ExportError(f"size '{text}': expected HEIGHTxWIDTH, e.g. 512x1024")
+    return int(match[1]), int(match[2])
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("model", help=".keras file or run directory / checkpoint")
+    parser.add_argument("--format", choices=FORMATS, default="saved_model")
+    parser.add_argument("--output", "-o", default="exports", help="export folder")
+    parser.add_argument("--config", help="training config YAML (default: the run's)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="config override")
+    parser.add_argument("--model-name", help="TF Serving model name (export.model_name)")
+    parser.add_argument("--version", type=int, help="TF Serving version (export.version)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace an existing SavedModel version")
+    parser.add_argument("--size", help="TFLite input HEIGHTxWIDTH (export.tflite_size)")
+    parser.add_argument("--quantize", choices=QUANTIZE, help="TFLite (export.quantize)")
+    parser.add_argument("--canny-max-steps", type=int,
+                        help="TFLite hysteresis steps, 0 = WHILE loop "
+                             "(export.tflite_canny_max_steps)")
+    parser.add_argument("--canny-step-form", choices=("bool", "pool", "bits"),
+                        help="TFLite hysteresis step form (export.tflite_canny_step_form)")
+    parser.add_argument("--verify", type=int, default=0, metavar="N",
+                        help="TFLite: report label agreement with the Keras model on N "
+                             "validation images")
+
+
+def run(args) -> int:
+    from gscnn_tf.inference import Predictor
+
+    predictor = Predictor(args.model, args.config, args.set)
+    model, config = predictor.model, predictor.config
+    if model is None:
+        raise ExportError(f"{args.model}: export needs a Keras model (.keras file or a run "
+                          "checkpoint), not a SavedModel")
+    if config is None:
+        from gscnn_tf.config import Config
+
+        config = Config()
+    export = config.export
+    num_classes = int(model.output["seg_logits"].shape[-1])
+    if args.format == "saved_model":
+        path = export_saved_model(model, args.output, args.model_name or export.model_name,
+                                  args.version or export.version,
+                                  class_metadata(predictor.config, num_classes),
+                                  args.overwrite)
+        print(f"wrote SavedModel {path} (signatures: {', '.join(SIGNATURES)})")
+        return 0
+    height, width = parse_size(args.size) if args.size else export.tflite_size
+    quantize = args.quantize or export.quantize
+    name = f"{args.model_name or export.model_name}_{height}x{width}_{quantize}.tflite"
+    path = os.path.join(args.output, name)
+    content = export_tflite(model, config, path, height, width, quantize,
+                            args.canny_max_steps, args.canny_step_form)
+    with open(os.path.join(args.output, CLASSES_ASSET), "w", encoding="utf-8") as f:
+        json.dump(class_metadata(predictor.config, num_classes), f, indent=1)
+    print(f"wrote {path} ({len(content) / 2**20:.2f} MiB, {quantize})")
+    if args.verify:
+        report = verify_tflite(content, model,
+                               heldout_images(config, height, width, args.verify))
+        print(f"label agreement with the Keras model on {report['images']} validation "
+              f"images: {100 * report['agreement']:.3f} %")
+    return 0
