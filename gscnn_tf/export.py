@@ -81,7 +81,10 @@ def _serving_module(model, classes_file: str):
         with tf.control_dependencies([rank]):
             channels = tf.debugging.assert_equal(tf.shape(images)[-1], 3, message=rule)
         with tf.control_dependencies([channels]):
-            return tf.ensure_shape(images, [None, None, None, 3])
+            # A reshape, not ensure_shape: that one fails at graph instantiation already,
+            # before the asserts can name the problem.
+            shape = tf.shape(images)
+            return tf.reshape(images, [shape[0], shape[1], shape[2], 3])
 
     def decode_batch(image_bytes):
         rule = "serve_bytes: `image_bytes` must be a string vector [batch] of encoded images"
@@ -89,7 +92,7 @@ def _serving_module(model, classes_file: str):
         with tf.control_dependencies([rank]):
             size = tf.debugging.assert_positive(tf.size(image_bytes), message=rule)
         with tf.control_dependencies([size]):
-            image_bytes = tf.ensure_shape(image_bytes, [None])
+            image_bytes = tf.reshape(image_bytes, [-1])
         first = tf.shape(tf.io.decode_image(image_bytes[0], channels=3,
                                             expand_animations=False))
 
