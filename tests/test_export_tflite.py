@@ -1,0 +1,153 @@
+"""TFLite export: agreement with the Keras model per quantization (ai-edge-litert), file
+sizes, builtin ops only, bounded vs WHILE hysteresis, clear errors, backbones, CLI."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import gscnn_tf
+from gscnn_tf import cli, export, save_config
+from gscnn_tf.config import load_config
+from test_export_support import SIZE, heldout, trained
+
+AGREEMENT = {"none": 0.999, "fp16": 0.99, "dynamic": 0.95, "int8": 0.95}
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    config, model, _ = trained(str(tmp_path_factory.getbasetemp() / "export_data"))
+    return config, model, heldout(config)
+
+
+@pytest.fixture(scope="module")
+def converted(setup, tmp_path_factory):
+    config, model, _ = setup
+    root = tmp_path_factory.mktemp("tflite")
+    return {q: export.export_tflite(model, config, str(root / f"{q}.tflite"), SIZE, SIZE, q)
+            for q in export.QUANTIZE}
+
+
+@pytest.mark.parametrize("quantize", export.QUANTIZE)
+def test_agreement_with_keras_on_heldout_images(setup, converted, quantize):
+    _, model, images = setup
+    report = export.verify_tflite(converted[quantize], model, images)
+    print(f"{quantize}: agreement {100 * report['agreement']:.3f} % on {report['images']} "
+          f"images, {report['bytes']} bytes")
+    assert report["images"] == 4
+    assert report["agreement"] >= AGREEMENT[quantize]
+
+
+def test_file_sizes(converted):
+    sizes = {q: len(c) for q, c in converted.items()}
+    print("TFLite bytes:", sizes)
+    # The tiny test model's constant graph overhead (unrolled Canny) keeps the ratios above
+    # the 1/2 and 1/4 that weights alone would give.
+    assert 0.4 < sizes["fp16"] / sizes["none"] < 0.6
+    assert 0.2 < sizes["int8"] / sizes["none"] < 0.4
+    assert sizes["dynamic"] < 0.4 * sizes["none"]
+
+
+def test_fixed_input_and_builtin_ops_only(converted):
+    from ai_edge_litert.interpreter import Interpreter
+
+    for quantize, content in converted.items():
+        interpreter = Interpreter(model_content=content)
+        runner = interpreter.get_signature_runner("serving_default")
+        inputs, outputs = runner.get_input_details(), runner.get_output_details()
+        assert list(inputs["images"]["shape"]) == [1, SIZE, SIZE, 3]
+        assert inputs["images"]["dtype"] == np.uint8
+        assert outputs["labels"]["dtype"] == np.int32
+        assert list(outputs["edge_prob"]["shape"]) == [1, SIZE, SIZE, 1]
+        ops = export.tflite_ops(content)
+        assert not [op for op in ops if op.startswith("Flex") or op == "CUSTOM"]
+        assert "WHILE" not in ops and "VAR_HANDLE" not in ops  # bounded Canny, frozen
+    assert "QUANTIZE" in export.tflite_ops(converted["int8"])
+
+
+def test_while_loop_hysteresis_is_exact(setup, tmp_path):
+    config, model, images = setup
+    content = export.export_tflite(model, config, str(tmp_path / "m.tflite"), SIZE, SIZE,
+                                   "none", max_steps=0, step_form="pool")
+    assert "WHILE" in export.tflite_ops(content)
+    assert export.verify_tflite(content, model, images)["agreement"] >= 0.999
+    with pytest.raises(export.ExportError, match="WHILE.*tflite_canny_max_steps"):
+        export.export_tflite(model, config, str(tmp_path / "q.tflite"), SIZE, SIZE, "int8",
+                             max_steps=0)
+
+
+def test_canny_edges_match_the_keras_layer(setup):
+    """The TFLite graph's Canny (bounded pool steps) equals the model's exact Canny here."""
+    config, model, images = setup
+    from gscnn_tf.ops.canny import Canny
+
+    layer = Canny(config.model.canny_low, config.model.canny_high, 64, "pool")
+
+    @tf.function(input_signature=[tf.TensorSpec([1, SIZE, SIZE, 3], tf.uint8)])
+    def edges(image):
+        return {"edges": layer(tf.cast(image, tf.float32))}
+
+    content = export.convert_tflite(edges.get_concrete_function())
+    from ai_edge_litert.interpreter import Interpreter
+
+    runner = Interpreter(model_content=content).get_signature_runner()
+    exact = Canny(config.model.canny_low, config.model.canny_high)
+    for image in images:
+        got = runner(image=image[None])["edges"]
+        np.testing.assert_array_equal(got, exact(tf.constant(image[None], tf.float32)))
+
+
+def test_non_builtin_op_is_named():
+    @tf.function(input_signature=[tf.TensorSpec([4, 4], tf.float32)])
+    def svd(x):
+        return {"s": tf.linalg.svd(x, compute_uv=False)}
+
+    with pytest.raises(export.ExportError, match="not TFLite builtins: Svd"):
+        export.convert_tflite(svd.get_concrete_function())
+
+
+def test_representative_images_come_from_the_training_pipeline(setup):
+    config, _, _ = setup
+    images = export.representative_images(config, 48, 40, 3)
+    assert images.shape == (3, 48, 40, 3) and images.dtype == np.uint8
+    assert len({im.tobytes() for im in images}) == 3
+
+
+def test_bad_arguments():
+    with pytest.raises(export.ExportError, match="HEIGHTxWIDTH"):
+        export.parse_size("512")
+    assert export.parse_size("64x96") == (64, 96)
+    with pytest.raises(export.ExportError, match="quantize 'int4'"):
+        export.convert_tflite(None, "int4")
+
+
+def test_cli_tflite(setup, tmp_path, capsys):
+    config, model, _ = setup
+    model.save(tmp_path / "model.keras")
+    save_config(config, tmp_path / "config.yaml")
+    assert cli.main(["export", str(tmp_path / "model.keras"), "--format", "tflite",
+                     "--size", f"{SIZE}x{SIZE}", "--quantize", "fp16", "--verify", "2",
+                     "--output", str(tmp_path / "out")]) == 0
+    text = capsys.readouterr().out
+    assert os.path.isfile(tmp_path / "out" / f"gscnn_{SIZE}x{SIZE}_fp16.tflite")
+    with open(tmp_path / "out" / export.CLASSES_ASSET) as f:
+        assert json.load(f)["class_names"][0] == "road"
+    assert "label agreement with the Keras model on 2 validation images" in text
+
+
+@pytest.mark.parametrize("backbone", [
+    "mobilenetv2", pytest.param("resnet50", marks=pytest.mark.slow)])
+def test_backbones_convert(backbone):
+    config = load_config(None, [f"model.backbone.name={backbone}",
+                                "model.sync_batch_norm=false"])
+    model = gscnn_tf.build_model(config.model, 19)
+    graph_model = export.with_canny(model, config.model, 16, "pool")
+    content = export.convert_tflite(export.frozen_function(graph_model, 64, 64))
+    ops = export.tflite_ops(content)
+    assert "CONV_2D" in ops and "WHILE" not in ops
+    assert not [op for op in ops if op.startswith("Flex") or op == "CUSTOM"]
+    image = np.random.default_rng(0).integers(0, 256, [1, 64, 64, 3], dtype=np.uint8)
+    agreement = export.verify_tflite(content, graph_model, image)["agreement"]
+    assert agreement >= 0.999
