@@ -174,16 +174,25 @@ def export_saved_model(model, export_dir: str, model_name: str, version: int,
     return target
 
 
-def with_canny(model, model_config, max_steps: int, step_form: str):
-    """`model` rebuilt with other Canny hysteresis settings (the Canny layer has no weights,
-    so the weights copy over unchanged)."""
-    import gscnn_tf
+def with_canny(model, max_steps: int, step_form: str):
+    """`model` with its Canny layers set to other hysteresis settings (a clone; Canny has
+    no weights, so the weights copy over unchanged). `model` itself when nothing changes."""
+    import keras
 
-    if (model_config.canny_max_steps, model_config.canny_step_form) == (max_steps, step_form):
+    from gscnn_tf.ops.canny import Canny
+
+    wanted = {"max_steps": int(max_steps), "step_form": step_form}
+    cannies = [layer for layer in model.layers if isinstance(layer, Canny)]
+    if all({"max_steps": c.max_steps, "step_form": c.step_form} == wanted for c in cannies):
         return model
-    config = copy.deepcopy(model_config)
-    config.canny_max_steps, config.canny_step_form = max_steps, step_form
-    rebuilt = gscnn_tf.build_model(config, int(model.output["seg_logits"].shape[-1]))
+
+    def clone(layer):
+        config = layer.get_config()
+        if isinstance(layer, Canny):
+            config.update(wanted)
+        return layer.__class__.from_config(config)
+
+    rebuilt = keras.models.clone_model(model, clone_function=clone)
     rebuilt.set_weights(model.get_weights())
     return rebuilt
 
@@ -337,7 +346,7 @@ def export_tflite(model, config, path: str, height: int, width: int, quantize: s
     export = config.export
     max_steps = export.tflite_canny_max_steps if max_steps is None else max_steps
     step_form = step_form or export.tflite_canny_step_form
-    graph_model = with_canny(model, config.model, max_steps, step_form)
+    graph_model = with_canny(model, max_steps, step_form)
     function = frozen_function(graph_model, height, width)
     representative = None
     if quantize == "int8":
@@ -404,6 +413,9 @@ def run(args) -> int:
         raise ExportError(f"{args.model}: export needs a Keras model (.keras file or a run "
                           "checkpoint), not a SavedModel")
     if config is None:
+        if args.format == "tflite" and (args.quantize == "int8" or args.verify):
+            raise ExportError(f"{args.model}: int8 calibration and --verify read the "
+                              "dataset; pass the training config (--config)")
         from gscnn_tf.config import Config
 
         config = Config()

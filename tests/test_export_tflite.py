@@ -69,6 +69,8 @@ def test_fixed_input_and_builtin_ops_only(converted):
 
 def test_while_loop_hysteresis_is_exact(setup, tmp_path):
     config, model, images = setup
+    assert export.with_canny(model, 0, "bool") is model  # the trained model's own settings
+    assert export.with_canny(model, 0, "pool").get_layer("canny").step_form == "pool"
     content = export.export_tflite(model, config, str(tmp_path / "m.tflite"), SIZE, SIZE,
                                    "none", max_steps=0, step_form="pool")
     assert "WHILE" in export.tflite_ops(content)
@@ -143,7 +145,7 @@ def test_backbones_convert(backbone):
     config = load_config(None, [f"model.backbone.name={backbone}",
                                 "model.sync_batch_norm=false"])
     model = gscnn_tf.build_model(config.model, 19)
-    graph_model = export.with_canny(model, config.model, 16, "pool")
+    graph_model = export.with_canny(model, 16, "pool")
     content = export.convert_tflite(export.frozen_function(graph_model, 64, 64))
     ops = export.tflite_ops(content)
     assert "CONV_2D" in ops and "WHILE" not in ops
