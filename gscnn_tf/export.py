@@ -14,11 +14,11 @@ the `Predictor` and the clients in `export/serving/` rely on them):
     serve_bytes       image_bytes  string [B]: encoded PNG / JPEG / BMP / GIF, one size per
                                    request -> labels, edge_prob as serving_default
 
-Inputs are declared with unknown rank so that in-graph checks can report a wrong rank or
-channel count as a clear `InvalidArgumentError` (a declared rank is trusted by the graph, and a
-request that breaks it aborts the server deep inside a convolution); `saved_model_cli` shows
-them as `unknown_rank`. The dtype is checked by TF Serving and by `tf.saved_model.load`'s
-signatures. `assets/classes.json` holds {"class_names", "palette" ([C, 3] RGB), "ignore_label"}.
+Inputs are declared with unknown rank (`saved_model_cli`: `unknown_rank`) so that in-graph
+checks answer a wrong rank or channel count with a clear `InvalidArgumentError`: a declared
+rank is trusted, and a request breaking it aborts the process inside a convolution. TF Serving
+and loaded signatures check the dtype. `assets/classes.json`: {"class_names", "palette"
+([C, 3] RGB), "ignore_label"}. Deployment commands: export/README.md.
 
 TFLite (`export_tflite`): a fixed `[1, H, W, 3]` uint8 input, outputs `labels` and `edge_prob`
 (signature `serving_default`), TFLite builtin ops only (a graph needing Flex / Select TF ops is
@@ -225,7 +225,9 @@ def frozen_function(model, height: int, width: int):
 
 def _missing_ops(message: str) -> list[str]:
     """Names of the TF ops a converter error says are not TFLite builtins."""
-    found = re.findall(r"'tf\.(\w+)'", message) + re.findall(r"\btf\.(\w+)\b", message)
+    found = re.findall(r"'tf\.(\w+)' op is neither a custom op nor a flex op", message)
+    for listed in re.findall(r"(?:Custom|Flex) ops: ([\w, ]+)", message):
+        found += [op.strip() for op in listed.split(",") if op.strip()]
     return sorted(set(found))
 
 

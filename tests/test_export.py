@@ -198,3 +198,14 @@ def test_cli_saved_model(setup, tmp_path, capsys):
     with pytest.raises(export.ExportError, match="exists"):
         cli.main(args)
     assert cli.main(args + ["--overwrite"]) == 0
+
+
+def test_predictor_loads_the_export(setup, saved):
+    from gscnn_tf.inference import Predictor
+
+    _, model, images = setup
+    path, _ = saved
+    labels, edge_prob = keras_outputs(model, images)
+    out = Predictor(path).predict(images)
+    np.testing.assert_array_equal(out["labels"], labels)
+    np.testing.assert_allclose(out["edge_prob"], edge_prob[..., 0], atol=1e-5)
