@@ -153,3 +153,29 @@ def test_backbones_convert(backbone):
     image = np.random.default_rng(0).integers(0, 256, [1, 64, 64, 3], dtype=np.uint8)
     agreement = export.verify_tflite(content, graph_model, image)["agreement"]
     assert agreement >= 0.999
+
+
+def test_edge_entry_point(setup, converted, tmp_path):
+    import importlib.util
+
+    _, _, images = setup
+    spec = importlib.util.spec_from_file_location(
+        "tflite_predict", os.path.join(os.path.dirname(__file__), "..", "export",
+                                       "tflite_predict.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    (tmp_path / "m.tflite").write_bytes(converted["none"])
+    expected = export.run_tflite(converted["none"], images[:1])["labels"][0]
+    runner = module.load(str(tmp_path / "m.tflite"))
+    np.testing.assert_array_equal(module.predict(runner, images[0])["labels"], expected)
+    larger = np.repeat(np.repeat(images[0], 2, 0), 2, 1)  # resized down to the input size
+    assert module.predict(runner, larger)["labels"].shape == (2 * SIZE, 2 * SIZE)
+    with open(tmp_path / "classes.json", "w") as f:
+        json.dump(export.class_metadata(setup[0], 10), f)
+    import cv2
+
+    cv2.imwrite(str(tmp_path / "a.png"), cv2.cvtColor(images[0], cv2.COLOR_RGB2BGR))
+    assert module.main([str(tmp_path / "m.tflite"), str(tmp_path / "a.png"),
+                        "-o", str(tmp_path / "out")]) == 0
+    np.testing.assert_array_equal(cv2.imread(str(tmp_path / "out" / "a_labels.png"), 0),
+                                  expected)
