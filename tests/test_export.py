@@ -12,13 +12,7 @@ import pytest
 import tensorflow as tf
 
 from gscnn_tf import cli, export, save_config
-from test_export_support import heldout, keras_outputs, trained
-
-
-@pytest.fixture(scope="module")
-def setup(tmp_path_factory):
-    config, model, _ = trained(str(tmp_path_factory.getbasetemp() / "export_data"))
-    return config, model, heldout(config)
+from test_export_support import keras_outputs, setup  # noqa: F401 (fixture)
 
 
 @pytest.fixture(scope="module")

@@ -5,6 +5,7 @@ for the whole session so test_export*.py and test_serving*.py train it once."""
 import functools
 
 import numpy as np
+import pytest
 import tensorflow as tf
 
 import gscnn_tf
@@ -61,6 +62,13 @@ def trained(root):
     config = tiny_config(root)
     model, loss = train(config)
     return config, model, loss
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    """(config, trained model, held-out uint8 images) shared by the export test modules."""
+    config, model, _ = trained(str(tmp_path_factory.getbasetemp() / "export_data"))
+    return config, model, heldout(config)
 
 
 def heldout(config):

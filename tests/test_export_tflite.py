@@ -11,15 +11,9 @@ import tensorflow as tf
 import gscnn_tf
 from gscnn_tf import cli, export, save_config
 from gscnn_tf.config import load_config
-from test_export_support import SIZE, heldout, trained
+from test_export_support import SIZE, setup  # noqa: F401 (fixture)
 
 AGREEMENT = {"none": 0.999, "fp16": 0.99, "dynamic": 0.95, "int8": 0.95}
-
-
-@pytest.fixture(scope="module")
-def setup(tmp_path_factory):
-    config, model, _ = trained(str(tmp_path_factory.getbasetemp() / "export_data"))
-    return config, model, heldout(config)
 
 
 @pytest.fixture(scope="module")
