@@ -113,3 +113,54 @@ def test_image_panels_against_numpy(rng):
     for name in ("edge_probability", "gate3_alpha"):
         assert panels[name].shape == (2, 8, 8, 3) and panels[name].dtype == tf.uint8
         np.testing.assert_array_equal(panels[name].numpy(), 127)
+
+
+def test_validate_matches_numpy_confusion_and_boundary_f():
+    from gscnn_tf.config import EvalConfig
+    from gscnn_tf.training.validation import pixel_tolerances, validate
+
+    rng = np.random.default_rng(0)
+    num_classes = 4
+    labels = rng.integers(0, num_classes, (6, 16, 16)).astype(np.int32)
+    labels[:, :2] = 255
+    pred = labels.copy()
+    pred[:3, 8:] = (pred[:3, 8:] + 1) % num_classes
+    pred[pred == 255] = 0
+    logits = np.eye(num_classes, dtype=np.float32)[pred]
+    x = keras.Input((16, 16, num_classes))
+    model = keras.Model(x, {"seg_logits": keras.layers.Identity()(x)})
+    dataset = tf.data.Dataset.from_tensor_slices((logits, {"labels": labels})).batch(4)
+    config = EvalConfig(tolerances=[64, 128], reference_height=1024)
+
+    result = validate(model, dataset, num_classes, config)
+
+    valid = labels != 255
+    cm = np.zeros((num_classes, num_classes), np.int64)
+    np.add.at(cm, (labels[valid], pred[valid]), 1)
+    tp = np.diag(cm)
+    iou = tp / (cm.sum(0) + cm.sum(1) - tp)
+    assert result["iou"] == pytest.approx(list(iou))
+    assert result["miou"] == pytest.approx(iou.mean())
+    assert result["tolerance_px"] == 1 and pixel_tolerances(config, 16) == [1, 2]
+    assert set(result["boundary_f_by_tolerance"]) == {64, 128}
+    assert 0.0 < result["boundary_f"] < 1.0
+    assert result["boundary_f_by_tolerance"][128] >= result["boundary_f"]
+
+    exact = tf.data.Dataset.from_tensor_slices(
+        (np.eye(num_classes, dtype=np.float32)[np.where(valid, labels, 0)][3:],
+         {"labels": labels[3:]})).batch(4)
+    perfect = validate(model, exact, num_classes, config)
+    assert perfect["miou"] == pytest.approx(1.0)
+    assert perfect["boundary_f_by_tolerance"] == {64: 1.0, 128: 1.0}
+
+
+def test_validate_empty_split_names_the_problem():
+    from gscnn_tf.config import EvalConfig
+    from gscnn_tf.training.validation import validate
+
+    x = keras.Input((8, 8, 2))
+    model = keras.Model(x, {"seg_logits": keras.layers.Identity()(x)})
+    empty = tf.data.Dataset.from_tensor_slices(
+        (np.zeros((0, 8, 8, 2), np.float32), {"labels": np.zeros((0, 8, 8), np.int32)})).batch(2)
+    with pytest.raises(ValueError, match="validation split is empty"):
+        validate(model, empty, 2, EvalConfig())

@@ -1,48 +1,47 @@
 """Periodic validation during training: mIoU over one confusion matrix of the whole split and
-the mean boundary F-score (REFERENCE.md section 6), from `gscnn_tf.evaluation.metrics`."""
+the mean boundary F-score at every `eval.tolerances` entry (REFERENCE.md section 6), computed
+by `gscnn_tf.evaluation.metrics` (the evaluator's implementation)."""
 
 from __future__ import annotations
 
-import numpy as np
 import tensorflow as tf
 
-try:
-    from gscnn_tf.evaluation import metrics
-except ImportError:  # until gscnn_tf.evaluation.metrics lands: mIoU only
-    metrics = None
+from gscnn_tf.evaluation import metrics
 
 
-def tolerance_px(eval_config, height: int) -> int:
-    """The first `eval.tolerances` entry (pixels at `eval.reference_height`) scaled to an
-    image of `height` rows, at least 1."""
-    return max(1, int(round(eval_config.tolerances[0] * height / eval_config.reference_height)))
+def pixel_tolerances(eval_config, height: int) -> list[int]:
+    """`eval.tolerances` (pixels at `eval.reference_height` rows) scaled to an image of
+    `height` rows, each at least 1."""
+    return [max(1, int(round(t * height / eval_config.reference_height)))
+            for t in eval_config.tolerances]
 
 
 def validate(model, dataset, num_classes: int, eval_config, ignore_label: int = 255) -> dict:
-    """One pass over `dataset` ((image, targets) batches): {"miou", "boundary_f",
-    "tolerance_px", "iou": per-class list}. The model runs in inference mode."""
+    """One pass over `dataset` ((image, targets) batches) in inference mode.
+
+    Returns {"miou", "iou": per-class list (NaN where a class is absent from both maps),
+    "boundary_f": the mean F at the first tolerance, "tolerance_px": that tolerance scaled to
+    the images, "boundary_f_by_tolerance": {tolerance (reference pixels): mean F}}.
+    """
 
     @tf.function
     def predict(images):
         return tf.argmax(model(images, training=False)["seg_logits"], axis=-1,
                          output_type=tf.int32)
 
-    confusion = np.zeros((num_classes, num_classes), np.int64)
-    fscores, tolerance = [], None
+    confusion, boundary, radii = None, None, None
     for images, targets in dataset:
-        pred = predict(images).numpy()
-        labels = targets["labels"].numpy()
-        valid = labels != ignore_label
-        confusion += np.bincount(labels[valid].astype(np.int64) * num_classes + pred[valid],
-                                 minlength=num_classes ** 2).reshape(num_classes, num_classes)
-        tolerance = tolerance or tolerance_px(eval_config, labels.shape[1])
-        for p, g in zip(pred, labels) if metrics is not None else ():
-            fscores.append(np.asarray(metrics.boundary_fscore(p, g, num_classes, tolerance,
-                                                              ignore_label), np.float64))
-    diagonal = np.diag(confusion).astype(np.float64)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        iou = diagonal / (confusion.sum(0) + confusion.sum(1) - diagonal)
-    miou = np.nanmean(iou) if np.isfinite(iou).any() else 0.0
-    boundary = float(np.nanmean(np.nanmean(np.stack(fscores), axis=0))) if fscores else 0.0
-    return {"miou": float(miou), "boundary_f": boundary, "tolerance_px": tolerance or 0,
-            "iou": [float(v) for v in np.asarray(iou)]}
+        pred, labels = predict(images).numpy(), targets["labels"].numpy()
+        confusion = metrics.confusion_matrix(pred, labels, num_classes, ignore_label, confusion)
+        if boundary is None:
+            radii = pixel_tolerances(eval_config, labels.shape[1])
+            boundary = metrics.BoundaryFAccumulator(num_classes, eval_config.tolerances,
+                                                    ignore_label)
+        boundary.update(pred, labels, radii)
+    if confusion is None:
+        raise ValueError("validation split is empty: no batches to validate on")
+    iou, miou = metrics.iou_from_confusion(confusion)
+    by_tolerance = boundary.summary()["f"]
+    return {"miou": miou, "iou": [float(v) for v in iou],
+            "boundary_f": by_tolerance[boundary.tolerances[0]], "tolerance_px": radii[0],
+            "boundary_f_by_tolerance": by_tolerance}
