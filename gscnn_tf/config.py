@@ -50,7 +50,9 @@ class ModelConfig:
     image_gradients: "canny" or "none" (zeros). canny_max_steps: 0 runs hysteresis to
     convergence; N > 0 unrolls N steps (no WHILE op, for GPU delegates). canny_step_form:
     "bool" / "bits" (fast in TF) or "pool" (fast in TFLite); all give the same edges.
-    aspp_rates are given at output stride 16 and doubled at 8.
+    aspp_rates are given at output stride 16 and doubled at 8. compat: "none" or "reference"
+    (the reference PyTorch code's numerics, for its converted checkpoint; wrn38 only; see
+    gscnn_tf.models.compat and `gscnn-tf import-reference`).
     """
 
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
