@@ -26,6 +26,7 @@ setup(
             "ai-edge-litert>=2.0",
             "cityscapesscripts>=2.2",
             "tensorflow-serving-api>=2.19",
+            "torch==2.13.0",
         ],
         "litert": ["ai-edge-litert>=2.0"],
         "cityscapes": ["cityscapesscripts>=2.2"],
