@@ -10,7 +10,8 @@
 
 `model.shape_stream: false` builds the DeepLab v3+ baseline on the same backbone: no shape
 stream, no edge branch; its `edge_logits` is a constant zero map (documented stand-in) so every
-consumer sees the same output dict.
+consumer sees the same output dict. `model.compat: reference` builds the same graph with the
+reference implementation's numerics (gscnn_tf.models.compat).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import keras
 from keras import layers
 
 from gscnn_tf.models.backbones import build_backbone, preprocessing_mode
+from gscnn_tf.models.compat import batch_norm_kwargs, is_reference, reference_canny
 from gscnn_tf.models.layers import (
     Normalize, ResizeLike, ZerosMap, aspp, conv_bn_relu)
 from gscnn_tf.models.shape_stream import shape_stream
@@ -28,8 +30,11 @@ GATE_ALPHAS = ("gate1_alpha", "gate2_alpha", "gate3_alpha")
 IMAGE_GRADIENTS = ("canny", "none")
 
 
-def _image_gradients(image, config):
-    """`[B, H, W, 1]` float32: Canny edges in {0, 1} of the raw image, or zeros."""
+def _image_gradients(image, normalized, config):
+    """`[B, H, W, 1]` float32: Canny edges in {0, 1} of the raw image ({0, 255} of the
+    uint8-wrapped normalised image in compat mode), or zeros."""
+    if config.image_gradients == "canny" and is_reference(config):
+        return reference_canny(normalized, config)
     if config.image_gradients == "canny":
         return Canny(config.canny_low, config.canny_high, config.canny_max_steps,
                      config.canny_step_form, name="canny", dtype="float32")(image)
@@ -48,10 +53,13 @@ def _fuse_boundary(edge_logits, canny):
 
 
 def _decoder(x, skip, image, num_classes, config, bn_kwargs):
-    """DeepLab v3+ decoder: `[B, h, w, 6 x 256]` -> seg logits `[B, H, W, num_classes]`."""
+    """DeepLab v3+ decoder: `[B, h, w, 6 x 256]` -> seg logits `[B, H, W, num_classes]`.
+
+    The concat puts the upsampled ASPP features first, the skip second (the reference has
+    the opposite order; the converter permutes `decoder_conv1`'s input channels)."""
     x = layers.Conv2D(config.decoder_channels, 1, use_bias=False, name="decoder_aspp_proj")(x)
     low = layers.Conv2D(config.skip_channels, 1, use_bias=False, name="decoder_skip_proj")(skip)
-    x = ResizeLike(name="decoder_upsample")([x, low])
+    x = ResizeLike(align_corners=is_reference(config), name="decoder_upsample")([x, low])
     x = layers.Concatenate(name="decoder_concat")([x, low])
     x = conv_bn_relu(x, config.decoder_channels, 3, "decoder_conv1", bn_kwargs)
     x = conv_bn_relu(x, config.decoder_channels, 3, "decoder_conv2", bn_kwargs)
@@ -73,18 +81,20 @@ def build_model(config, num_classes: int) -> keras.Model:
     """
     if num_classes < 1:
         raise ValueError(f"num_classes {num_classes}: expected >= 1")
-    bn_kwargs = {"synchronized": config.sync_batch_norm}
+    align = is_reference(config)
+    bn_kwargs = {"synchronized": config.sync_batch_norm, **batch_norm_kwargs(config)}
     image = keras.Input((None, None, 3), name="image")
     x = Normalize(preprocessing_mode(config.backbone), name="normalize")(image)
     taps = build_backbone(config.backbone, x, bn_kwargs)
     if config.shape_stream:
         boundary, _ = shape_stream(image, taps, config, bn_kwargs)
-        edge_logits = ResizeLike(name="shape_output_resize")([boundary, image])
-        fused = _fuse_boundary(edge_logits, _image_gradients(image, config))
+        edge_logits = ResizeLike(align_corners=align, name="shape_output_resize")(
+            [boundary, image])
+        fused = _fuse_boundary(edge_logits, _image_gradients(image, x, config))
     else:
         edge_logits, fused = ZerosMap(name="edge_stand_in")(image), None
     x = aspp(taps["out"], fused, config.aspp_channels, config.aspp_rates,
-             config.backbone.output_stride, bn_kwargs)
+             config.backbone.output_stride, bn_kwargs, align)
     seg_logits = _decoder(x, taps["skip"], image, num_classes, config, bn_kwargs)
     outputs = {
         "seg_logits": layers.Activation("linear", dtype="float32", name="seg_logits")(seg_logits),

@@ -49,18 +49,28 @@ class Normalize(layers.Layer):
 @keras.saving.register_keras_serializable(package="gscnn_tf")
 class ResizeLike(layers.Layer):
     """Bilinear resize of `x` [B, h, w, C] to the spatial size of `reference` [B, H, W, *]
-    divided by `stride` (rounded up), so dynamic and odd sizes work: `call([x, reference])`."""
+    divided by `stride` (rounded up), so dynamic and odd sizes work: `call([x, reference])`.
 
-    def __init__(self, stride=1, **kwargs):
+    align_corners: False samples at half-pixel centres (`tf.image.resize`, PyTorch's
+    `align_corners=False`); True maps corner to corner, output pixel i reading input
+    i * (h - 1) / (H - 1) (PyTorch's `align_corners=True`; TFLite RESIZE_BILINEAR has it).
+    """
+
+    def __init__(self, stride=1, align_corners=False, **kwargs):
         super().__init__(**kwargs)
         self.stride = int(stride)
+        self.align_corners = bool(align_corners)
 
     def call(self, inputs):
         x, reference = inputs
         size = tf.shape(reference)[1:3]
         if self.stride > 1:
             size = (size + self.stride - 1) // self.stride
-        out = tf.image.resize(x, size, method="bilinear")
+        if self.align_corners:
+            out = tf.raw_ops.ResizeBilinear(images=x, size=size, align_corners=True,
+                                            half_pixel_centers=False)
+        else:
+            out = tf.image.resize(x, size, method="bilinear")
         return tf.cast(out, x.dtype)
 
     def compute_output_shape(self, input_shapes):
@@ -68,7 +78,8 @@ class ResizeLike(layers.Layer):
         return (x_shape[0], None, None, x_shape[-1])
 
     def get_config(self):
-        return {**super().get_config(), "stride": self.stride}
+        return {**super().get_config(), "stride": self.stride,
+                "align_corners": self.align_corners}
 
 
 @keras.saving.register_keras_serializable(package="gscnn_tf")
@@ -150,7 +161,7 @@ def gated_conv(features, regular, name, form, bn_kwargs):
     return x, alpha
 
 
-def aspp(x, edge, channels, rates, output_stride, bn_kwargs):
+def aspp(x, edge, channels, rates, output_stride, bn_kwargs, align_corners=False):
     """Atrous spatial pyramid pooling with the Gated-SCNN edge branch.
 
     Args:
@@ -158,6 +169,7 @@ def aspp(x, edge, channels, rates, output_stride, bn_kwargs):
         edge: fused boundary map `[B, H, W, 1]` in [0, 1] at any resolution, or None for the
             DeepLab v3+ baseline (no edge branch).
         rates: atrous rates at output stride 16; doubled at output stride 8.
+        align_corners: how the image-pool and edge branches are resized (`ResizeLike`).
 
     Returns:
         `[B, h, w, channels * (5 or 6)]`: image pooling, edge, 1x1 and three atrous branches.
@@ -165,9 +177,9 @@ def aspp(x, edge, channels, rates, output_stride, bn_kwargs):
     scale = 16 // output_stride
     pooled = layers.GlobalAveragePooling2D(keepdims=True, name="aspp_pool")(x)
     pooled = conv_bn_relu(pooled, channels, 1, "aspp_image", bn_kwargs)
-    branches = [ResizeLike(name="aspp_image_resize")([pooled, x])]
+    branches = [ResizeLike(align_corners=align_corners, name="aspp_image_resize")([pooled, x])]
     if edge is not None:
-        edge = ResizeLike(name="aspp_edge_resize")([edge, x])
+        edge = ResizeLike(align_corners=align_corners, name="aspp_edge_resize")([edge, x])
         branches.append(conv_bn_relu(edge, channels, 1, "aspp_edge", bn_kwargs))
     branches.append(conv_bn_relu(x, channels, 1, "aspp_1x1", bn_kwargs))
     for i, rate in enumerate(rates, start=1):

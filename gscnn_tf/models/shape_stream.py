@@ -26,7 +26,8 @@ def shape_stream(image, taps, config, bn_kwargs):
     Args:
         image: the model input `[B, H, W, 3]` (its size sets the stream's resolution).
         taps: backbone taps (`stem`, `gate1`, `gate2`, `gate3`).
-        config: `ModelConfig` (`shape_stream_stride`, `gate`).
+        config: `ModelConfig` (`shape_stream_stride`, `gate`; `compat: reference` resizes the
+            gate maps with align_corners=True).
 
     Returns:
         (boundary logits `[B, H / s, W / s, 1]`, [alpha1, alpha2, alpha3] each
@@ -35,7 +36,8 @@ def shape_stream(image, taps, config, bn_kwargs):
     stride = config.shape_stream_stride
     if stride not in (1, 2, 4):
         raise ValueError(f"model.shape_stream_stride {stride}: expected 1, 2 or 4")
-    x = ResizeLike(stride, name="shape_stem_resize")([taps["stem"], image])
+    align = config.compat == "reference"
+    x = ResizeLike(stride, align, name="shape_stem_resize")([taps["stem"], image])
     if x.shape[-1] != STEM_WIDTH:
         x = layers.Conv2D(STEM_WIDTH, 1, use_bias=False, name="shape_stem_proj")(x)
     alphas = []
@@ -43,7 +45,7 @@ def shape_stream(image, taps, config, bn_kwargs):
         x = basic_block(x, f"shape_res{i}", bn_kwargs)
         x = layers.Conv2D(width, 1, name=f"shape_reduce{i}")(x)
         regular = layers.Conv2D(1, 1, name=f"gate{i}_dsn")(taps[f"gate{i}"])
-        regular = ResizeLike(stride, name=f"gate{i}_dsn_resize")([regular, image])
+        regular = ResizeLike(stride, align, name=f"gate{i}_dsn_resize")([regular, image])
         x, alpha = gated_conv(x, regular, f"gate{i}", config.gate, bn_kwargs)
         alphas.append(alpha)
     logits = layers.Conv2D(1, 1, use_bias=False, name="shape_fuse")(x)
