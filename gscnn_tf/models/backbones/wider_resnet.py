@@ -32,6 +32,9 @@ Layer names follow the reference checkpoint keys: `modM.blockB.bn1.0.*` -> `modM
 
 from __future__ import annotations
 
+import os
+
+import keras
 from keras import layers
 
 PREPROCESSING = "torch"
@@ -98,8 +101,9 @@ def build(config, x, bn_kwargs):
     """Builds WideResNet-38-A2 on `x` and returns its taps.
 
     Args:
-        config: `BackboneConfig` (output_stride, dropout; weights must be "": there are no
-            keras.applications weights for this trunk).
+        config: `BackboneConfig` (output_stride, dropout; weights: "" or a `.keras` model file
+            holding this trunk's layers, e.g. the converted reference checkpoint of
+            `gscnn-tf import-reference`; there are no keras.applications weights for it).
         x: float [B, H, W, 3], preprocessed in "torch" mode (ImageNet mean / std).
         bn_kwargs: extra BatchNormalization arguments (epsilon 1e-5 and momentum 0.9 reproduce
             PyTorch's BN).
@@ -107,10 +111,13 @@ def build(config, x, bn_kwargs):
     Returns:
         dict of taps, see the module docstring.
     """
-    if config.weights:
+    if config.weights and not (config.weights.endswith(".keras")
+                               and os.path.isfile(config.weights)):
         raise ValueError(
             f"model.backbone.weights '{config.weights}': wrn38 has no keras.applications "
-            "weights; expected '' (random initialisation)")
+            "weights; expected '' (random initialisation) or an existing .keras model file "
+            "with its layers (gscnn-tf import-reference writes one)")
+    inputs = x
     layout = module_layout(config.output_stride)
     x = _conv(x, 64, 3, 1, 1, "mod1_conv1")
     outputs = {1: x}
@@ -122,5 +129,21 @@ def build(config, x, bn_kwargs):
             x = _block(x, widths, stride if block == 1 else 1, dilation,
                        dropout if config.dropout else 0.0, f"mod{module}_block{block}", bn_kwargs)
         outputs[module] = x
+    if config.weights:
+        _load_trunk(config.weights, inputs, x)
     return {"stem": outputs[1], "skip": outputs[2], "gate1": outputs[3], "gate2": outputs[4],
             "gate3": outputs[7], "out": outputs[7]}
+
+
+def _load_trunk(path, inputs, out):
+    """Copies the same-named trunk weights of the `.keras` model at `path` into the layers
+    between `inputs` and `out`."""
+    from gscnn_tf.models import gscnn  # noqa: F401  (registers the custom layers)
+    from gscnn_tf.models.backbones.pretrained import copy_weights_by_name
+
+    try:
+        source = keras.saving.load_model(path, compile=False)
+    except Exception as e:  # Keras raises ValueError, OSError or TypeError by cause
+        raise ValueError(f"model.backbone.weights '{path}': not a loadable .keras model: "
+                         f"{e}") from e
+    copy_weights_by_name(source, keras.Model(inputs, out).layers, f"'{path}'")
