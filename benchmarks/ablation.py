@@ -5,7 +5,7 @@ same protocol (mIoU, per-class IoU, boundary F per tolerance, crop-factor mIoU).
 
     python benchmarks/ablation.py                    # every run (resumes), then the table
     python benchmarks/ablation.py --report-only      # the table from the runs done so far
-    python benchmarks/ablation.py --seeds 3 --stride-seeds 3 --steps 250
+    python benchmarks/ablation.py --seeds 3 --stride-seeds 3 --steps 400 --batch-size 8
 
 Every run trains `configs/synthetic.yaml` with the variant's overrides in its own process
 (runs/ablation/steps<N>_batch<B>/<variant>/seed<k>/), then evaluates its last checkpoint on the validation
@@ -61,7 +61,7 @@ def budget_overrides(steps: int, batch_size: int, num_val: int, data_root: str) 
     """The training budget and data shared by every run (no periodic validation or image
     summaries: the run is validated once at its last step, then evaluated)."""
     return [f"train.steps={steps}", f"train.batch_size={batch_size}",
-            f"train.warmup_steps={min(20, steps // 2)}",
+            f"train.warmup_steps={min(20, max(1, steps // 20))}",
             f"train.checkpoint_every={max(1, steps // 4)}", "train.val_every=0",
             "train.image_every=0", "data.deterministic=true",
             f"data.synthetic.num_val={num_val}", f"data.root={data_root}"]
@@ -82,11 +82,14 @@ def run_config(variant: str, seed: int, budget: list[str], run_dir: str):
 
 
 def schedule(seeds: int, stride_seeds: int) -> list[tuple[str, int]]:
-    """(variant, seed) in run order: seed by seed, so a partial study covers every variant."""
-    order = []
-    for seed in range(max(seeds, stride_seeds)):
-        order += [(v, seed) for v in MAIN_VARIANTS if seed < seeds]
-        order += [(v, seed) for v in STRIDE_VARIANTS if seed < stride_seeds]
+    """(variant, seed) in run order, so that a partial study is as useful as it can be:
+    every variant's first seed, then the other seeds of GSCNN and the baseline (the main
+    comparison), then those of the loss / Canny ablations, then the stride variants'."""
+    order = [(v, 0) for v in MAIN_VARIANTS if seeds > 0]
+    order += [(v, 0) for v in STRIDE_VARIANTS if stride_seeds > 0]
+    for group, count in ((MAIN_VARIANTS[:2], seeds), (MAIN_VARIANTS[2:], seeds),
+                         (STRIDE_VARIANTS, stride_seeds)):
+        order += [(v, seed) for seed in range(1, count) for v in group]
     return order
 
 
@@ -361,13 +364,13 @@ def write_report(runs_root: str, results_dir: str, meta: dict) -> dict:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--steps", type=int, default=120, help="training steps per run")
-    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--steps", type=int, default=60, help="training steps per run")
+    parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--seeds", type=int, default=3,
                         help="seeds of gscnn, baseline, no_dual, no_canny")
     parser.add_argument("--stride-seeds", type=int, default=1,
                         help="seeds of stride2 and stride4")
-    parser.add_argument("--num-val", type=int, default=100, help="validation images")
+    parser.add_argument("--num-val", type=int, default=60, help="validation images")
     parser.add_argument("--runs", default="",
                         help="run folder (default runs/ablation/steps<N>_batch<B>, one per "
                              "budget, so runs of another budget are never mixed in)")
