@@ -1,0 +1,204 @@
+"""Speed measurement helpers (timing, machine info, peak memory, results files), shared by
+the scripts in `benchmarks/`, and `gscnn-tf benchmark`: the latency of one config's model.
+
+    gscnn-tf benchmark [--config X.yaml] [--set model.backbone.name=resnet50]
+                       [--size 512x1024] [--warmup 1] [--reps 3] [--json out.json]
+
+prints the median batch-1 latency of the model under `tf.function` (random weights unless the
+config names weights: speed does not depend on them), its FLOPs, the achieved FLOP/s and the
+machine (CPU model, cores, TensorFlow / Keras versions, load average). Other processes share
+the CPU: the load average is recorded beside every figure. The full tables (every backbone,
+SavedModel, TFLite, training, memory) are `python benchmarks/speed.py`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+
+def cpu_model() -> str:
+    """The CPU's model name from /proc/cpuinfo ("unknown" where there is none)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def load_average() -> float:
+    """The 1-minute load average (processes running or waiting for a core)."""
+    return float(os.getloadavg()[0])
+
+
+def machine_info() -> dict:
+    """{"cpu", "cores", "load_average_1min", "load_average" [1, 5, 15 min], "python",
+    "tensorflow", "keras", "platform", "gpus" (count), "gpu_names"}."""
+    import keras
+    import tensorflow as tf
+
+    gpus = tf.config.list_physical_devices("GPU")
+    names = []
+    for gpu in gpus:
+        details = tf.config.experimental.get_device_details(gpu)
+        names.append(details.get("device_name", gpu.name))
+    return {"cpu": cpu_model(), "cores": os.cpu_count(), "load_average_1min": load_average(),
+            "load_average": [round(v, 2) for v in os.getloadavg()],
+            "python": platform.python_version(), "tensorflow": tf.__version__,
+            "keras": keras.__version__, "platform": platform.platform(), "gpus": len(gpus),
+            "gpu_names": names}
+
+
+def time_call(fn, warmup: int = 1, reps: int = 3, clock=time.perf_counter) -> dict:
+    """Runs `fn()` `warmup` times untimed (tracing, allocation), then `reps` times timed.
+    `fn` must block until its result exists (return numpy, not a pending tensor).
+
+    Returns {"median_s", "min_s", "times_s" (each timed call), "warmup", "reps",
+    "load_average_1min" (mean of before and after the timed calls)}.
+    """
+    if reps < 1 or warmup < 0:
+        raise ValueError(f"time_call: reps {reps} must be >= 1 and warmup {warmup} >= 0")
+    for _ in range(warmup):
+        fn()
+    load_before = load_average()
+    times = []
+    for _ in range(reps):
+        start = clock()
+        fn()
+        times.append(clock() - start)
+    return {"median_s": statistics.median(times), "min_s": min(times), "times_s": times,
+            "warmup": warmup, "reps": reps,
+            "load_average_1min": round((load_before + load_average()) / 2, 2)}
+
+
+def _proc_status_mb(key: str) -> float | None:
+    try:
+        with open("/proc/self/status", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith(key + ":"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return None
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident set size so far in MiB (VmHWM, else ru_maxrss)."""
+    peak = _proc_status_mb("VmHWM")
+    return peak if peak is not None else (
+        resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+
+
+def rss_mb() -> float:
+    """This process's resident set size now in MiB (VmRSS, else the peak)."""
+    now = _proc_status_mb("VmRSS")
+    return now if now is not None else peak_rss_mb()
+
+
+def matmul_peak(n: int = 4096, warmup: int = 1, reps: int = 5) -> dict:
+    """FP32 matrix-multiply rate of this machine: `[n, n] @ [n, n]` under tf.function on the
+    default device. Returns time_call's dict plus {"n", "flops" (2 n^3), "gflops_median",
+    "gflops_best"}."""
+    import tensorflow as tf
+
+    a = tf.random.uniform([n, n], dtype=tf.float32)
+    b = tf.random.uniform([n, n], dtype=tf.float32)
+    matmul = tf.function(lambda: tf.reduce_sum(tf.matmul(a, b)))
+    timing = time_call(lambda: matmul().numpy(), warmup, reps)
+    flops = 2 * n ** 3
+    return {**timing, "n": n, "flops": flops,
+            "gflops_median": flops / timing["median_s"] / 1e9,
+            "gflops_best": flops / timing["min_s"] / 1e9}
+
+
+def run_child(argv: list[str], timeout: float | None = None, env: dict | None = None) -> dict:
+    """Runs `python argv...` in a fresh process (its own peak memory and TensorFlow set-up)
+    and returns the JSON object printed on its last stdout line, or {"error": ...} naming
+    the exit status and the end of its stderr."""
+    try:
+        out = subprocess.run([sys.executable, *argv], capture_output=True, text=True,
+                             timeout=timeout, env={**os.environ, **(env or {})})
+    except subprocess.TimeoutExpired:
+        return {"error": f"timed out after {timeout:.0f} s"}
+    lines = out.stdout.strip().splitlines()
+    if out.returncode == 0 and lines:
+        try:
+            return json.loads(lines[-1])
+        except json.JSONDecodeError:
+            pass
+    return {"error": f"exit status {out.returncode}: {out.stderr.strip()[-800:]}"}
+
+
+def markdown_table(headers: list[str], rows: list[list]) -> str:
+    """A GitHub markdown table; None cells print as "-"."""
+    cells = [[("-" if v is None else str(v)) for v in row] for row in rows]
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in cells])
+
+
+def write_results(out_dir: str, name: str, record: dict, markdown: str) -> tuple[str, str]:
+    """Writes `<out_dir>/<name>.json` and `<name>.md` (each via a temporary file and a
+    rename: a failed run leaves the previous results whole). Returns both paths."""
+    os.makedirs(out_dir, exist_ok=True)
+    paths = (os.path.join(out_dir, f"{name}.json"), os.path.join(out_dir, f"{name}.md"))
+    for path, text in zip(paths, (json.dumps(record, indent=2) + "\n",
+                                  markdown.rstrip() + "\n")):
+        with open(path + ".tmp", "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(path + ".tmp", path)
+    return paths
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--config", default=None, help="YAML config (defaults if omitted)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="config override, e.g. model.backbone.name=resnet50")
+    parser.add_argument("--num-classes", type=int, default=19)
+    parser.add_argument("--size", default="512x1024", help="input HEIGHTxWIDTH")
+    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--json", default="", help="also write the figures to this file")
+
+
+def run(args) -> int:
+    import numpy as np
+    import tensorflow as tf
+
+    from gscnn_tf import build_model
+    from gscnn_tf.config import load_config
+    from gscnn_tf.export import parse_size
+    from gscnn_tf.models.summary import count_flops
+
+    height, width = parse_size(args.size)
+    config = load_config(args.config, args.set)
+    model = build_model(config.model, args.num_classes)
+    image = tf.constant(np.random.default_rng(0).uniform(0, 255, (1, height, width, 3)),
+                        tf.float32)
+    forward = tf.function(lambda x: model(x, training=False))
+    timing = time_call(lambda: {k: v.numpy() for k, v in forward(image).items()},
+                       args.warmup, args.reps)
+    flops = count_flops(model, height, width)
+    record = {"model": model.name, "size": [height, width], **timing, "flops": flops,
+              "gflops_per_s": flops / timing["median_s"] / 1e9, "peak_rss_mb": peak_rss_mb(),
+              "machine": machine_info()}
+    m = record["machine"]
+    print(f"{model.name} at {height}x{width}, batch 1: median {timing['median_s']:.3f} s "
+          f"over {args.reps} runs after {args.warmup} warm-up "
+          f"(min {timing['min_s']:.3f} s, load average {timing['load_average_1min']:.2f})")
+    print(f"  {flops / 1e9:.1f} GFLOP per image, {record['gflops_per_s']:.1f} GFLOP/s, "
+          f"peak RSS {record['peak_rss_mb']:.0f} MiB")
+    print(f"  {m['cpu']}, {m['cores']} cores, {m['gpus']} GPU, TensorFlow {m['tensorflow']}, "
+          f"Keras {m['keras']}")
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as f:
+            json.dump(record, f, indent=2)
+    return 0
