@@ -1,0 +1,162 @@
+"""gscnn_tf.benchmark helpers and benchmarks/speed.py's planning, children and report at tiny
+sizes (structure and consistency of the figures; no timed assertions)."""
+
+import importlib.util
+import json
+import os
+import re
+import resource
+import sys
+
+import numpy as np
+import pytest
+
+from gscnn_tf import benchmark
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="module")
+def speed():
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+    spec = importlib.util.spec_from_file_location(
+        "benchmarks_speed", os.path.join(ROOT, "benchmarks", "speed.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_time_call_skips_warmup_and_takes_the_median():
+    ticks = iter([0.0, 1.0, 1.0, 4.0, 4.0, 6.0])  # timed calls of 1, 3 and 2 s
+    calls = []
+    out = benchmark.time_call(lambda: calls.append(1), warmup=2, reps=3,
+                              clock=lambda: next(ticks))
+    assert len(calls) == 5  # 2 warm-up calls read no clock
+    assert out["times_s"] == [1.0, 3.0, 2.0]
+    assert out["median_s"] == 2.0 and out["min_s"] == 1.0
+    assert (out["warmup"], out["reps"]) == (2, 3)
+    assert out["load_average_1min"] >= 0
+    with pytest.raises(ValueError, match="reps 0"):
+        benchmark.time_call(lambda: None, reps=0)
+    with pytest.raises(ValueError, match="warmup -1"):
+        benchmark.time_call(lambda: None, warmup=-1)
+
+
+def test_machine_info_fields():
+    import keras
+    import tensorflow as tf
+
+    info = benchmark.machine_info()
+    assert info["cores"] == os.cpu_count()
+    assert info["tensorflow"] == tf.__version__ and info["keras"] == keras.__version__
+    assert len(info["load_average"]) == 3 and min(info["load_average"]) >= 0
+    assert info["gpus"] == len(info["gpu_names"]) == len(tf.config.list_physical_devices("GPU"))
+    with open("/proc/cpuinfo") as f:
+        names = re.findall(r"^model name\s*:\s*(.+)$", f.read(), re.M)
+    assert info["cpu"] == (names[0].strip() if names else info["cpu"]) and info["cpu"]
+
+
+def test_peak_memory_follows_allocations():
+    before = benchmark.rss_mb()
+    block = np.ones(64 * 2**20 // 8 * 4, np.float64)  # 256 MiB, touched
+    assert benchmark.rss_mb() >= before + 200
+    assert benchmark.peak_rss_mb() >= benchmark.rss_mb()
+    maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    assert abs(benchmark.peak_rss_mb() - maxrss) < 64
+    del block
+
+
+def test_write_results_and_markdown_table(tmp_path):
+    table = benchmark.markdown_table(["a", "b"], [[1, None], ["x", 2.5]])
+    assert table.splitlines() == ["| a | b |", "|---|---|", "| 1 | - |", "| x | 2.5 |"]
+    json_path, md_path = benchmark.write_results(str(tmp_path / "r"), "speed",
+                                                 {"x": [1, 2]}, "# T\n\n" + table)
+    assert json.load(open(json_path)) == {"x": [1, 2]}
+    assert open(md_path).read() == "# T\n\n" + table + "\n"
+    benchmark.write_results(str(tmp_path / "r"), "speed", {"x": 3}, "# U")
+    assert json.load(open(json_path)) == {"x": 3}
+    assert sorted(os.listdir(tmp_path / "r")) == ["speed.json", "speed.md"]  # no .tmp left
+
+
+def test_run_child_reads_the_last_json_line_or_reports_the_error():
+    ok = benchmark.run_child(["-c", "print('log'); print('{\"a\": 1}')"])
+    assert ok == {"a": 1}
+    bad = benchmark.run_child(["-c", "import sys; sys.stderr.write('boom'); sys.exit(3)"])
+    assert "exit status 3" in bad["error"] and "boom" in bad["error"]
+
+
+def test_matmul_peak_counts_2n3_flops():
+    out = benchmark.matmul_peak(n=128, warmup=1, reps=3)
+    assert out["flops"] == 2 * 128 ** 3
+    assert out["gflops_median"] == pytest.approx(out["flops"] / out["median_s"] / 1e9)
+    assert out["gflops_best"] >= out["gflops_median"] > 0
+
+
+def test_plan_respects_budget_and_memory(speed):
+    args = speed.argparse.Namespace(
+        warmup=1, reps=3, reps_large=2, calibration_images=2, sizes=[[512, 1024], [1024, 2048]],
+        backbones=list(speed.BACKBONES), train_backbones=["small", "wrn38"],
+        train_size=[512, 512], train_batch=2, train_reps=2, formats=["keras", "tflite_int8"],
+        data="/tmp/x")
+    plan = speed.cpu_plan(args)
+    assert plan[0]["kind"] == "matmul" and all(speed.estimate_s(j) > 0 for j in plan)
+    chosen, skipped = speed.select(plan, 20 * 60, 6.0)
+    assert sum(speed.estimate_s(j) for j in chosen) <= 20 * 60
+    assert len(chosen) + len(skipped) == len(plan)
+    reasons = {s["job"]: s["reason"] for s in skipped}
+    assert "exceeds --max-memory-gb 6" in reasons["train wrn38 512x512 2 replica(s), "
+                                                  "batch 2/replica"]
+    assert any("budget" in r and "--all" in r for r in reasons.values())
+    everything, none = speed.select(plan, 0, 0.0, everything=True)
+    assert everything == plan and none == []
+
+
+def test_latency_parts_and_report_at_tiny_size(speed):
+    import keras
+    import tensorflow as tf
+
+    job = {"kind": "latency", "backbone": "small", "size": [32, 64], "warmup": 0, "reps": 2,
+           "formats": ["keras"], "baseline": True, "flops": True, "device": "cpu"}
+    lat = speed.child_latency(job)
+    assert lat["keras"]["reps"] == 2 and lat["keras"]["median_s"] > 0
+    assert lat["shape_stream_cost"] == pytest.approx(
+        lat["keras"]["median_s"] / lat["keras_baseline"]["median_s"])
+    assert lat["flops"] > lat["flops_baseline"] > 0
+    assert lat["peak_rss_mb"] >= lat["keras"]["peak_rss_mb"] >= lat["rss_after_build_mb"]
+
+    # The parts, run one after another on each other's outputs, are the whole model.
+    _, model = speed._build(job)
+    image = np.random.default_rng(0).uniform(0, 255, (1, 32, 64, 3)).astype(np.float32)
+    values = {id(model.input): tf.constant(image)}
+    parts = speed.part_graphs(model)
+    assert list(parts) == ["backbone", "shape_stream", "canny", "fusion_aspp", "decoder"]
+    for inputs, outputs in parts.values():
+        sub = keras.Model(inputs, outputs)
+        result = sub([values[id(t)] for t in inputs], training=False)
+        result = result if isinstance(result, (list, tuple)) else [result]
+        values.update({id(t): v for t, v in zip(outputs, result)})
+    np.testing.assert_allclose(values[id(parts["decoder"][1][0])],
+                               model(image, training=False)["seg_logits"], atol=1e-4)
+
+    record = {"device": "cpu", "machine": benchmark.machine_info(), "wall_s": 1.0,
+              "jobs": [{"kind": "matmul", "result": {"gflops_median": 100.0}},
+                       {**job, "result": lat},
+                       {"kind": "train", "backbone": "small", "size": [8, 8], "replicas": 1,
+                        "result": {"median_s": 2.0, "images_per_s": 1.0, "global_batch": 2,
+                                   "load_average_1min": 1.0, "peak_rss_mb": 10.0}},
+                       {"kind": "train", "backbone": "small", "size": [8, 8], "replicas": 2,
+                        "result": {"median_s": 2.5, "images_per_s": 1.6, "global_batch": 4,
+                                   "load_average_1min": 1.0, "peak_rss_mb": 10.0}},
+                       {"kind": "pipeline", "size": [8, 8],
+                        "result": {"images_per_s": 5.0, "load_average_1min": 1.0}}],
+              "not_measured": [{"job": "latency wrn38 1024x2048 keras", "reason": "why"}]}
+    summary = speed.summarise(record)
+    achieved = lat["flops"] / lat["keras"]["median_s"] / 1e9
+    assert summary["achieved_gflops"]["small_32x64"] == pytest.approx(achieved)
+    assert summary["share_of_matmul_peak"]["small_32x64"] == pytest.approx(achieved / 100)
+    assert summary["pipeline_over_train_step"] == pytest.approx(5.0)
+    assert summary["two_replica_speedup"] == pytest.approx(1.6)
+    text = speed.markdown({**record, "summary": summary})
+    assert f"{lat['shape_stream_cost']:.2f}" in text
+    assert "- latency wrn38 1024x2048 keras: why" in text
+    assert "18.91 s" in text  # the reference's figures beside ours
