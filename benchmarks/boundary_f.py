@@ -26,7 +26,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 
-from data_pipeline import machine  # noqa: E402
+from gscnn_tf.benchmark import machine_info  # noqa: E402
 from gscnn_tf.evaluation import metrics  # noqa: E402
 
 H, W, C, TOLERANCES = 1024, 2048, 19, [3, 5, 9, 12]
@@ -107,7 +107,7 @@ def main() -> int:
         "gt_boundary_pixel_class_pairs_per_pixel": round(float(np.mean([r[2] for r in
                                                                          results])), 4),
         "f_first_image": {str(k): round(v, 4) for k, v in results[0][3].items()},
-        "machine": machine(),
+        "machine": machine_info(),
     }
     print(json.dumps(record, indent=2))
     out_dir = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")

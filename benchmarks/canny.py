@@ -8,8 +8,6 @@ benchmarks/results/canny.json and canny.md.  Run: python benchmarks/canny.py
 
 import json
 import os
-import platform
-import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
@@ -19,6 +17,7 @@ import skimage.data  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from ai_edge_litert.interpreter import Interpreter  # noqa: E402
 
+from gscnn_tf.benchmark import cpu_model, time_call  # noqa: E402
 from gscnn_tf.ops import canny  # noqa: E402
 
 PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "camera")
@@ -35,22 +34,8 @@ def _ref(rgb):
 
 
 def _timed(fn, reps):
-    fn()
-    t = time.perf_counter()
-    for _ in range(reps):
-        fn()
-    return (time.perf_counter() - t) / reps * 1000.0
-
-
-def _cpu_model():
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
+    """Median milliseconds of `reps` calls after one warm-up call."""
+    return 1000.0 * time_call(fn, 1, reps)["median_s"]
 
 
 def _mosaic():
@@ -146,7 +131,7 @@ def _markdown(r):
 
 
 def main():
-    r = {"cpu": _cpu_model(), "cores": os.cpu_count(), "tf": tf.__version__,
+    r = {"cpu": cpu_model(), "cores": os.cpu_count(), "tf": tf.__version__,
          "opencv": cv2.__version__}
     speed(r)
     bounded(r)

@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -26,6 +25,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import tensorflow as tf  # noqa: E402
 
+from gscnn_tf.benchmark import machine_info  # noqa: E402
 from gscnn_tf.config import load_config  # noqa: E402
 from gscnn_tf.data import pipeline, synthetic  # noqa: E402
 
@@ -89,18 +89,6 @@ def model_step_rate(config, batch_size: int, steps: int):
     return rate(steps_iter(), steps, batch_size, warmup=1)
 
 
-def machine() -> dict:
-    cpu = "unknown"
-    if os.path.isfile("/proc/cpuinfo"):
-        with open("/proc/cpuinfo") as f:
-            cpu = next((line.split(":", 1)[1].strip() for line in f
-                        if line.startswith("model name")), cpu)
-    return {"cpu": cpu, "cores": os.cpu_count(), "load_average_1min": os.getloadavg()[0],
-            "python": platform.python_version(),
-            "tensorflow": tf.__version__, "platform": platform.platform(),
-            "gpus": len(tf.config.list_physical_devices("GPU"))}
-
-
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--images", type=int, default=12)
@@ -123,7 +111,7 @@ def main(argv=None) -> int:
           f"({time.perf_counter() - start:.1f} s)")
     config = load_config(None, ["data.dataset=folder", f"data.root={root}",
                                 f"data.crop_size=[{args.crop}, {args.crop}]", *args.set])
-    results = {"machine": machine(), "crop": args.crop, "batch_size": args.batch,
+    results = {"machine": machine_info(), "crop": args.crop, "batch_size": args.batch,
                "source_size": [1024, 2048]}
     iterator = iter(pipeline.build_dataset(config, "train", True, args.batch))
     results["train_examples_per_s"] = rate(iterator, args.batches, args.batch)

@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import time
@@ -22,14 +21,11 @@ sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 
-def peak_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
 def child(mode: str, height: int, width: int, window: int) -> dict:
     import numpy as np
 
     import gscnn_tf
+    from gscnn_tf.benchmark import peak_rss_mb
     from gscnn_tf.data.pipeline import dataset_info
     from gscnn_tf.evaluation.evaluator import Evaluator
     from gscnn_tf.inference import Predictor
@@ -41,14 +37,14 @@ def child(mode: str, height: int, width: int, window: int) -> dict:
     model = gscnn_tf.build_model(config.model, dataset_info(config).num_classes)
     evaluator = Evaluator(Predictor.from_model(model, config), config)
     image = np.random.default_rng(0).uniform(0, 255, (height, width, 3)).astype(np.float32)
-    built = peak_mb()
+    built = peak_rss_mb()
     start = time.perf_counter()
     labels = evaluator.predict(image)
     seconds = time.perf_counter() - start
     assert labels.shape == (height, width)
     return {"mode": mode, "window": config.eval.window, "seconds": round(seconds, 1),
-            "peak_rss_mb": round(peak_mb()), "rss_after_build_mb": round(built),
-            "inference_peak_mb": round(peak_mb() - built)}
+            "peak_rss_mb": round(peak_rss_mb()), "rss_after_build_mb": round(built),
+            "inference_peak_mb": round(peak_rss_mb() - built)}
 
 
 def main() -> int:
@@ -62,7 +58,7 @@ def main() -> int:
     if args.child:
         print(json.dumps(child(args.child, args.height, args.width, args.window)))
         return 0
-    from data_pipeline import machine
+    from gscnn_tf.benchmark import machine_info
 
     rows = []
     for mode in args.modes:
@@ -73,7 +69,7 @@ def main() -> int:
         print(rows[-1])
     record = {"benchmark": "evaluate_memory", "height": args.height, "width": args.width,
               "model": "cityscapes_resnet50 (GSCNN, ResNet-50 OS8)", "rows": rows,
-              "machine": machine()}
+              "machine": machine_info()}
     out_dir = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
     os.makedirs(out_dir, exist_ok=True)
     with open(os.path.join(out_dir, "evaluate_memory.json"), "w", encoding="utf-8") as f:

@@ -641,6 +641,12 @@ def parse_size(text):
     return list(parse(text))
 
 
+def _save(record, start, out_dir, name):
+    record["summary"] = summarise(record)
+    record["wall_s"] = time.perf_counter() - start
+    return write_results(out_dir, name, record, markdown(record))
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", choices=("cpu", "gpu"), default="cpu")
@@ -700,12 +706,8 @@ def main(argv=None) -> int:
                                            "reason": f"failed: {result['error'][-300:]}"})
         print(f"{time.perf_counter() - began:6.0f} s  {describe(job)}: "
               f"{json.dumps(result)[:300]}", flush=True)
-        record["summary"] = summarise(record)
-        record["wall_s"] = time.perf_counter() - start
-        write_results(args.out, name, record, markdown(record))
-    record["summary"] = summarise(record)
-    record["wall_s"] = time.perf_counter() - start
-    paths = write_results(args.out, name, record, markdown(record))
+        paths = _save(record, start, args.out, name)
+    paths = _save(record, start, args.out, name)
     print(markdown(record))
     print(f"wrote {paths[0]} and {paths[1]}")
     return 0
