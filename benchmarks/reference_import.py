@@ -31,6 +31,12 @@ from gscnn_tf import reference_import  # noqa: E402
 RESULTS = os.path.join(HERE, "results")
 
 
+def _cpu_model():
+    with open("/proc/cpuinfo", encoding="utf-8") as f:
+        names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
+    return names[0] if names else platform.machine()
+
+
 def _timed(fn):
     start = time.perf_counter()
     value = fn()
@@ -59,7 +65,8 @@ def main():
     (seg_ref, edge_ref), torch_s = _timed(lambda: reference_torch.forward(state, image))
     seg, edge = out["seg_logits"].numpy(), out["edge_logits"].numpy()
     results = {
-        "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
+        "machine": {"cpu": _cpu_model(), "cores": os.cpu_count(),
+                    "load_average_1min": round(os.getloadavg()[0], 1),
                     "tensorflow": tf.__version__, "torch": torch.__version__},
         "conversion_s": round(report.seconds, 1), "load_s": round(load_s, 1), **sizes,
         "parameters": report.parameters, "size": [height, width],
@@ -76,7 +83,9 @@ def main():
     r, m = results, results["machine"]
     lines = [
         "# Reference checkpoint import (random weights, reference key names and shapes)", "",
-        f"{m['cores']} cores ({m['cpu']}), TF {m['tensorflow']}, torch {m['torch']}", "",
+        f"{m['cores']} cores ({m['cpu']}), TF {m['tensorflow']}, torch {m['torch']}; load "
+        f"average {m['load_average_1min']} at the end (times include other processes' "
+        "load)", "",
         "| measure | value |", "|---|---|",
         f"| conversion (read .pth, build, map, save .keras) | {r['conversion_s']} s |",
         f"| load .keras | {r['load_s']} s |",
