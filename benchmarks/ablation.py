@@ -8,8 +8,10 @@ same protocol (mIoU, per-class IoU, boundary F per tolerance, crop-factor mIoU).
     python benchmarks/ablation.py --seeds 3 --stride-seeds 3 --steps 400 --batch-size 8
 
 Every run trains `configs/synthetic.yaml` with the variant's overrides in its own process
-(runs/ablation/steps<N>_batch<B>/<variant>/seed<k>/), then evaluates its last checkpoint on the validation
-split; its results go to result.json there. A run whose result.json exists is skipped and an
+(runs/ablation/steps<N>_batch<B>/<variant>/seed<k>/), recomputes the BatchNormalization
+statistics over `BN_BATCHES` training batches (short runs leave the moving averages near
+their initial values) and evaluates the model on the validation split; its results go to
+result.json there. A run whose result.json exists is skipped and an
 interrupted one resumes from its latest checkpoint, so a partial study is never wasted.
 Writes benchmarks/results/ablation.json, ablation.md and ablation.png.
 
@@ -32,13 +34,13 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import numpy as np  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BASE_CONFIG = os.path.join(ROOT, "configs", "synthetic.yaml")
 RESULT = "result.json"
+BN_BATCHES = 10  # training batches averaged into the BN statistics before evaluation
 
 # name -> (what it tests, config overrides on top of configs/synthetic.yaml)
 VARIANTS = {
@@ -83,13 +85,13 @@ def run_config(variant: str, seed: int, budget: list[str], run_dir: str):
 
 def schedule(seeds: int, stride_seeds: int) -> list[tuple[str, int]]:
     """(variant, seed) in run order, so that a partial study is as useful as it can be:
-    every variant's first seed, then the other seeds of GSCNN and the baseline (the main
-    comparison), then those of the loss / Canny ablations, then the stride variants'."""
-    order = [(v, 0) for v in MAIN_VARIANTS if seeds > 0]
+    GSCNN and the baseline seed by seed (the main comparison), every other variant's first
+    seed, then the other seeds of the loss / Canny ablations, then the stride variants'."""
+    order = [(v, seed) for seed in range(seeds) for v in MAIN_VARIANTS[:2]]
+    order += [(v, 0) for v in MAIN_VARIANTS[2:] if seeds > 0]
     order += [(v, 0) for v in STRIDE_VARIANTS if stride_seeds > 0]
-    for group, count in ((MAIN_VARIANTS[:2], seeds), (MAIN_VARIANTS[2:], seeds),
-                         (STRIDE_VARIANTS, stride_seeds)):
-        order += [(v, seed) for seed in range(1, count) for v in group]
+    order += [(v, seed) for seed in range(1, seeds) for v in MAIN_VARIANTS[2:]]
+    order += [(v, seed) for seed in range(1, stride_seeds) for v in STRIDE_VARIANTS]
     return order
 
 
@@ -100,7 +102,7 @@ def _write_json(path: str, value) -> None:
     os.replace(tmp, path)
 
 
-def _boundary_stats(predictor, config, limit: int = 40) -> dict:
+def _boundary_stats(predictor, config, limit: int = 20) -> dict:
     """What the shape stream learned, on the first `limit` validation images: the mean
     boundary probability on ground-truth class boundaries (a pixel whose right or lower
     neighbour has another label, dilated by 1 px) and off them, and each gate's mean."""
@@ -126,8 +128,40 @@ def _boundary_stats(predictor, config, limit: int = 40) -> dict:
             "gate_mean": {k: float(np.mean(v)) for k, v in sorted(gates.items())}}
 
 
-def run_one(variant: str, seed: int, budget: list[str], run_dir: str) -> dict:
-    """Trains (resuming) and evaluates one run; writes and returns its result.json."""
+def batch_norm_layers(layer) -> list:
+    """Every BatchNormalization layer inside `layer` (nested models included)."""
+    import keras
+
+    found = [layer] if isinstance(layer, keras.layers.BatchNormalization) else []
+    for child in getattr(layer, "layers", []):
+        found += batch_norm_layers(child)
+    return found
+
+
+def recompute_batch_norm(model, dataset, batches: int) -> int:
+    """Replaces every BatchNormalization layer's moving mean and variance with the plain
+    average of `batches` training batches' statistics (weights untouched; "precise BN").
+    A short run leaves the moving averages (momentum 0.99) mostly at their initial 0 / 1:
+    0.99^60 = 55 % of them after 60 steps. Returns the batches used."""
+    layers = batch_norm_layers(model)
+    momenta = [layer.momentum for layer in layers]
+    used = 0
+    try:
+        for used, (images, _) in enumerate(dataset.take(batches), start=1):
+            for layer in layers:  # running mean over the batches seen so far
+                layer.momentum = (used - 1) / used
+            model(images, training=True)
+    finally:
+        for layer, momentum in zip(layers, momenta):
+            layer.momentum = momentum
+    return used
+
+
+def run_one(variant: str, seed: int, budget: list[str], run_dir: str,
+            bn_batches: int = BN_BATCHES) -> dict:
+    """Trains (resuming), recomputes the BN statistics and evaluates one run; writes and
+    returns its result.json."""
+    from gscnn_tf.data.pipeline import build_dataset
     from gscnn_tf.data.synthetic import ensure_synthetic
     from gscnn_tf.evaluation.evaluator import Evaluator
     from gscnn_tf.inference import Predictor
@@ -140,14 +174,20 @@ def run_one(variant: str, seed: int, budget: list[str], run_dir: str) -> dict:
     done_before = trainer.checkpoints.restore_latest() or 0
     summary = trainer.train(resume=True)
     train_s = time.perf_counter() - start
-    del trainer
-    predictor = Predictor(os.path.join(run_dir, "checkpoints"), config)
+    bn_used = 0
+    if bn_batches:
+        data = build_dataset(config, config.data.train_split, True, config.train.batch_size)
+        bn_used = recompute_batch_norm(trainer.model, data, bn_batches)
+    predictor = Predictor.from_model(trainer.model, config)
     start = time.perf_counter()
     results = Evaluator(predictor, config).run(config.data.val_split, progress=False)
     eval_s = time.perf_counter() - start
     result = {"variant": variant, "seed": seed, "overrides": run_overrides(variant, seed,
                                                                           budget, run_dir),
               "steps": summary["step"], "steps_resumed_from": done_before,
+              "bn_recompute_batches": bn_used,
+              "val_before_bn_recompute": {k: summary["val"].get(k) for k in
+                                          ("miou", "boundary_f", "tolerance_px")},
               "train_seconds": train_s, "eval_seconds": eval_s,
               "seconds_per_step": train_s / max(1, summary["step"] - done_before),
               "final_train_terms": summary["train"], "eval": results}
@@ -248,7 +288,7 @@ def markdown(table: dict, meta: dict) -> str:
              f"{meta['seeds']} (stride variants {meta['stride_seeds']}); evaluated on "
              f"{meta['num_val']} validation images, single scale. Mean ± sample std over "
              "seeds (n in the table), in percent.",
-             f"Tolerances {tols} px and crop margins at `eval.reference_height` 128 (the "
+             f"Tolerances {', '.join(tols)} px and crop margins at `eval.reference_height` 128 (the "
              "128-row image itself).", "",
              f"Machine: {meta['machine']['cpu']}, {meta['machine']['cores']} cores (shared "
              f"with other jobs), TensorFlow {meta['machine']['tensorflow']}.", "",
@@ -364,13 +404,13 @@ def write_report(runs_root: str, results_dir: str, meta: dict) -> dict:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--steps", type=int, default=60, help="training steps per run")
+    parser.add_argument("--steps", type=int, default=40, help="training steps per run")
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--seeds", type=int, default=3,
                         help="seeds of gscnn, baseline, no_dual, no_canny")
     parser.add_argument("--stride-seeds", type=int, default=1,
                         help="seeds of stride2 and stride4")
-    parser.add_argument("--num-val", type=int, default=60, help="validation images")
+    parser.add_argument("--num-val", type=int, default=40, help="validation images")
     parser.add_argument("--runs", default="",
                         help="run folder (default runs/ablation/steps<N>_batch<B>, one per "
                              "budget, so runs of another budget are never mixed in)")
@@ -388,12 +428,12 @@ def main(argv=None) -> int:
         variant, seed = args.one[0], int(args.one[1])
         run_one(variant, seed, budget, os.path.join(args.runs, variant, f"seed{seed}"))
         return 0
-    from data_pipeline import machine
+    from gscnn_tf.benchmark import machine_info
 
     meta = {"steps": args.steps, "batch_size": args.batch_size, "seeds": args.seeds,
             "stride_seeds": args.stride_seeds, "num_val": args.num_val,
             "eval_overrides": EVAL_OVERRIDES, "budget_overrides": budget,
-            "thin_classes": list(THIN_CLASSES), "machine": machine()}
+            "thin_classes": list(THIN_CLASSES), "machine": machine_info()}
     if not args.report_only:
         for variant, seed in schedule(args.seeds, args.stride_seeds):
             run_dir = os.path.join(args.runs, variant, f"seed{seed}")

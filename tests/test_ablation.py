@@ -83,15 +83,36 @@ def test_protocol_is_scaled_to_the_128_pixel_images():
     metrics.center_crop(np.zeros((128, 128)), max(margins))  # leaves a 28 px centre
 
 
-def test_schedule_runs_seed_by_seed():
+def test_schedule_runs_the_main_comparison_first():
     order = ablation.schedule(3, 2)
-    assert order == [("gscnn", 0), ("baseline", 0), ("no_dual", 0), ("no_canny", 0),
+    assert order == [("gscnn", 0), ("baseline", 0), ("gscnn", 1), ("baseline", 1),
+                     ("gscnn", 2), ("baseline", 2), ("no_dual", 0), ("no_canny", 0),
                      ("stride2", 0), ("stride4", 0),
-                     ("gscnn", 1), ("baseline", 1), ("gscnn", 2), ("baseline", 2),
                      ("no_dual", 1), ("no_canny", 1), ("no_dual", 2), ("no_canny", 2),
                      ("stride2", 1), ("stride4", 1)]
     assert len(ablation.schedule(3, 1)) == 4 * 3 + 2
     assert ablation.schedule(1, 0) == [(v, 0) for v in ablation.MAIN_VARIANTS]
+
+
+def test_recompute_batch_norm_averages_training_batch_statistics():
+    import keras
+    import tensorflow as tf
+
+    inner = keras.Sequential([keras.Input((3,)), keras.layers.BatchNormalization(name="bn1")])
+    x = keras.Input((3,))
+    model = keras.Model(x, keras.layers.BatchNormalization(name="bn2")(inner(x) * 2.0 + 1.0))
+    assert sorted(l.name for l in ablation.batch_norm_layers(model)) == ["bn1", "bn2"]
+    rng = np.random.default_rng(0)
+    batches = [rng.normal(3.0 * i, 1.0 + i, (16, 3)).astype(np.float32) for i in range(3)]
+    dataset = tf.data.Dataset.from_tensor_slices((np.stack(batches), np.zeros(3))).repeat()
+    assert ablation.recompute_batch_norm(model, dataset, 3) == 3
+    bn1 = inner.get_layer("bn1")
+    np.testing.assert_allclose(bn1.moving_mean.numpy(),
+                               np.mean([b.mean(0) for b in batches], 0), rtol=1e-5)
+    np.testing.assert_allclose(bn1.moving_variance.numpy(),
+                               np.mean([b.var(0) for b in batches], 0), rtol=1e-4)
+    assert bn1.momentum == 0.99 and model.get_layer("bn2").momentum == 0.99
+    assert not np.allclose(model.get_layer("bn2").moving_variance.numpy(), 1.0)
 
 
 def _result(variant, seed, miou_shift=0.0, stream=True):
