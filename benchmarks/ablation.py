@@ -45,8 +45,10 @@ BN_BATCHES = 10  # training batches averaged into the BN statistics before evalu
 # name -> (what it tests, config overrides on top of configs/synthetic.yaml)
 VARIANTS = {
     "gscnn": ("Gated-SCNN, shape stream at full resolution (the paper)", []),
-    "baseline": ("DeepLab v3+ on the same backbone (no shape stream)",
-                 ["model.shape_stream=false"]),
+    "baseline": ("DeepLab v3+ on the same backbone: no shape stream, segmentation loss "
+                 "only (the dual-task loss is a GSCNN term)",
+                 ["model.shape_stream=false", "loss.lambda_edge=0", "loss.lambda_att=0",
+                  "loss.lambda_dual=0"]),
     "no_dual": ("GSCNN without the dual-task loss", ["loss.lambda_dual=0"]),
     "no_canny": ("GSCNN without the Canny channel", ["model.image_gradients=none"]),
     "stride2": ("GSCNN, shape stream at 1/2 resolution", ["model.shape_stream_stride=2"]),

@@ -41,7 +41,8 @@ def _differences(a, b):
 
 
 @pytest.mark.parametrize("variant,expected", [
-    ("baseline", {"model.shape_stream": (True, False)}),
+    ("baseline", {"model.shape_stream": (True, False), "loss.lambda_edge": (20.0, 0.0),
+                  "loss.lambda_att": (1.0, 0.0), "loss.lambda_dual": (1.0, 0.0)}),
     ("no_dual", {"loss.lambda_dual": (1.0, 0.0)}),
     ("no_canny", {"model.image_gradients": ("canny", "none")}),
     ("stride2", {"model.shape_stream_stride": (1, 2)}),
@@ -193,7 +194,7 @@ def test_report_writes_json_markdown_and_plot(tmp_path):
     assert set(written["table"]) == {"gscnn", "baseline", "stride4"}
     assert [r["seed"] for r in written["runs"]["gscnn"]] == [0, 1, 2]
     assert written["meta"]["steps"] == 150
-    assert written["variants"]["baseline"]["overrides"] == ["model.shape_stream=false"]
+    assert written["variants"]["baseline"]["overrides"][0] == "model.shape_stream=false"
     text = open(os.path.join(out, "ablation.md")).read()
     miou = written["table"]["gscnn"]["miou"]
     assert f"| gscnn | 3 | {100 * miou['mean']:.1f} ± {100 * miou['std']:.1f} |" in text
