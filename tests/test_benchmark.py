@@ -160,3 +160,22 @@ def test_latency_parts_and_report_at_tiny_size(speed):
     assert f"{lat['shape_stream_cost']:.2f}" in text
     assert "- latency wrn38 1024x2048 keras: why" in text
     assert "18.91 s" in text  # the reference's figures beside ours
+
+
+def test_gpu_plan(speed, monkeypatch):
+    import tensorflow as tf
+
+    args = speed.argparse.Namespace(warmup=1, reps=3, backbones=["resnet50"])
+    monkeypatch.setattr(tf.config, "list_physical_devices", lambda kind=None: [])
+    with pytest.raises(SystemExit, match="no GPU"):
+        speed.gpu_plan(args)
+    monkeypatch.setattr(tf.config, "list_physical_devices", lambda kind=None: ["g0", "g1"])
+    plan = speed.gpu_plan(args)
+    latency = [j for j in plan if j["kind"] == "latency"]
+    assert {(tuple(j["size"]), j["mixed"]) for j in latency} == {((1024, 2048), False),
+                                                                  ((1024, 2048), True)}
+    train = [j for j in plan if j["kind"] == "train"]
+    assert {(j["replicas"], j["mixed"]) for j in train} == {(1, False), (1, True), (2, False),
+                                                            (2, True)}
+    assert all(j["size"] == [800, 800] and j["batch_per_replica"] == 2 and
+               j["device"] == "gpu" for j in train)
