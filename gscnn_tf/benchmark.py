@@ -175,10 +175,13 @@ def run(args) -> int:
 
     from gscnn_tf import build_model
     from gscnn_tf.config import load_config
-    from gscnn_tf.export import parse_size
+    from gscnn_tf.export import ExportError, parse_size
     from gscnn_tf.models.summary import count_flops
 
-    height, width = parse_size(args.size)
+    try:
+        height, width = parse_size(args.size)
+    except ExportError as e:
+        raise SystemExit(f"gscnn-tf benchmark --size: {e}")
     config = load_config(args.config, args.set)
     model = build_model(config.model, args.num_classes)
     image = tf.constant(np.random.default_rng(0).uniform(0, 255, (1, height, width, 3)),
