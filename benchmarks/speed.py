@@ -554,8 +554,10 @@ def markdown(record) -> str:
             key = f"{j['backbone']}_{j['size'][0]}x{j['size'][1]}"
             cost = f"{r['shape_stream_cost']:.2f}" if "shape_stream_cost" in r else "-"
             gflop = f"{r['flops'] / 1e9:.0f}" if "flops" in r else "-"
+            if "flops_baseline" in r:
+                gflop += f" (baseline {r['flops_baseline'] / 1e9:.0f})"
             rate = (f"{s['achieved_gflops'][key]:.0f} ({100 * s['share_of_matmul_peak'][key]:.0f}"
-                    " %)" if key in s.get("share_of_matmul_peak", {}) else "-")
+                    " %)" if "flops" in r and key in s.get("share_of_matmul_peak", {}) else "-")
             mixed = " (mixed)" if j.get("mixed") else ""
             rss = f"{r['keras']['peak_rss_mb']:.0f} MiB" if "keras" in r else "-"
             lines.append(
@@ -580,8 +582,16 @@ def markdown(record) -> str:
                          "decoder", "full"):
                 if part in g or part in b:
                     lines.append(f"| {part} | {_ms(g.get(part))} | {_ms(b.get(part))} |")
+            extra = g["shape_stream"]["median_s"] + g["canny"]["median_s"] + (
+                g["fusion_aspp"]["median_s"] - b["aspp"]["median_s"])
             lines += [f"| sum of parts | {1000 * g['sum_of_parts_s']:.0f} ms | "
-                      f"{1000 * b['sum_of_parts_s']:.0f} ms |", ""]
+                      f"{1000 * b['sum_of_parts_s']:.0f} ms |", "",
+                      "Each part timed alone on the outputs of the part before it. What "
+                      f"GSCNN adds (shape stream, Canny, fusion): {1000 * extra:.0f} ms, "
+                      f"{100 * extra / g['sum_of_parts_s']:.0f} % of its sum of parts; "
+                      f"the shape stream alone {1000 * g['shape_stream']['median_s']:.0f} ms "
+                      f"({100 * g['shape_stream']['median_s'] / g['sum_of_parts_s']:.0f} %).",
+                      ""]
     strides = [j for j in jobs if j["kind"] == "strides" and "error" not in j["result"]]
     if strides:
         lines += ["## Shape-stream stride (speed side; boundary F: ablation.md)", "",
@@ -676,11 +686,21 @@ def main(argv=None) -> int:
                                                        "gscnn_bench_2048x1024"))
     parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results"))
     parser.add_argument("--name", default="", help="results file name (speed / speed_gpu)")
+    parser.add_argument("--report", default="", metavar="JSON",
+                        help="rewrite the markdown of an earlier run's JSON and exit")
     parser.add_argument("--child", default="", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
         job = json.loads(args.child)
         print(json.dumps(CHILDREN[job["kind"]](job)))
+        return 0
+    if args.report:
+        with open(args.report, encoding="utf-8") as f:
+            record = json.load(f)
+        record["summary"] = summarise(record)
+        name = os.path.splitext(os.path.basename(args.report))[0]
+        print(write_results(os.path.dirname(os.path.abspath(args.report)), name, record,
+                            markdown(record))[1])
         return 0
 
     env = {"CUDA_VISIBLE_DEVICES": ""} if args.device == "cpu" else {}
