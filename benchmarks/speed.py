@@ -553,6 +553,8 @@ def markdown(record) -> str:
                 continue
             key = f"{j['backbone']}_{j['size'][0]}x{j['size'][1]}"
             cost = f"{r['shape_stream_cost']:.2f}" if "shape_stream_cost" in r else "-"
+            if "flops_baseline" in r:
+                cost += f" (FLOPs {r['flops'] / r['flops_baseline']:.2f})"
             gflop = f"{r['flops'] / 1e9:.0f}" if "flops" in r else "-"
             if "flops_baseline" in r:
                 gflop += f" (baseline {r['flops_baseline'] / 1e9:.0f})"
@@ -567,7 +569,9 @@ def markdown(record) -> str:
                 f"{_ms(r.get('tflite_fp16'))} | {_ms(r.get('tflite_int8'))} | {gflop} | "
                 f"{rate} | {rss} |")
         lines += ["", "Shape-stream cost = GSCNN / DeepLab v3+ latency on the same backbone "
-                  "(goal <= 1.15). Peak RSS: the process's VmHWM after building the model "
+                  "(goal <= 1.15), in brackets the same ratio of FLOPs (not affected by the "
+                  "load). FLOPs: TensorFlow's graph profiler on the traced forward pass "
+                  "(multiply and add counted separately). Peak RSS: the process's VmHWM after building the model "
                   "and running the Keras GSCNN (the full-resolution inference memory at "
                   "1024x2048). TFLite: LiteRT CPU, builtin ops, "
                   f"{os.cpu_count()} threads, Canny hysteresis bounded (export settings); "
