@@ -494,6 +494,7 @@ def summarise(record) -> dict:
     peak = next((j["result"] for j in jobs if j["kind"] == "matmul"), None)
     if peak:
         out["matmul_gflops"] = peak["gflops_median"]
+        out["matmul_gflops_best"] = peak.get("gflops_best", peak["gflops_median"])
     for j in jobs:
         r = j["result"]
         if j["kind"] == "latency" and "flops" in r and "keras" in r:
@@ -501,8 +502,8 @@ def summarise(record) -> dict:
             achieved = r["flops"] / r["keras"]["median_s"] / 1e9
             out.setdefault("achieved_gflops", {})[key] = achieved
             if peak:
-                out.setdefault("share_of_matmul_peak", {})[key] = achieved / peak[
-                    "gflops_median"]
+                out.setdefault("share_of_matmul_peak", {})[key] = (
+                    achieved / out["matmul_gflops_best"])
     train = {j["replicas"]: j["result"] for j in jobs if j["kind"] == "train"}
     pipeline = next((j["result"] for j in jobs if j["kind"] == "pipeline"), None)
     if pipeline and 1 in train:
@@ -538,7 +539,9 @@ def markdown(record) -> str:
     jobs = [j for j in record["jobs"] if "result" in j]
     if "matmul_gflops" in s:
         lines += [f"FP32 matmul (4096^2, tf.function): {s['matmul_gflops']:.0f} GFLOP/s "
-                  "(median).", ""]
+                  f"median, {s['matmul_gflops_best']:.0f} GFLOP/s best of the runs (the "
+                  "peak the models' achieved FLOP/s are compared with, measured in the same "
+                  "run under the same sharing of the cores).", ""]
     lat = [j for j in jobs if j["kind"] == "latency"]
     if lat:
         lines += ["## Inference latency", "",
