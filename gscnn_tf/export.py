@@ -12,21 +12,24 @@ the `Predictor` and the clients in `export/serving/` rely on them):
     probabilities     images       uint8 [B, H, W, 3]
                       -> probabilities float32 [B, H, W, C] (softmax), edge_prob as above
     serve_bytes       image_bytes  string [B]: encoded PNG / JPEG / BMP / GIF, one size per
-                                   request -> labels, edge_prob as serving_default
+                                   request (grey files are replicated to RGB, alpha is
+                                   dropped) -> labels, edge_prob as serving_default
 
 Inputs are declared with unknown rank (`saved_model_cli`: `unknown_rank`) so that in-graph
 checks answer a wrong rank or channel count with a clear `InvalidArgumentError`: a declared
-rank is trusted, and a request breaking it aborts the process inside a convolution. TF Serving
-and loaded signatures check the dtype. `assets/classes.json`: {"class_names", "palette"
+rank is trusted, and a request breaking it aborts the process inside a convolution. Empty
+images and strings that are not image files are refused the same way; TF Serving and loaded
+signatures check the dtype. `assets/classes.json`: {"class_names", "palette"
 ([C, 3] RGB), "ignore_label"}. Deployment commands: export/README.md.
 
 TFLite (`export_tflite`): a fixed `[1, H, W, 3]` uint8 input, outputs `labels` and `edge_prob`
 (signature `serving_default`), TFLite builtin ops only (a graph needing Flex / Select TF ops is
 an `ExportError` naming the ops). The variables are frozen into constants first (the converter
 leaves Keras 3 variables as resource variables otherwise). Quantization: `none` (float32),
-`fp16` (float16 weights), `dynamic` (int8 weights), `int8` (int8 weights and activations
-calibrated on images of the training pipeline; ops without an int8 kernel, Canny's
-comparisons, stay float). Canny's hysteresis for TFLite: `export.tflite_canny_max_steps` N > 0
+`fp16` (float16 weights), `dynamic` (int8 weights), `int8` (full-integer: int8 weights and
+activations calibrated on images of the training pipeline; only Canny's grey-level rounding,
+which has no int8 kernel, stays float). Files are written atomically and an existing one is
+kept unless `overwrite`. Canny's hysteresis for TFLite: `export.tflite_canny_max_steps` N > 0
 unrolls N max-pool growth steps (no WHILE op: GPU delegates and int8 calibration need that;
 64 steps find 0.984-1.0 of OpenCV's edge pixels, never extra, docs CANNY.md), 0 keeps the
 exact WHILE loop (float CPU only).
@@ -48,6 +51,10 @@ SIGNATURES = ("serving_default", "probabilities", "serve_bytes")
 CLASSES_ASSET = "classes.json"
 QUANTIZE = ("none", "fp16", "dynamic", "int8")
 FORMATS = ("saved_model", "tflite")
+# Least share of pixels whose TFLite label equals the Keras model's (tests, benchmark).
+AGREEMENT_TARGET = {"none": 0.999, "fp16": 0.99, "dynamic": 0.95, "int8": 0.95}
+# Leading bytes of the encoded formats serve_bytes accepts (PNG, JPEG, GIF, BMP).
+IMAGE_MAGIC = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"GIF8", b"BM")
 
 
 class ExportError(RuntimeError):
@@ -79,11 +86,13 @@ def _serving_module(model, classes_file: str):
         rule = f"{name}: `images` must be uint8 [batch, height, width, 3] RGB"
         rank = tf.debugging.assert_rank(images, 4, message=rule)
         with tf.control_dependencies([rank]):
-            channels = tf.debugging.assert_equal(tf.shape(images)[-1], 3, message=rule)
-        with tf.control_dependencies([channels]):
+            shape = tf.shape(images)
+            channels = tf.debugging.assert_equal(shape[-1], 3, message=rule)
+            size = tf.debugging.assert_positive(
+                shape[1:3], message=f"{name}: `images` height and width must be >= 1")
+        with tf.control_dependencies([channels, size]):
             # A reshape, not ensure_shape: that one fails at graph instantiation already,
             # before the asserts can name the problem.
-            shape = tf.shape(images)
             return tf.reshape(images, [shape[0], shape[1], shape[2], 3])
 
     def decode_batch(image_bytes):
@@ -93,10 +102,19 @@ def _serving_module(model, classes_file: str):
             size = tf.debugging.assert_positive(tf.size(image_bytes), message=rule)
         with tf.control_dependencies([size]):
             image_bytes = tf.reshape(image_bytes, [-1])
+        known = tf.reduce_any(tf.stack([
+            tf.strings.substr(image_bytes, 0, len(magic)) == magic
+            for magic in IMAGE_MAGIC]), axis=0)
+        formats = tf.debugging.Assert(tf.reduce_all(known), [
+            "serve_bytes: `image_bytes` elements must be PNG, JPEG, BMP or GIF files; "
+            "these are not:", tf.where(~known)[:, 0]])
+        with tf.control_dependencies([formats]):
+            image_bytes = tf.identity(image_bytes)
         first = tf.shape(tf.io.decode_image(image_bytes[0], channels=3,
                                             expand_animations=False))
 
         def decode(data):
+            # channels=3: grayscale files are replicated, an alpha channel is dropped.
             image = tf.io.decode_image(data, channels=3, expand_animations=False)
             same = tf.debugging.assert_equal(
                 tf.shape(image), first, message="serve_bytes: all images of one request "
@@ -166,12 +184,43 @@ def export_saved_model(model, export_dir: str, model_name: str, version: int,
         staged = os.path.join(work, "saved_model")
         tf.saved_model.save(module, staged, signatures={
             name: getattr(module, name) for name in SIGNATURES})
-        if os.path.exists(target):
-            shutil.rmtree(target)
-        os.rename(staged, target)
+        _swap_into_place(staged, target, work)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return target
+
+
+def _swap_into_place(staged: str, target: str, work: str) -> None:
+    """Renames `staged` to `target`. An existing `target` is first moved into `work` (removed
+    with it afterwards) and moved back if the rename fails, so it is never lost."""
+    replaced = None
+    if os.path.exists(target):
+        replaced = os.path.join(work, "replaced")
+        os.rename(target, replaced)
+    try:
+        os.rename(staged, target)
+    except BaseException:
+        if replaced is not None:
+            os.rename(replaced, target)
+        raise
+
+
+def write_file(path: str, data: bytes, overwrite: bool = False) -> None:
+    """Writes `data` to `path` through a temporary file in the same folder and a rename:
+    `path` is either its old content or the new one, never half-written."""
+    if os.path.exists(path) and not overwrite:
+        raise ExportError(f"{path} exists; pass --overwrite to replace it")
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    handle, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.tmp-", dir=folder)
+    try:
+        with os.fdopen(handle, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
 
 
 def with_canny(model, max_steps: int, step_form: str):
@@ -249,6 +298,10 @@ def convert_tflite(function, quantize: str = "none", representative=None) -> byt
     if quantize == "fp16":
         converter.target_spec.supported_types = [tf.float16]
     if quantize == "int8":
+        # Full-integer: every op with an int8 kernel runs in int8 (the converter fails
+        # otherwise); ops TFLite has no int8 kernel for (Canny's grey-level rounding) stay
+        # float between QUANTIZE / DEQUANTIZE.
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
         if representative is None:
             raise ExportError("int8 quantization needs representative images")
         if _has_while(function):
@@ -278,17 +331,33 @@ def _has_while(function) -> bool:
     return any(node.op in ("While", "StatelessWhile") for node in nodes)
 
 
-def _interpreter(content: bytes):
-    from ai_edge_litert.interpreter import Interpreter
+def _interpreter(content: bytes, delegates: bool = True):
+    from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
-    interpreter = Interpreter(model_content=content)
+    resolver = OpResolverType.AUTO if delegates else \
+        OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
+    interpreter = Interpreter(model_content=content, experimental_op_resolver_type=resolver)
     interpreter.allocate_tensors()
     return interpreter
 
 
+def tflite_op_list(content: bytes) -> list[str]:
+    """The ops of a TFLite flatbuffer in graph order (e.g. ["CAST", "CONV_2D", ...]), as the
+    file has them (no default XNNPACK delegate folding ops into DELEGATE nodes)."""
+    return [op["op_name"] for op in _interpreter(content, False)._get_ops_details()]
+
+
 def tflite_ops(content: bytes) -> set[str]:
     """The op names in a TFLite flatbuffer (e.g. {"CONV_2D", "WHILE", ...})."""
-    return {op["op_name"] for op in _interpreter(content)._get_ops_details()}
+    return set(tflite_op_list(content))
+
+
+def float_ops(content: bytes) -> list[str]:
+    """Names of the ops of a TFLite file that take float32 tensors (sorted, repeated)."""
+    interpreter = _interpreter(content, False)
+    dtypes = {t["index"]: t["dtype"] for t in interpreter.get_tensor_details()}
+    return sorted(op["op_name"] for op in interpreter._get_ops_details()
+                  if any(dtypes[i] == np.float32 for i in op["inputs"] if i >= 0))
 
 
 def run_tflite(content: bytes, images: np.ndarray) -> dict:
@@ -337,14 +406,18 @@ def heldout_images(config, height: int, width: int, count: int) -> np.ndarray:
 
 
 def export_tflite(model, config, path: str, height: int, width: int, quantize: str = "none",
-                  max_steps: int | None = None, step_form: str | None = None) -> bytes:
-    """Converts `model` for a fixed `[1, H, W, 3]` input and writes it to `path`.
+                  max_steps: int | None = None, step_form: str | None = None,
+                  overwrite: bool = False) -> bytes:
+    """Converts `model` for a fixed `[1, H, W, 3]` input and writes it to `path` (atomically;
+    an existing file is kept unless `overwrite`, and always when the conversion fails).
 
     max_steps / step_form: Canny hysteresis for the TFLite graph (default
     `export.tflite_canny_max_steps` / `export.tflite_canny_step_form`).
     """
     import tensorflow as tf
 
+    if os.path.exists(path) and not overwrite:
+        raise ExportError(f"{path} exists; pass --overwrite to replace it")
     export = config.export
     max_steps = export.tflite_canny_max_steps if max_steps is None else max_steps
     step_form = step_form or export.tflite_canny_step_form
@@ -359,11 +432,7 @@ def export_tflite(model, config, path: str, height: int, width: int, quantize: s
                 yield [tf.constant(image[None])]
 
     content = convert_tflite(function, quantize, representative)
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp"
-    with open(tmp, "wb") as f:
-        f.write(content)
-    os.replace(tmp, path)
+    write_file(path, content, overwrite)
     return content
 
 
@@ -393,7 +462,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model-name", help="TF Serving model name (export.model_name)")
     parser.add_argument("--version", type=int, help="TF Serving version (export.version)")
     parser.add_argument("--overwrite", action="store_true",
-                        help="replace an existing SavedModel version")
+                        help="replace an existing SavedModel version or TFLite file")
     parser.add_argument("--size", help="TFLite input HEIGHTxWIDTH (export.tflite_size)")
     parser.add_argument("--quantize", choices=QUANTIZE, help="TFLite (export.quantize)")
     parser.add_argument("--canny-max-steps", type=int,
@@ -435,9 +504,9 @@ def run(args) -> int:
     name = f"{args.model_name or export.model_name}_{height}x{width}_{quantize}.tflite"
     path = os.path.join(args.output, name)
     content = export_tflite(model, config, path, height, width, quantize,
-                            args.canny_max_steps, args.canny_step_form)
-    with open(os.path.join(args.output, CLASSES_ASSET), "w", encoding="utf-8") as f:
-        json.dump(class_metadata(predictor.config, num_classes), f, indent=1)
+                            args.canny_max_steps, args.canny_step_form, args.overwrite)
+    classes = json.dumps(class_metadata(predictor.config, num_classes), indent=1)
+    write_file(os.path.join(args.output, CLASSES_ASSET), classes.encode("utf-8"), True)
     print(f"wrote {path} ({len(content) / 2**20:.2f} MiB, {quantize})")
     if args.verify:
         report = verify_tflite(content, model,

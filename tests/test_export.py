@@ -3,6 +3,7 @@ equality with the Keras model, bad-request errors and the CLI."""
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -55,6 +56,44 @@ def test_overwrite_replaces_the_version(setup, tmp_path):
         export.export_saved_model(model, str(tmp_path), "m", 0, meta)
 
 
+@pytest.mark.parametrize("step", ["save", "rename"])
+def test_failed_export_keeps_the_old_version(setup, tmp_path, monkeypatch, step):
+    """An export that fails midway (writing the SavedModel, or renaming it into place) leaves
+    no partial or temporary folder and keeps the version already there, even with
+    overwrite; a first export that fails leaves no version folder at all."""
+    config, model, images = setup
+    meta = export.class_metadata(config, 10)
+    kept = export.export_saved_model(model, str(tmp_path), "m", 1, meta)
+    files = sorted(os.path.relpath(os.path.join(d, f), kept)
+                   for d, _, names in os.walk(kept) for f in names)
+    real_save, real_rename = tf.saved_model.save, os.rename
+
+    def failing_save(module, path, signatures):
+        real_save(module, path, signatures=signatures)  # fully written, then ...
+        with open(os.path.join(path, "saved_model.pb"), "r+b") as f:
+            f.truncate(100)  # ... half of it gone, as if the disk filled up
+        raise OSError("No space left on device")
+
+    def failing_rename(source, target):
+        if os.path.basename(source) == "saved_model":  # the staged export, not the backup
+            raise OSError("rename failed")
+        real_rename(source, target)
+
+    if step == "save":
+        monkeypatch.setattr(tf.saved_model, "save", failing_save)
+    else:
+        monkeypatch.setattr(os, "rename", failing_rename)
+    for version in (1, 2):
+        with pytest.raises(OSError):
+            export.export_saved_model(model, str(tmp_path), "m", version, meta, overwrite=True)
+    monkeypatch.undo()
+    assert sorted(os.listdir(tmp_path / "m")) == ["1"]
+    assert sorted(os.path.relpath(os.path.join(d, f), kept)
+                  for d, _, names in os.walk(kept) for f in names) == files
+    out = tf.saved_model.load(kept).signatures["serving_default"](images=tf.constant(images))
+    np.testing.assert_array_equal(out["labels"].numpy(), keras_outputs(model, images)[0])
+
+
 def test_signatures_and_dtypes(saved):
     _, loaded = saved
     assert sorted(loaded.signatures) == sorted(export.SIGNATURES)
@@ -77,9 +116,14 @@ def test_saved_model_cli_lists_the_signatures(saved):
     result = subprocess.run(["saved_model_cli", "show", "--dir", path, "--all"],
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
     text = result.stdout
-    for name in export.SIGNATURES:
-        assert f"signature_def['{name}']" in text
+    # Exactly the three signatures (and TF's own init op), each a Predict method, and no
+    # other functions (no Keras internals) among the callable ones.
+    assert sorted(re.findall(r"signature_def\['(\w+)'\]", text)) == sorted(
+        ["__saved_model_init_op", *export.SIGNATURES])
+    assert text.count("Method name is: tensorflow/serving/predict") == len(export.SIGNATURES)
+    assert sorted(re.findall(r"Function Name: '(\w+)'", text)) == sorted(export.SIGNATURES)
     for line in ("inputs['images'] tensor_info:", "dtype: DT_UINT8", "dtype: DT_STRING",
                  "outputs['labels'] tensor_info:", "dtype: DT_INT32",
                  "outputs['probabilities'] tensor_info:"):
@@ -116,41 +160,65 @@ def test_any_image_size(setup, saved):
     np.testing.assert_array_equal(out["labels"].numpy(), keras_outputs(model, odd)[0])
 
 
+_PNG = cv2.imencode(".png", np.zeros([8, 8, 3], np.uint8))[1].tobytes()
+_RULE = "{}: `images` must be uint8 \\[batch, height, width, 3\\] RGB"
+_BYTES_RULE = "serve_bytes: `image_bytes` must be a string vector \\[batch\\]"
+_NOT_IMAGES = "serve_bytes: `image_bytes` elements must be PNG, JPEG, BMP or GIF files"
+
+
 @pytest.mark.parametrize("signature, value, message", [
-    ("serving_default", np.zeros([8, 8, 3], np.uint8), "must be uint8 \\[batch, height"),
-    ("serving_default", np.zeros([1, 8, 8, 4], np.uint8), "must be uint8 \\[batch, height"),
-    ("probabilities", np.zeros([1, 1, 8, 8, 3], np.uint8), "must be uint8 \\[batch, height"),
-    ("serve_bytes", np.array("not a list"), "must be a string vector"),
-    ("serve_bytes", np.array([b"not an image"]), "Unknown image file format"),
+    *[case for name in ("serving_default", "probabilities") for case in [
+        (name, np.zeros([8, 8, 3], np.uint8), _RULE.format(name)),              # rank 3
+        (name, np.zeros([1, 1, 8, 8, 3], np.uint8), _RULE.format(name)),        # rank 5
+        (name, np.zeros([1, 8, 8, 4], np.uint8), _RULE.format(name)),           # RGBA
+        (name, np.zeros([1, 8, 8, 1], np.uint8), _RULE.format(name)),           # grey
+        (name, np.zeros([1, 0, 8, 3], np.uint8), f"{name}: `images` height and width"),
+        (name, np.zeros([1, 8, 8, 3], np.float32), "expected to be a uint8 tensor"),
+    ]],
+    ("serve_bytes", np.array(_PNG), _BYTES_RULE),                               # rank 0
+    ("serve_bytes", np.array([[_PNG]]), _BYTES_RULE),                           # rank 2
+    ("serve_bytes", np.array([], bytes), _BYTES_RULE),                          # empty batch
+    ("serve_bytes", np.array([b"not an image"]), _NOT_IMAGES + ".*\\[0\\]"),
+    ("serve_bytes", np.array([_PNG, b"", _PNG, b"GIF?"]), _NOT_IMAGES + ".*\\[1 3\\]"),
+    ("serve_bytes", np.zeros([1, 8, 8, 3], np.uint8), "expected to be a string tensor"),
 ])
 def test_bad_requests_fail_clearly(saved, signature, value, message):
+    """Every signature answers a wrong dtype, rank, channel count, empty image or non-image
+    string with an InvalidArgumentError naming the signature's rule."""
     _, loaded = saved
     key = "image_bytes" if signature == "serve_bytes" else "images"
     with pytest.raises(tf.errors.InvalidArgumentError, match=message):
         loaded.signatures[signature](**{key: tf.constant(value)})
 
 
-def test_bad_dtype_and_mixed_sizes(saved):
+def test_grey_and_rgba_files_are_served_as_rgb(setup, saved):
+    _, model, images = setup
     _, loaded = saved
-    with pytest.raises(tf.errors.InvalidArgumentError, match="expected to be a uint8"):
-        loaded.signatures["serving_default"](images=tf.zeros([1, 8, 8, 3], tf.float32))
+    grey = cv2.cvtColor(images[0], cv2.COLOR_RGB2GRAY)
+    rgba = cv2.cvtColor(images[1], cv2.COLOR_RGB2BGRA)
+    files = [cv2.imencode(".png", im)[1].tobytes() for im in (grey, rgba)]
+    expected = keras_outputs(model, np.stack([np.repeat(grey[..., None], 3, -1),
+                                              images[1]]))[0]
+    for data, labels in zip(files, expected):
+        out = loaded.signatures["serve_bytes"](image_bytes=tf.constant([data]))
+        np.testing.assert_array_equal(out["labels"].numpy()[0], labels)
+
+
+def test_mixed_sizes(saved):
+    _, loaded = saved
     small, large = (cv2.imencode(".png", np.zeros([h, h, 3], np.uint8))[1].tobytes()
                     for h in (8, 16))
     with pytest.raises(tf.errors.InvalidArgumentError, match="same size"):
         loaded.signatures["serve_bytes"](image_bytes=tf.constant([small, large]))
 
 
+# Run with `python -I -S`: no PYTHONPATH, no current folder and no site-packages .pth files,
+# so the editable install's finder is not loaded; site-packages itself is added back by hand.
 _FRESH = r"""
-import importlib.abc, json, sys
+import importlib.util, json, sys
+sys.path += json.loads(sys.argv[4])
+assert importlib.util.find_spec("gscnn_tf") is None, "gscnn_tf is importable"
 import numpy as np
-
-class Block(importlib.abc.MetaPathFinder):
-    def find_spec(self, name, path=None, target=None):
-        if name == "gscnn_tf" or name.startswith("gscnn_tf."):
-            raise ImportError("gscnn_tf must not be needed to serve the model")
-
-sys.meta_path.insert(0, Block())
-sys.path = [p for p in sys.path if p not in ("", ".") and "work/main" not in p]
 import tensorflow as tf
 
 loaded = tf.saved_model.load(sys.argv[1])
@@ -166,11 +234,12 @@ def test_loads_in_a_fresh_process_without_the_package(setup, saved, tmp_path):
     _, model, images = setup
     path, _ = saved
     np.save(tmp_path / "images.npy", images)
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    packages = sorted({os.path.dirname(os.path.dirname(tf.__file__)),
+                       os.path.dirname(os.path.dirname(np.__file__))})
     result = subprocess.run(
-        [sys.executable, "-c", _FRESH, path, str(tmp_path / "images.npy"),
-         str(tmp_path / "labels.npy")],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+        [sys.executable, "-I", "-S", "-c", _FRESH, path, str(tmp_path / "images.npy"),
+         str(tmp_path / "labels.npy"), json.dumps(packages)],
+        cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     assert json.loads(result.stdout.strip().splitlines()[-1]) == sorted(export.SIGNATURES)
     np.testing.assert_array_equal(np.load(tmp_path / "labels.npy"),
