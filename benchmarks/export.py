@@ -1,0 +1,188 @@
+"""Exports of a trained model measured against the Keras model on held-out images.
+
+SavedModel: labels of `serving_default` and `serve_bytes` (PNG files) equal to the Keras
+argmax, largest |difference| of `edge_prob` and `probabilities`, export time. TFLite, per
+quantization (none, fp16, dynamic, int8): file size and its ratio to float32, conversion time
+(int8: calibration on training-pipeline crops included), argmax agreement with the Keras model
+(LiteRT, ai-edge-litert) against the targets, LiteRT CPU time per image, ops left in float32.
+Writes benchmarks/results/export.json and export.md.
+
+    python train.py                                    # the synthetic default: runs/synthetic
+    python benchmarks/export.py [runs/synthetic] [--images 20] [--size 128x128]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import cv2  # noqa: E402
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+from gscnn_tf import export  # noqa: E402
+from gscnn_tf.benchmark import machine_info, markdown_table, write_results  # noqa: E402
+from gscnn_tf.inference import Predictor  # noqa: E402
+
+RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+
+
+def _model_record(predictor, model_path: str) -> dict:
+    config = predictor.config
+    record = {"path": model_path, "backbone": config.model.backbone.name,
+              "parameters": int(predictor.model.count_params()),
+              "dataset": config.data.dataset, "train_steps": config.train.steps}
+    checkpoint = tf.train.latest_checkpoint(os.path.join(model_path, "checkpoints")) \
+        if os.path.isdir(model_path) else None
+    if checkpoint:
+        record["checkpoint"] = os.path.basename(checkpoint)
+    metrics = os.path.join(model_path, "metrics.json")
+    if os.path.isfile(metrics):
+        with open(metrics, encoding="utf-8") as f:
+            last = json.load(f).get("last", {})
+        record["val_miou"] = last.get("val", {}).get("miou")
+    return record
+
+
+def saved_model(model, config, images: np.ndarray, labels: np.ndarray) -> dict:
+    """SavedModel outputs vs the Keras model's on `images`."""
+    out = model(tf.constant(images, tf.float32), training=False)
+    num_classes = int(out["seg_logits"].shape[-1])
+    with tempfile.TemporaryDirectory() as folder:
+        start = time.perf_counter()
+        path = export.export_saved_model(model, folder, "gscnn", 1,
+                                         export.class_metadata(config, num_classes))
+        seconds = time.perf_counter() - start
+        signatures = tf.saved_model.load(path).signatures
+        served = signatures["serving_default"](images=tf.constant(images))
+        probabilities = signatures["probabilities"](images=tf.constant(images))
+        pngs = [cv2.imencode(".png", cv2.cvtColor(im, cv2.COLOR_RGB2BGR))[1].tobytes()
+                for im in images]
+        from_bytes = signatures["serve_bytes"](image_bytes=tf.constant(pngs))
+        size = sum(os.path.getsize(os.path.join(d, f))
+                   for d, _, files in os.walk(path) for f in files)
+    return {
+        "export_s": round(seconds, 1), "bytes": size,
+        "labels_equal": float(np.mean(served["labels"].numpy() == labels)),
+        "serve_bytes_labels_equal": float(np.mean(from_bytes["labels"].numpy() == labels)),
+        "edge_prob_max_abs_diff": float(np.max(np.abs(
+            served["edge_prob"].numpy() - tf.sigmoid(out["edge_logits"]).numpy()))),
+        "probabilities_max_abs_diff": float(np.max(np.abs(
+            probabilities["probabilities"].numpy() - tf.nn.softmax(out["seg_logits"]).numpy()))),
+    }
+
+
+def tflite(model, config, images: np.ndarray, labels: np.ndarray, quantize: str) -> dict:
+    """One TFLite export: size, conversion time, agreement, LiteRT time per image."""
+    height, width = images.shape[1:3]
+    with tempfile.TemporaryDirectory() as folder:
+        start = time.perf_counter()
+        content = export.export_tflite(model, config, os.path.join(folder, "m.tflite"),
+                                       height, width, quantize)
+        seconds = time.perf_counter() - start
+    export.run_tflite(content, images[:1])  # interpreter set-up and first run
+    start = time.perf_counter()
+    predicted = export.run_tflite(content, images)["labels"]
+    per_image = (time.perf_counter() - start) / len(images)
+    floats = export.float_ops(content)
+    agreement = float(np.mean(predicted == labels))
+    return {"bytes": len(content), "convert_s": round(seconds, 1),
+            "agreement": agreement, "target": export.AGREEMENT_TARGET[quantize],
+            "meets_target": agreement >= export.AGREEMENT_TARGET[quantize],
+            "litert_ms_per_image": round(1000 * per_image, 1),
+            "float32_ops": len(floats), "ops": len(export.tflite_op_list(content))}
+
+
+def _markdown(r: dict) -> str:
+    m, s, model = r["machine"], r["saved_model"], r["model"]
+    base = r["tflite"]["none"]["bytes"]
+    rows = [[q, f"{t['bytes']:,}", f"{t['bytes'] / base:.3f}", f"{100 * t['agreement']:.3f} %",
+             f"{100 * t['target']:.1f} %", "yes" if t["meets_target"] else "**no**",
+             t["convert_s"], t["litert_ms_per_image"], f"{t['float32_ops']} / {t['ops']}"]
+            for q, t in r["tflite"].items()]
+    trained = f", {model['checkpoint']} of {model['train_steps']} steps" \
+        if "checkpoint" in model else ""
+    if model.get("val_miou") is not None:
+        trained += f", validation mIoU {100 * model['val_miou']:.1f} %"
+    return "\n".join([
+        "# Export benchmark", "",
+        f"Machine: {m['cpu']}, {m['cores']} cores (load average {m['load_average']}); "
+        f"TF {m['tensorflow']}, Keras {m['keras']}, ai-edge-litert {r['litert']}.", "",
+        f"Model: `{model['path']}` ({model['backbone']} backbone, {model['parameters']:,} "
+        f"parameters, {model['dataset']} data{trained}); "
+        f"{r['images']} held-out validation images at {r['size'][0]}x{r['size'][1]} "
+        f"({r['pixels']:,} pixels).", "",
+        "## SavedModel vs Keras", "",
+        markdown_table(
+            ["labels equal", "serve_bytes (PNG) labels equal", "max abs diff edge_prob",
+             "max abs diff probabilities", "export s", "bytes"],
+            [[f"{100 * s['labels_equal']:.3f} %", f"{100 * s['serve_bytes_labels_equal']:.3f} %",
+              f"{s['edge_prob_max_abs_diff']:.1e}", f"{s['probabilities_max_abs_diff']:.1e}",
+              s["export_s"], f"{s['bytes']:,}"]]), "",
+        "## TFLite vs Keras (argmax agreement on the held-out pixels)", "",
+        markdown_table(["quantize", "bytes", "vs float32", "agreement", "target", "met",
+                        "convert s", "LiteRT ms / image", "float32 ops / ops"], rows), "",
+        f"float32 weights alone: {4 * model['parameters']:,} bytes. Conversion times include "
+        "freezing and, for int8, calibration on "
+        f"{r['representative_images']} training-pipeline crops; LiteRT times are one CPU "
+        "interpreter with its default XNNPACK delegate, under the load average above.",
+    ])
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("model", nargs="?", default="runs/synthetic",
+                        help="run directory, checkpoint or .keras file (default runs/synthetic,"
+                             " what `python train.py` writes)")
+    parser.add_argument("--config", help="training config (default: the run's)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--images", type=int, default=20, help="held-out images")
+    parser.add_argument("--size", help="HEIGHTxWIDTH (default: the validation images' size)")
+    parser.add_argument("--quantize", nargs="+", default=list(export.QUANTIZE),
+                        choices=export.QUANTIZE)
+    parser.add_argument("--out", default=RESULTS)
+    args = parser.parse_args(argv)
+    quantizations = ["none"] + [q for q in args.quantize if q != "none"]  # the size base
+    if not os.path.exists(args.model):
+        parser.error(f"{args.model} does not exist: train it first (python train.py)")
+    predictor = Predictor(args.model, args.config, args.set)
+    model, config = predictor.model, predictor.config
+    if model is None or config is None:
+        parser.error(f"{args.model}: needs a Keras model and its training config (--config)")
+    if args.size:
+        height, width = export.parse_size(args.size)
+    else:
+        from gscnn_tf.data.pipeline import build_dataset
+
+        first, _ = next(iter(build_dataset(config, config.data.val_split, training=False,
+                                           batch_size=1)))
+        height, width = first.shape[1:3]
+    images = export.heldout_images(config, height, width, args.images)
+    labels = export.keras_labels(model, images)
+    import ai_edge_litert
+
+    record = {"machine": machine_info(), "litert": getattr(ai_edge_litert, "__version__", "?"),
+              "model": _model_record(predictor, args.model), "images": len(images),
+              "size": [height, width], "pixels": int(labels.size),
+              "representative_images": config.export.representative_images,
+              "canny": {"max_steps": config.export.tflite_canny_max_steps,
+                        "step_form": config.export.tflite_canny_step_form}}
+    record["saved_model"] = saved_model(model, config, images, labels)
+    print("SavedModel:", record["saved_model"], flush=True)
+    record["tflite"] = {}
+    for quantize in quantizations:
+        record["tflite"][quantize] = tflite(model, config, images, labels, quantize)
+        print(f"TFLite {quantize}:", record["tflite"][quantize], flush=True)
+    paths = write_results(args.out, "export", record, _markdown(record))
+    print(_markdown(record))
+    print("wrote", *paths)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
