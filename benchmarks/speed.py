@@ -43,12 +43,14 @@ QUANTIZE = {"tflite_fp32": "none", "tflite_fp16": "fp16", "tflite_int8": "int8"}
 SYNTHETIC = os.path.join(ROOT, "configs", "synthetic.yaml")
 NUM_CLASSES = 19
 # Seconds of one batch-1 GSCNN forward at 512x1024 on the 2-core EPYC with a load average
-# of ~7 (probe runs; resnet101 and wrn38 scaled from resnet50 by FLOPs), and GiB of peak
-# memory of 1024x2048 inference / 512x512 batch-2 training (evaluate_memory.json; the
-# reference's WRN-38 figures, REFERENCE.md section 7). Used only to plan a run.
-FORWARD_S = {"small": 12, "mobilenetv2": 20, "resnet50": 50, "resnet101": 85, "wrn38": 150}
+# of ~8 (results/speed.json; resnet101 and wrn38 scaled from resnet50 by FLOPs), and GiB of
+# peak memory of 1024x2048 inference / 512x512 batch-2 training (speed.json,
+# evaluate_memory.json; the reference's WRN-38 figures, REFERENCE.md section 7), and a train
+# step's cost in forwards of the same pixels. Used only to plan a run.
+FORWARD_S = {"small": 18, "mobilenetv2": 23, "resnet50": 61, "resnet101": 100, "wrn38": 200}
 INFER_GB = {"small": 1.5, "mobilenetv2": 2.0, "resnet50": 3.5, "resnet101": 4.0, "wrn38": 7.0}
-TRAIN_GB = {"small": 2.0, "mobilenetv2": 3.0, "resnet50": 5.0, "resnet101": 6.5, "wrn38": 9.0}
+TRAIN_GB = {"small": 3.6, "mobilenetv2": 4.0, "resnet50": 6.0, "resnet101": 7.0, "wrn38": 9.0}
+TRAIN_STEP_FORWARDS = 4.5
 CHILD_START_S = 30  # TensorFlow import, model build and tracing under load
 
 
@@ -359,7 +361,7 @@ def estimate_s(job) -> float:
     if kind == "strides":
         return CHILD_START_S + calls * t * (len(job["strides"]) * 0.8 + bool(job.get("baseline")))
     if kind == "train":
-        per_step = 3 * t * job["batch_per_replica"] * job["replicas"]
+        per_step = TRAIN_STEP_FORWARDS * t * job["batch_per_replica"] * job["replicas"]
         return CHILD_START_S + (calls + 1) * per_step
     return 60
 
@@ -535,7 +537,8 @@ def markdown(record) -> str:
              "cores: every figure has the 1-min load average measured beside it). Batch 1, "
              f"random weights, 19 classes; median of the timed runs after warm-up "
              f"(warm-up / runs per job in speed.json). Wall time of the run: "
-             f"{record['wall_s'] / 60:.1f} min.", ""]
+             f"{record['wall_s'] / 60:.1f} min" + (f" (`{record['command']}`)." if record.get(
+                 "command") else "."), ""]
     jobs = [j for j in record["jobs"] if "result" in j]
     if "matmul_gflops" in s:
         lines += [f"FP32 matmul (4096^2, tf.function): {s['matmul_gflops']:.0f} GFLOP/s "
@@ -722,6 +725,7 @@ def main(argv=None) -> int:
     if args.list:
         return 0
     record = {"benchmark": "speed", "device": args.device, "machine": machine_info(),
+              "command": " ".join(["python", "benchmarks/speed.py", *(argv or sys.argv[1:])]),
               "jobs": [], "not_measured": skipped, "summary": {}, "wall_s": 0.0}
     name = args.name or ("speed" if args.device == "cpu" else "speed_gpu")
     start = time.perf_counter()
