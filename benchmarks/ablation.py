@@ -372,7 +372,8 @@ def plot(table: dict, path: str) -> None:
     for ax, (prefix, ylabel, xlabel) in zip(axes, panels):
         for i, v in enumerate(v for v in VARIANTS if v in table):
             keys = [k for k in _keys(table, prefix) if f"{prefix}/{k}" in table[v]]
-            x = np.array([float(k) for k in keys]) + 0.08 * (i - 2.5)
+            x = np.array([float(k) for k in keys])
+            x = x + 0.012 * (x.max() - x.min()) * (i - 2.5)  # side by side, bars apart
             mean = [100 * table[v][f"{prefix}/{k}"]["mean"] for k in keys]
             std = [100 * table[v][f"{prefix}/{k}"]["std"] for k in keys]
             ax.errorbar(x, mean, yerr=std, marker="o", capsize=3, label=v)
