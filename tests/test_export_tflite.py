@@ -195,8 +195,8 @@ def test_cli_tflite(setup, tmp_path, capsys):
 
 @pytest.mark.parametrize("backbone", ["mobilenetv2", "resnet50"])
 def test_backbones_convert(backbone):
-    """Both deployment backbones' GSCNN convert with builtin ops only (ResNet-50: 64 s on the
-    2-core CI machine under a load average of 7, so it stays in the default suite)."""
+    """Both deployment backbones' GSCNN convert with builtin ops only (ResNet-50: 64 s on a
+    2-core machine under a load average of 7, so it stays in the default suite)."""
     config = load_config(None, [f"model.backbone.name={backbone}",
                                 "model.sync_batch_norm=false"])
     model = gscnn_tf.build_model(config.model, 19)
