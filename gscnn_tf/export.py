@@ -184,17 +184,19 @@ def export_saved_model(model, export_dir: str, model_name: str, version: int,
         staged = os.path.join(work, "saved_model")
         tf.saved_model.save(module, staged, signatures={
             name: getattr(module, name) for name in SIGNATURES})
-        _swap_into_place(staged, target, work)
+        _swap_into_place(staged, target, work, overwrite)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return target
 
 
-def _swap_into_place(staged: str, target: str, work: str) -> None:
-    """Renames `staged` to `target`. An existing `target` is first moved into `work` (removed
-    with it afterwards) and moved back if the rename fails, so it is never lost."""
+def _swap_into_place(staged: str, target: str, work: str, overwrite: bool) -> None:
+    """Renames `staged` to `target`. With `overwrite`, an existing `target` is first moved
+    into `work` (removed with it afterwards) and moved back if the rename fails, so it is
+    never lost; without, a `target` written meanwhile by another export makes the rename
+    fail and stays as it is."""
     replaced = None
-    if os.path.exists(target):
+    if overwrite and os.path.exists(target):
         replaced = os.path.join(work, "replaced")
         os.rename(target, replaced)
     try:

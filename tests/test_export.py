@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import cv2
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -44,9 +45,19 @@ def test_layout_assets_and_no_overwrite(setup, saved):
     assert sorted(os.listdir(parent)) == ["3"]
 
 
-def test_overwrite_replaces_the_version(setup, tmp_path):
-    config, model, _ = setup
-    meta = export.class_metadata(config, 10)
+@pytest.fixture(scope="module")
+def plain_model():
+    """Two convolutions with the GSCNN's outputs: it saves in seconds, for the tests of how
+    an export is written rather than what it computes."""
+    image = keras.Input([None, None, 3], name="image")
+    x = keras.layers.Rescaling(1 / 255)(image)
+    return keras.Model(image, {
+        "seg_logits": keras.layers.Conv2D(10, 3, padding="same", name="seg")(x),
+        "edge_logits": keras.layers.Conv2D(1, 3, padding="same", name="edge")(x)})
+
+
+def test_overwrite_replaces_the_version(plain_model, tmp_path):
+    model, meta = plain_model, export.class_metadata(None, 10)
     first = export.export_saved_model(model, str(tmp_path), "m", 1, meta)
     open(os.path.join(first, "marker"), "w").close()
     again = export.export_saved_model(model, str(tmp_path), "m", 1, meta, overwrite=True)
@@ -57,12 +68,12 @@ def test_overwrite_replaces_the_version(setup, tmp_path):
 
 
 @pytest.mark.parametrize("step", ["save", "rename"])
-def test_failed_export_keeps_the_old_version(setup, tmp_path, monkeypatch, step):
+def test_failed_export_keeps_the_old_version(plain_model, tmp_path, monkeypatch, step):
     """An export that fails midway (writing the SavedModel, or renaming it into place) leaves
     no partial or temporary folder and keeps the version already there, even with
     overwrite; a first export that fails leaves no version folder at all."""
-    config, model, images = setup
-    meta = export.class_metadata(config, 10)
+    model, meta = plain_model, export.class_metadata(None, 10)
+    images = np.random.default_rng(0).integers(0, 256, [2, 16, 24, 3], dtype=np.uint8)
     kept = export.export_saved_model(model, str(tmp_path), "m", 1, meta)
     files = sorted(os.path.relpath(os.path.join(d, f), kept)
                    for d, _, names in os.walk(kept) for f in names)
@@ -92,6 +103,24 @@ def test_failed_export_keeps_the_old_version(setup, tmp_path, monkeypatch, step)
                   for d, _, names in os.walk(kept) for f in names) == files
     out = tf.saved_model.load(kept).signatures["serving_default"](images=tf.constant(images))
     np.testing.assert_array_equal(out["labels"].numpy(), keras_outputs(model, images)[0])
+
+
+def test_version_written_meanwhile_is_kept(plain_model, tmp_path, monkeypatch):
+    """Without overwrite, a version another export writes while this one runs stays: the
+    rename into place fails instead of replacing it."""
+    real_save = tf.saved_model.save
+
+    def racing_save(module, path, signatures):
+        real_save(module, path, signatures=signatures)
+        os.makedirs(tmp_path / "m" / "1")
+        (tmp_path / "m" / "1" / "saved_model.pb").write_text("the other export")
+
+    monkeypatch.setattr(tf.saved_model, "save", racing_save)
+    with pytest.raises(OSError):
+        export.export_saved_model(plain_model, str(tmp_path), "m", 1,
+                                  export.class_metadata(None, 10))
+    assert os.listdir(tmp_path / "m") == ["1"]
+    assert (tmp_path / "m" / "1" / "saved_model.pb").read_text() == "the other export"
 
 
 def test_signatures_and_dtypes(saved):
