@@ -35,7 +35,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from gscnn_tf.benchmark import (  # noqa: E402
     load_average, machine_info, matmul_peak, peak_rss_mb, rss_mb, run_child, time_call,
-    write_results)
+    time_interleaved, write_results)
 
 BACKBONES = ("small", "mobilenetv2", "resnet50", "resnet101", "wrn38")
 EXPORT_FORMATS = ("saved_model", "tflite_fp32", "tflite_fp16", "tflite_int8")
@@ -218,12 +218,15 @@ def part_graphs(model):
     return parts
 
 
-def _parts_latency(model, image, job):
+def _part_functions(model, image):
+    """{part: blocking call} for `model`'s parts (part_graphs), each fed the outputs the
+    parts before it produced, and "full" for the whole model."""
     import keras
     import tensorflow as tf
 
     values = {id(model.input): tf.constant(image)}
-    out = {"full": _keras_latency(model, image, job)}
+    full = tf.function(lambda x: model(x, training=False))
+    fns = {"full": lambda: _numpy(full(values[id(model.input)]))}
     for name, (inputs, outputs) in part_graphs(model).items():
         sub = keras.Model(inputs, outputs, name=f"part_{name}")
         forward = tf.function(lambda *xs, m=sub: m(list(xs), training=False))
@@ -231,20 +234,29 @@ def _parts_latency(model, image, job):
         result = forward(*args)
         result = result if isinstance(result, (list, tuple)) else [result]
         values.update({id(t): v for t, v in zip(outputs, result)})
-        out[name] = time_call(lambda f=forward, a=args: _numpy(f(*a)), job["warmup"],
-                              job["reps"])
-    out["sum_of_parts_s"] = sum(v["median_s"] for k, v in out.items() if k != "full")
-    return out
+        fns[name] = lambda f=forward, a=args: _numpy(f(*a))
+    return fns
 
 
 def child_parts(job):
-    """Each part's latency, timed alone on the inputs the part before produced."""
+    """Each part's latency, timed alone on the inputs the part before produced; the parts
+    of GSCNN and of the baseline timed round-robin (the load drifts alike for all)."""
     height, width = job["size"]
     image, _ = _images(height, width)
-    _, model = _build(job)
-    _, baseline = _build(job, "model.shape_stream=false")
-    return {"gscnn": _parts_latency(model, image, job),
-            "baseline": _parts_latency(baseline, image, job)}
+    fns = {}
+    for tag, extra in (("gscnn", ()), ("baseline", ("model.shape_stream=false",))):
+        _, model = _build(job, *extra)
+        fns.update({(tag, k): v for k, v in _part_functions(model, image).items()})
+    timed = time_interleaved({f"{t}/{k}": fn for (t, k), fn in fns.items()}, job["warmup"],
+                             job["reps"])
+    out = {"gscnn": {}, "baseline": {}, "interleaved": True}
+    for key, timing in timed.items():
+        tag, part = key.split("/")
+        out[tag][part] = timing
+    for tag in ("gscnn", "baseline"):
+        out[tag]["sum_of_parts_s"] = sum(v["median_s"] for k, v in out[tag].items()
+                                         if k != "full")
+    return out
 
 
 def child_strides(job):
@@ -695,6 +707,8 @@ def main(argv=None) -> int:
                         "of the small backbone at 512x512 measured 6.4 GB)")
     parser.add_argument("--all", action="store_true", help="ignore the budget and memory "
                         "limit: measure every cell")
+    parser.add_argument("--only", nargs="+", default=[], choices=sorted(CHILDREN),
+                        help="plan only these kinds of job")
     parser.add_argument("--list", action="store_true", help="print the plan and exit")
     parser.add_argument("--data", default=os.path.join(tempfile.gettempdir(),
                                                        "gscnn_bench_2048x1024"))
@@ -720,6 +734,7 @@ def main(argv=None) -> int:
     env = {"CUDA_VISIBLE_DEVICES": ""} if args.device == "cpu" else {}
     os.environ.update(env)
     plan = cpu_plan(args) if args.device == "cpu" else gpu_plan(args)
+    plan = [job for job in plan if not args.only or job["kind"] in args.only]
     # GPU jobs are quick and their memory is the GPU's: the CPU budget does not apply.
     chosen, skipped = select(plan, 60 * args.budget_min, args.max_memory_gb,
                              args.all or args.device == "gpu")

@@ -80,6 +80,32 @@ def time_call(fn, warmup: int = 1, reps: int = 3, clock=time.perf_counter) -> di
             "load_average_1min": round((load_before + load_average()) / 2, 2)}
 
 
+def time_interleaved(fns: dict, warmup: int = 1, reps: int = 3,
+                     clock=time.perf_counter) -> dict:
+    """time_call for several functions at once, round-robin: each repetition runs every
+    function once, so a change in the machine's load during the run affects all of them
+    alike (what comparing parts of one model needs on a shared machine).
+    Returns {key: time_call's dict}."""
+    if reps < 1 or warmup < 0:
+        raise ValueError(f"time_interleaved: reps {reps} must be >= 1 and warmup {warmup} "
+                         ">= 0")
+    for _ in range(warmup):
+        for fn in fns.values():
+            fn()
+    times = {key: [] for key in fns}
+    loads = {key: [] for key in fns}
+    for _ in range(reps):
+        for key, fn in fns.items():
+            loads[key].append(load_average())
+            start = clock()
+            fn()
+            times[key].append(clock() - start)
+    return {key: {"median_s": statistics.median(t), "min_s": min(t), "times_s": t,
+                  "warmup": warmup, "reps": reps,
+                  "load_average_1min": round(statistics.fmean(loads[key]), 2)}
+            for key, t in times.items()}
+
+
 def _proc_status_mb(key: str) -> float | None:
     try:
         with open("/proc/self/status", encoding="utf-8") as f:

@@ -42,6 +42,19 @@ def test_time_call_skips_warmup_and_takes_the_median():
         benchmark.time_call(lambda: None, warmup=-1)
 
 
+def test_time_interleaved_runs_round_robin():
+    order = []
+    ticks = iter([0.0, 1.0, 1.0, 11.0, 11.0, 14.0, 14.0, 24.0])  # a: 1, 3; b: 10, 10
+    out = benchmark.time_interleaved({"a": lambda: order.append("a"),
+                                      "b": lambda: order.append("b")}, warmup=1, reps=2,
+                                     clock=lambda: next(ticks))
+    assert order == ["a", "b", "a", "b", "a", "b"]
+    assert out["a"]["times_s"] == [1.0, 3.0] and out["a"]["median_s"] == 2.0
+    assert out["b"]["median_s"] == 10.0 and out["b"]["reps"] == 2
+    with pytest.raises(ValueError, match="reps 0"):
+        benchmark.time_interleaved({"a": lambda: None}, reps=0)
+
+
 def test_machine_info_fields():
     import keras
     import tensorflow as tf
