@@ -614,7 +614,11 @@ def markdown(record) -> str:
                       f"GSCNN adds (shape stream, Canny, fusion): {1000 * extra:.0f} ms, "
                       f"{100 * extra / g['sum_of_parts_s']:.0f} % of its sum of parts; "
                       f"the shape stream alone {1000 * g['shape_stream']['median_s']:.0f} ms "
-                      f"({100 * g['shape_stream']['median_s'] / g['sum_of_parts_s']:.0f} %).",
+                      f"({100 * g['shape_stream']['median_s'] / g['sum_of_parts_s']:.0f} %)."
+                      + ("" if j["result"].get("interleaved") else
+                         " These parts were timed one after another, not round-robin: the "
+                         "load drifted between them (the two models' decoders are the same "
+                         "layers), so compare within a column only; later runs interleave."),
                       ""]
     strides = [j for j in jobs if j["kind"] == "strides" and "error" not in j["result"]]
     if strides:
