@@ -280,6 +280,15 @@ def _keys(table: dict, prefix: str) -> list[str]:
     return list(seen)
 
 
+def _prefix_table(table: dict, variants, prefix: str, header) -> list[str]:
+    """Markdown rows: one column per metric `prefix/<key>` (titled `header(key)`)."""
+    keys = _keys(table, prefix)
+    lines = ["| variant | " + " | ".join(header(k) for k in keys) + " |",
+             "|---" * (1 + len(keys)) + "|"]
+    return lines + [f"| {v} | " + " | ".join(_cell(table[v].get(f"{prefix}/{k}"))
+                                             for k in keys) + " |" for v in variants]
+
+
 def markdown(table: dict, meta: dict) -> str:
     """ablation.md: the summary, boundary F per tolerance, per-class IoU, crop factors."""
     variants = [v for v in VARIANTS if v in table]
@@ -318,20 +327,10 @@ def markdown(table: dict, meta: dict) -> str:
                                               for t in tols) + " | "
                      + " | ".join(_cell(row.get(f"boundary_f_present_thin/{t}"))
                                   for t in tols) + " |")
-    classes = _keys(table, "iou")
-    lines += ["", "## Per-class IoU", "", "| variant | " + " | ".join(
-        f"**{c}**" if c in THIN_CLASSES else c for c in classes) + " |",
-        "|---" * (1 + len(classes)) + "|"]
-    for v in variants:
-        lines.append(f"| {v} | " + " | ".join(_cell(table[v].get(f"iou/{c}"))
-                                              for c in classes) + " |")
-    factors = _keys(table, "crop_factor_miou")
+    lines += ["", "## Per-class IoU", "", *_prefix_table(
+        table, variants, "iou", lambda c: f"**{c}**" if c in THIN_CLASSES else c)]
     lines += ["", "## Crop-factor mIoU (centre crops; margin in px of the 128-row image)", "",
-              "| variant | " + " | ".join(f"crop {f}" for f in factors) + " |",
-              "|---" * (1 + len(factors)) + "|"]
-    for v in variants:
-        lines.append(f"| {v} | " + " | ".join(_cell(table[v].get(f"crop_factor_miou/{f}"))
-                                              for f in factors) + " |")
+              *_prefix_table(table, variants, "crop_factor_miou", lambda f: f"crop {f}")]
     stream = [v for v in variants if "edge_prob_on_boundary" in table[v]]
     if stream:
         gates = _keys(table, "gate_mean")
