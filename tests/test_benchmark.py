@@ -16,14 +16,28 @@ from gscnn_tf import benchmark
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-@pytest.fixture(scope="module")
-def speed():
+def _load(name):
     sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
     spec = importlib.util.spec_from_file_location(
-        "benchmarks_speed", os.path.join(ROOT, "benchmarks", "speed.py"))
+        f"benchmarks_{name}", os.path.join(ROOT, "benchmarks", f"{name}.py"))
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+@pytest.fixture(scope="module")
+def speed():
+    return _load("speed")
+
+
+@pytest.fixture(scope="module")
+def jobs():
+    return _load("speed_jobs")
+
+
+@pytest.fixture(scope="module")
+def report():
+    return _load("speed_report")
 
 
 def test_time_call_skips_warmup_and_takes_the_median():
@@ -124,13 +138,13 @@ def test_plan_respects_budget_and_memory(speed):
     assert everything == plan and none == []
 
 
-def test_latency_parts_and_report_at_tiny_size(speed):
+def test_latency_parts_and_report_at_tiny_size(jobs, report):
     import keras
     import tensorflow as tf
 
     job = {"kind": "latency", "backbone": "small", "size": [32, 64], "warmup": 0, "reps": 2,
            "formats": ["keras"], "baseline": True, "flops": True, "device": "cpu"}
-    lat = speed.child_latency(job)
+    lat = jobs.child_latency(job)
     assert lat["keras"]["reps"] == 2 and lat["keras"]["median_s"] > 0
     assert lat["shape_stream_cost"] == pytest.approx(
         lat["keras"]["median_s"] / lat["keras_baseline"]["median_s"])
@@ -138,10 +152,10 @@ def test_latency_parts_and_report_at_tiny_size(speed):
     assert lat["peak_rss_mb"] >= lat["keras"]["peak_rss_mb"] >= lat["rss_after_build_mb"]
 
     # The parts, run one after another on each other's outputs, are the whole model.
-    _, model = speed._build(job)
+    _, model = jobs._build(job)
     image = np.random.default_rng(0).uniform(0, 255, (1, 32, 64, 3)).astype(np.float32)
     values = {id(model.input): tf.constant(image)}
-    parts = speed.part_graphs(model)
+    parts = jobs.part_graphs(model)
     assert list(parts) == ["backbone", "shape_stream", "canny", "fusion_aspp", "decoder"]
     for inputs, outputs in parts.values():
         sub = keras.Model(inputs, outputs)
@@ -163,13 +177,13 @@ def test_latency_parts_and_report_at_tiny_size(speed):
                        {"kind": "pipeline", "size": [8, 8],
                         "result": {"images_per_s": 5.0, "load_average_1min": 1.0}}],
               "not_measured": [{"job": "latency wrn38 1024x2048 keras", "reason": "why"}]}
-    summary = speed.summarise(record)
+    summary = report.summarise(record)
     achieved = lat["flops"] / lat["keras"]["median_s"] / 1e9
     assert summary["achieved_gflops"]["small_32x64"] == pytest.approx(achieved)
     assert summary["share_of_matmul_peak"]["small_32x64"] == pytest.approx(achieved / 100)
     assert summary["pipeline_over_train_step"] == pytest.approx(5.0)
     assert summary["two_replica_speedup"] == pytest.approx(1.6)
-    text = speed.markdown({**record, "summary": summary})
+    text = report.markdown({**record, "summary": summary})
     assert f"{lat['shape_stream_cost']:.2f}" in text
     assert "- latency wrn38 1024x2048 keras: why" in text
     assert "18.91 s" in text  # the reference's figures beside ours

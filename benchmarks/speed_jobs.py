@@ -1,0 +1,308 @@
+"""The jobs of benchmarks/speed.py, each run in its own process (`speed.py --child JSON`):
+a job dict in, a JSON-able dict of figures out. Weights are random (speed does not depend on
+them); images are random, batch 1 for inference.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from gscnn_tf.benchmark import (  # noqa: E402
+    load_average, matmul_peak, peak_rss_mb, rss_mb, time_call, time_interleaved)
+
+EXPORT_FORMATS = ("saved_model", "tflite_fp32", "tflite_fp16", "tflite_int8")
+QUANTIZE = {"tflite_fp32": "none", "tflite_fp16": "fp16", "tflite_int8": "int8"}
+NUM_CLASSES = 19
+
+
+def _config(job, *extra):
+    from gscnn_tf.config import load_config
+
+    sets = ["model.backbone.weights="]
+    if job.get("backbone"):
+        sets.append(f"model.backbone.name={job['backbone']}")
+    return load_config(job.get("config"), [*sets, *job.get("set", []), *extra])
+
+
+def _build(job, *extra):
+    import keras
+
+    from gscnn_tf import build_model
+
+    config = _config(job, *extra)
+    keras.utils.set_random_seed(0)
+    if job.get("mixed"):
+        keras.mixed_precision.set_dtype_policy("mixed_float16")
+    return config, build_model(config.model, NUM_CLASSES)
+
+
+def _numpy(outputs):
+    if isinstance(outputs, dict):
+        return {k: v.numpy() for k, v in outputs.items()}
+    if isinstance(outputs, (list, tuple)):
+        return [v.numpy() for v in outputs]
+    return outputs.numpy()
+
+
+def _images(height, width):
+    import numpy as np
+
+    image = np.random.default_rng(0).uniform(0, 255, (1, height, width, 3))
+    return image.astype(np.float32), image.astype(np.uint8)
+
+
+def _keras_latency(model, image, job):
+    import tensorflow as tf
+
+    forward = tf.function(lambda x: model(x, training=False))
+    x = tf.constant(image)
+    return time_call(lambda: _numpy(forward(x)), job["warmup"], job["reps"])
+
+
+def _guarded(fn):
+    try:
+        return fn()
+    except Exception as e:  # one failing format must not lose the others
+        return {"error": f"{type(e).__name__}: {str(e)[-600:]}"}
+
+
+def child_matmul(job):
+    return matmul_peak(job.get("n", 4096), job["warmup"], max(job["reps"], 5))
+
+
+def child_latency(job):
+    """GSCNN (and its DeepLab v3+ baseline) latency per format at one size."""
+    height, width = job["size"]
+    start_rss = rss_mb()
+    config, model = _build(job)
+    image, image_u8 = _images(height, width)
+    out = {"rss_after_build_mb": rss_mb(), "rss_before_build_mb": start_rss}
+    formats = job["formats"]
+    if "keras" in formats:
+        out["keras"] = _keras_latency(model, image, job)
+        out["keras"]["peak_rss_mb"] = peak_rss_mb()
+        if job.get("baseline"):
+            _, baseline = _build(job, "model.shape_stream=false")
+            out["keras_baseline"] = _keras_latency(baseline, image, job)
+            out["shape_stream_cost"] = (out["keras"]["median_s"]
+                                        / out["keras_baseline"]["median_s"])
+        if job.get("flops"):
+            from gscnn_tf.models.summary import count_flops
+
+            out["flops"] = count_flops(model, height, width)
+            if job.get("baseline"):
+                out["flops_baseline"] = count_flops(baseline, height, width)
+    if "saved_model" in formats:
+        out["saved_model"] = _guarded(lambda: _saved_model_latency(model, image_u8, job))
+    for name in formats:
+        if name in QUANTIZE:
+            out[name] = _guarded(lambda n=name: _tflite_latency(model, config, image_u8, n, job))
+    out["peak_rss_mb"] = peak_rss_mb()
+    return out
+
+
+def _saved_model_latency(model, image_u8, job):
+    import tensorflow as tf
+
+    from gscnn_tf.export import class_metadata, export_saved_model
+
+    with tempfile.TemporaryDirectory() as tmp:
+        start = time.perf_counter()
+        path = export_saved_model(model, tmp, "gscnn", 1, class_metadata(None, NUM_CLASSES))
+        export_s = time.perf_counter() - start
+        start = time.perf_counter()
+        signature = tf.saved_model.load(path).signatures["serving_default"]
+        load_s = time.perf_counter() - start
+        x = tf.constant(image_u8)
+        timing = time_call(lambda: _numpy(signature(images=x)), job["warmup"], job["reps"])
+    return {**timing, "export_s": export_s, "load_s": load_s}
+
+
+def _tflite_latency(model, config, image_u8, name, job):
+    import numpy as np
+    from ai_edge_litert.interpreter import Interpreter
+
+    from gscnn_tf.export import convert_tflite, frozen_function, with_canny
+
+    height, width = image_u8.shape[1:3]
+    e = config.export
+    function = frozen_function(with_canny(model, e.tflite_canny_max_steps,
+                                          e.tflite_canny_step_form), height, width)
+    representative = None
+    if name == "tflite_int8":
+        rng = np.random.default_rng(1)
+        samples = rng.integers(0, 256, (job["calibration_images"], 1, height, width, 3),
+                               dtype=np.uint8)
+
+        def representative():
+            for sample in samples:
+                yield [sample]
+
+    start = time.perf_counter()
+    content = convert_tflite(function, QUANTIZE[name], representative)
+    convert_s = time.perf_counter() - start
+    interpreter = Interpreter(model_content=content, num_threads=os.cpu_count())
+    interpreter.allocate_tensors()
+    runner = interpreter.get_signature_runner("serving_default")
+    timing = time_call(lambda: runner(images=image_u8), job["warmup"], job["reps"])
+    return {**timing, "convert_s": convert_s, "bytes": len(content),
+            "canny": f"{e.tflite_canny_step_form} form, {e.tflite_canny_max_steps} steps"}
+
+
+def _tensor(model, layer, kind="output", index=None):
+    value = getattr(model.get_layer(layer), kind)
+    return value[index] if index is not None else value
+
+
+def part_graphs(model):
+    """{part: (inputs, outputs)} KerasTensors of `model` splitting its forward pass into
+    backbone, shape stream, Canny, fusion + ASPP (ASPP for the baseline) and decoder."""
+    image = model.input
+    out = _tensor(model, "aspp_1x1_conv", "input")
+    skip = _tensor(model, "decoder_skip_proj", "input")
+    aspp_out = _tensor(model, "decoder_aspp_proj", "input")
+    seg = _tensor(model, "seg_logits")
+    if any(layer.name == "shape_output_resize" for layer in model.layers):
+        stem = _tensor(model, "shape_stem_resize", "input", 0)
+        gates = [_tensor(model, f"gate{i}_dsn", "input") for i in (1, 2, 3)]
+        edge = _tensor(model, "shape_output_resize")
+        canny = _tensor(model, "canny")
+        parts = {"backbone": ([image], [out, skip, stem, *gates]),
+                 "shape_stream": ([image, stem, *gates], [edge]),
+                 "canny": ([image], [canny]),
+                 "fusion_aspp": ([out, edge, canny], [aspp_out])}
+    else:
+        parts = {"backbone": ([image], [out, skip]), "aspp": ([out], [aspp_out])}
+    parts["decoder"] = ([aspp_out, skip, image], [seg])
+    return parts
+
+
+def _part_functions(model, image):
+    """{part: blocking call} for `model`'s parts (part_graphs), each fed the outputs the
+    parts before it produced, and "full" for the whole model."""
+    import keras
+    import tensorflow as tf
+
+    values = {id(model.input): tf.constant(image)}
+    full = tf.function(lambda x: model(x, training=False))
+    fns = {"full": lambda: _numpy(full(values[id(model.input)]))}
+    for name, (inputs, outputs) in part_graphs(model).items():
+        sub = keras.Model(inputs, outputs, name=f"part_{name}")
+        forward = tf.function(lambda *xs, m=sub: m(list(xs), training=False))
+        args = [values[id(t)] for t in inputs]
+        result = forward(*args)
+        result = result if isinstance(result, (list, tuple)) else [result]
+        values.update({id(t): v for t, v in zip(outputs, result)})
+        fns[name] = lambda f=forward, a=args: _numpy(f(*a))
+    return fns
+
+
+def child_parts(job):
+    """Each part's latency, timed alone on the inputs the part before produced; the parts
+    of GSCNN and of the baseline timed round-robin (the load drifts alike for all)."""
+    height, width = job["size"]
+    image, _ = _images(height, width)
+    fns = {}
+    for tag, extra in (("gscnn", ()), ("baseline", ("model.shape_stream=false",))):
+        _, model = _build(job, *extra)
+        fns.update({(tag, k): v for k, v in _part_functions(model, image).items()})
+    timed = time_interleaved({f"{t}/{k}": fn for (t, k), fn in fns.items()}, job["warmup"],
+                             job["reps"])
+    out = {"gscnn": {}, "baseline": {}, "interleaved": True}
+    for key, timing in timed.items():
+        tag, part = key.split("/")
+        out[tag][part] = timing
+    for tag in ("gscnn", "baseline"):
+        out[tag]["sum_of_parts_s"] = sum(v["median_s"] for k, v in out[tag].items()
+                                         if k != "full")
+    return out
+
+
+def child_strides(job):
+    """GSCNN latency at each shape_stream_stride (and the baseline's)."""
+    height, width = job["size"]
+    image, _ = _images(height, width)
+    out = {}
+    if job.get("baseline"):
+        out["baseline"] = _keras_latency(_build(job, "model.shape_stream=false")[1], image, job)
+    for stride in job["strides"]:
+        _, model = _build(job, f"model.shape_stream_stride={stride}")
+        out[f"stride{stride}"] = _keras_latency(model, image, job)
+    return out
+
+
+def child_train(job):
+    """Training images/s of the project's train step (forward, GSCNNLoss, L2, SGD)."""
+    from gscnn_tf.training.strategy import configure_cpu_replicas
+
+    replicas = job["replicas"]
+    if job["device"] == "cpu":
+        configure_cpu_replicas(replicas)
+    import numpy as np
+    import tensorflow as tf
+
+    from gscnn_tf.data.edges import label_edges
+    from gscnn_tf.losses import GSCNNLoss
+    from gscnn_tf.training.optimizers import build_optimizer, learning_rate_schedule
+    from gscnn_tf.training.step import make_train_step
+
+    kind = "GPU" if job["device"] == "gpu" else "CPU"
+    devices = [d.name for d in tf.config.list_logical_devices(kind)][:replicas]
+    if len(devices) < replicas:
+        raise RuntimeError(f"{replicas} replicas asked, {len(devices)} {kind} devices found")
+    strategy = (tf.distribute.MirroredStrategy(devices) if replicas > 1
+                else tf.distribute.OneDeviceStrategy(devices[0]))
+    size = job["size"]
+    batch = job["batch_per_replica"] * replicas
+    config = _config(job, f"train.batch_size={batch}",
+                     f"train.mixed_precision={str(bool(job.get('mixed'))).lower()}")
+    with strategy.scope():
+        _, model = _build(job)
+        optimizer = build_optimizer(config.train, model.trainable_variables)
+        step_var = tf.Variable(0, dtype=tf.int64, trainable=False)
+    loss_fn = GSCNNLoss(config.loss, config.data.ignore_label)
+    train_step = make_train_step(strategy, model, optimizer, loss_fn,
+                                 learning_rate_schedule(config.train), config.train, step_var)
+    rng = np.random.default_rng(0)
+    images = rng.uniform(0, 255, (batch, *size, 3)).astype(np.float32)
+    coarse = rng.integers(0, NUM_CLASSES, (batch, max(size[0] // 32, 1),
+                                           max(size[1] // 32, 1)))
+    rows = np.arange(size[0]) * coarse.shape[1] // size[0]
+    cols = np.arange(size[1]) * coarse.shape[2] // size[1]
+    labels = coarse[:, rows][:, :, cols].astype(np.int32)  # 32-px blocks of random classes
+    edges = label_edges(tf.constant(labels), config.data.edge_radius)
+    data = tf.data.Dataset.from_tensor_slices((images, {"labels": labels, "edges": edges}))
+    iterator = iter(strategy.experimental_distribute_dataset(data.repeat().batch(batch)))
+    timing = time_call(lambda: {k: float(v) for k, v in train_step(*next(iterator)).items()},
+                       job["warmup"], job["reps"])
+    return {**timing, "global_batch": batch, "images_per_s": batch / timing["median_s"],
+            "peak_rss_mb": peak_rss_mb()}
+
+
+def child_pipeline(job):
+    """The training input pipeline (PNG decode ... edges) at the training crop size."""
+    from data_pipeline import make_dataset, rate
+
+    from gscnn_tf.config import load_config
+    from gscnn_tf.data.pipeline import build_dataset
+
+    root = make_dataset(job["data"], job["images"])
+    crop = job["size"]
+    config = load_config(None, ["data.dataset=folder", f"data.root={root}",
+                                f"data.crop_size=[{crop[0]}, {crop[1]}]"])
+    load = load_average()
+    iterator = iter(build_dataset(config, "train", True, job["batch"]))
+    per_s = rate(iterator, job["batches"], job["batch"])
+    return {"images_per_s": per_s, "batch": job["batch"], "batches": job["batches"],
+            "load_average_1min": round((load + load_average()) / 2, 2)}
+
+
+CHILDREN = {"matmul": child_matmul, "latency": child_latency, "parts": child_parts,
+            "strides": child_strides, "train": child_train, "pipeline": child_pipeline}
