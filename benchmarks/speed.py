@@ -10,9 +10,11 @@ and peak memory. Writes benchmarks/results/speed.json and speed.md (speed_gpu.* 
     python benchmarks/speed.py --all                 # every cell, however long it takes
     python benchmarks/speed.py --device gpu          # 1024x2048 fp32 / mixed, 800x800 training
     python benchmarks/speed.py --backbones small --sizes 64x128 --budget-min 2   # smoke
+    python benchmarks/speed.py --only parts --backbones small --name speed_parts
+    python benchmarks/speed.py --report benchmarks/results/speed.json   # markdown again
 
-Every job runs in its own process (its own peak memory; logical CPU devices must be set up
-before TensorFlow initialises). Weights are random (no downloads): speed does not depend on
+Every job (speed_jobs.py) runs in its own process (its own peak memory; logical CPU devices
+must be set up before TensorFlow initialises); speed_report.py writes the markdown. Weights are random (no downloads): speed does not depend on
 them. Each figure is the median of --reps timed runs after --warmup untimed ones, with the
 1-minute load average beside it (other processes share the cores). Jobs are planned in
 priority order with an estimated cost; the ones that do not fit the time budget, or whose
