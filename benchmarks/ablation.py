@@ -6,6 +6,13 @@ same protocol (mIoU, per-class IoU, boundary F per tolerance, crop-factor mIoU).
     python benchmarks/ablation.py                    # every run (resumes), then the table
     python benchmarks/ablation.py --report-only      # the table from the runs done so far
     python benchmarks/ablation.py --seeds 3 --stride-seeds 3 --steps 400 --batch-size 8
+    python benchmarks/ablation.py --steps 100 --seeds 1 --stride-seeds 0 \
+        --out benchmarks/results/ablation_steps100     # the budget check (stop after 2 runs)
+
+The default budget (40 steps of batch 4, 40 validation images) is what fitted in an hour on
+2 CPU cores shared with other jobs (a GSCNN step took 5-7 s there, ~1 s alone); it is far
+from the 400 steps of batch 8 that reach ~58 mIoU, so the committed table measures the very
+start of training.
 
 Every run trains `configs/synthetic.yaml` with the variant's overrides in its own process
 (runs/ablation/steps<N>_batch<B>/<variant>/seed<k>/), recomputes the BatchNormalization
