@@ -6,8 +6,8 @@ same protocol (mIoU, per-class IoU, boundary F per tolerance, crop-factor mIoU).
     python benchmarks/ablation.py                    # every run (resumes), then the table
     python benchmarks/ablation.py --report-only      # the table from the runs done so far
     python benchmarks/ablation.py --seeds 3 --stride-seeds 3 --steps 400 --batch-size 8
-    python benchmarks/ablation.py --steps 100 --seeds 1 --stride-seeds 0 \
-        --out benchmarks/results/ablation_steps100     # the budget check (stop after 2 runs)
+    python benchmarks/ablation.py --steps 100 --seeds 1 --variants gscnn baseline \
+        --out benchmarks/results/ablation_steps100     # the budget check
 
 The default budget (40 steps of batch 4, 40 validation images) is what fitted in an hour on
 2 CPU cores shared with other jobs (a GSCNN step took 5-7 s there, ~1 s alone); it is far
@@ -419,6 +419,8 @@ def main(argv=None) -> int:
                         help="seeds of gscnn, baseline, no_dual, no_canny")
     parser.add_argument("--stride-seeds", type=int, default=1,
                         help="seeds of stride2 and stride4")
+    parser.add_argument("--variants", nargs="+", choices=list(VARIANTS),
+                        default=list(VARIANTS), help="only these variants (default: all)")
     parser.add_argument("--num-val", type=int, default=40, help="validation images")
     parser.add_argument("--runs", default="",
                         help="run folder (default runs/ablation/steps<N>_batch<B>, one per "
@@ -445,6 +447,8 @@ def main(argv=None) -> int:
             "thin_classes": list(THIN_CLASSES), "machine": machine_info()}
     if not args.report_only:
         for variant, seed in schedule(args.seeds, args.stride_seeds):
+            if variant not in args.variants:
+                continue
             run_dir = os.path.join(args.runs, variant, f"seed{seed}")
             if os.path.isfile(os.path.join(run_dir, RESULT)):
                 print(f"{variant} seed {seed}: done, skipped", flush=True)

@@ -225,3 +225,12 @@ def test_main_trains_only_missing_runs(tmp_path, monkeypatch):
     assert [c[c.index("--one") + 1:c.index("--one") + 3] for c in calls] == [
         ["no_dual", "0"], ["no_canny", "0"]]
     assert all(c[c.index("--steps") + 1] == "30" for c in calls)
+
+
+def test_main_runs_only_the_chosen_variants(tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr(ablation.subprocess, "call", lambda cmd, **k: calls.append(cmd) or 1)
+    ablation.main(["--seeds", "2", "--variants", "baseline", "stride4", "--runs",
+                   str(tmp_path / "runs"), "--out", str(tmp_path / "results")])
+    assert [c[c.index("--one") + 1:c.index("--one") + 3] for c in calls] == [
+        ["baseline", "0"], ["baseline", "1"], ["stride4", "0"]]
