@@ -24,8 +24,10 @@ signatures check the dtype. `assets/classes.json`: {"class_names", "palette"
 
 TFLite (`export_tflite`): a fixed `[1, H, W, 3]` uint8 input, outputs `labels` and `edge_prob`
 (signature `serving_default`), TFLite builtin ops only (a graph needing Flex / Select TF ops is
-an `ExportError` naming the ops). The variables are frozen into constants first (the converter
-leaves Keras 3 variables as resource variables otherwise). Quantization: `none` (float32),
+an `ExportError` naming the ops). The variables are frozen into constants of a GraphDef, one
+copy of the weights (`gscnn_tf.tflite_graph`: the 137 M-parameter WideResNet-38 model converts
+in 7.1 GB; TensorFlow's own freezing and SavedModel round trip ran out of memory past 12 GB).
+Quantization: `none` (float32),
 `fp16` (float16 weights), `dynamic` (int8 weights), `int8` (full-integer: int8 weights and
 activations calibrated on images of the training pipeline; only Canny's grey-level rounding,
 which has no int8 kernel, stays float). Files are written atomically and an existing one is
@@ -249,11 +251,9 @@ def with_canny(model, max_steps: int, step_form: str):
 
 
 def frozen_function(model, height: int, width: int):
-    """Concrete function `images` uint8 [1, H, W, 3] -> {"labels", "edge_prob"} with the
-    variables folded into constants."""
+    """Concrete function `images` uint8 [1, H, W, 3] -> {"labels", "edge_prob"} of `model`
+    (its variables captured; `convert_tflite` freezes them into constants)."""
     import tensorflow as tf
-    from tensorflow.python.framework.convert_to_constants import (
-        convert_variables_to_constants_v2)
 
     spec = [tf.TensorSpec([1, height, width, 3], tf.uint8, name="images")]
 
@@ -263,15 +263,7 @@ def frozen_function(model, height: int, width: int):
         return {"edge_prob": tf.sigmoid(out["edge_logits"]),
                 "labels": tf.argmax(out["seg_logits"], -1, output_type=tf.int32)}
 
-    frozen = convert_variables_to_constants_v2(predict.get_concrete_function(),
-                                               lower_control_flow=False)
-    names = sorted(predict.get_concrete_function().structured_outputs)
-
-    @tf.function(input_signature=spec)
-    def named(images):
-        return dict(zip(names, frozen(images)))
-
-    return named.get_concrete_function()
+    return predict.get_concrete_function()
 
 
 def _missing_ops(message: str) -> list[str]:
@@ -283,17 +275,19 @@ def _missing_ops(message: str) -> list[str]:
 
 
 def convert_tflite(function, quantize: str = "none", representative=None) -> bytes:
-    """TFLite flatbuffer of a concrete function, builtin ops only.
+    """TFLite flatbuffer of a concrete function (variables frozen into constants), builtin
+    ops only, with a `serving_default` signature named as the function's inputs and outputs.
 
     quantize: one of QUANTIZE; `int8` needs `representative`, a callable returning an
     iterable of `[input]` lists (calibration samples).
     """
     import tensorflow as tf
 
+    from gscnn_tf import tflite_graph
+
     if quantize not in QUANTIZE:
         raise ExportError(f"quantize '{quantize}': expected one of {', '.join(QUANTIZE)}")
-    # A trackable object makes the converter keep the function's signature (names).
-    converter = tf.lite.TFLiteConverter.from_concrete_functions([function], tf.Module())
+    converter, input_names, output_names = tflite_graph.graph_converter(function)
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
     if quantize != "none":
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
@@ -320,11 +314,12 @@ def convert_tflite(function, quantize: str = "none", representative=None) -> byt
                               f"{', '.join(ops)}; Flex / Select TF ops are not allowed "
                               "(GPU delegates cannot run them)") from e
         raise
+    del converter  # its frozen GraphDef: one copy of the weights
     custom = sorted(op for op in tflite_ops(content)
                     if op.startswith("Flex") or op == "CUSTOM")
     if custom:
         raise ExportError(f"TFLite model contains non-builtin op(s): {', '.join(custom)}")
-    return content
+    return tflite_graph.add_signature(content, input_names, output_names)
 
 
 def _has_while(function) -> bool:
