@@ -9,9 +9,7 @@ and .md.  Run: python benchmarks/reference_import.py [--size 256x512]
 """
 
 import argparse
-import json
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -27,14 +25,9 @@ import tensorflow as tf  # noqa: E402
 import torch  # noqa: E402
 
 from gscnn_tf import reference_import  # noqa: E402
+from gscnn_tf.benchmark import cpu_model, load_average, write_results  # noqa: E402
 
 RESULTS = os.path.join(HERE, "results")
-
-
-def _cpu_model():
-    with open("/proc/cpuinfo", encoding="utf-8") as f:
-        names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
-    return names[0] if names else platform.machine()
 
 
 def _timed(fn):
@@ -65,8 +58,8 @@ def main():
     (seg_ref, edge_ref), torch_s = _timed(lambda: reference_torch.forward(state, image))
     seg, edge = out["seg_logits"].numpy(), out["edge_logits"].numpy()
     results = {
-        "machine": {"cpu": _cpu_model(), "cores": os.cpu_count(),
-                    "load_average_1min": round(os.getloadavg()[0], 1),
+        "machine": {"cpu": cpu_model(), "cores": os.cpu_count(),
+                    "load_average_1min": round(load_average(), 1),
                     "tensorflow": tf.__version__, "torch": torch.__version__},
         "conversion_s": round(report.seconds, 1), "load_s": round(load_s, 1), **sizes,
         "parameters": report.parameters, "size": [height, width],
@@ -77,9 +70,6 @@ def main():
         "label_agreement": float(np.mean(seg.argmax(-1) == seg_ref.argmax(-1))),
         "tf_forward_s": round(tf_s, 2), "torch_forward_s": round(torch_s, 2),
     }
-    os.makedirs(RESULTS, exist_ok=True)
-    with open(os.path.join(RESULTS, "reference_import.json"), "w", encoding="utf-8") as f:
-        json.dump(results, f, indent=1)
     r, m = results, results["machine"]
     lines = [
         "# Reference checkpoint import (random weights, reference key names and shapes)", "",
@@ -98,8 +88,7 @@ def main():
         f"| label agreement | {100 * r['label_agreement']:.4f} % |",
         f"| forward, 1 image: TF compat model / torch reference | {r['tf_forward_s']} s / "
         f"{r['torch_forward_s']} s |", ""]
-    with open(os.path.join(RESULTS, "reference_import.md"), "w", encoding="utf-8") as f:
-        f.write("\n".join(lines))
+    write_results(RESULTS, "reference_import", results, "\n".join(lines))
     print("\n".join(lines))
 
 
