@@ -236,6 +236,10 @@ def main(argv=None) -> int:
     parser.add_argument("--max-memory-gb", type=float, default=7,
                         help="skip jobs estimated above this peak RSS (2-replica training "
                         "of the small backbone at 512x512 measured 6.4 GB)")
+    parser.add_argument("--deadline-min", type=float, default=None,
+                        help="start no job after this many minutes of wall time: the estimates "
+                        "are from one machine, the deadline holds on any (jobs not started are "
+                        "listed as not measured)")
     parser.add_argument("--all", action="store_true", help="ignore the budget and memory "
                         "limit: measure every cell")
     parser.add_argument("--only", nargs="+", default=[], choices=sorted(CHILDREN),
@@ -279,7 +283,12 @@ def main(argv=None) -> int:
               "jobs": [], "not_measured": skipped, "summary": {}, "wall_s": 0.0}
     name = args.name or ("speed" if args.device == "cpu" else "speed_gpu")
     start = time.perf_counter()
-    for job in chosen:
+    for index, job in enumerate(chosen):
+        if args.deadline_min is not None and time.perf_counter() - start > 60 * args.deadline_min:
+            record["not_measured"] += [{"job": describe(left), "reason": "not started: the "
+                                        f"run's {args.deadline_min:g}-min deadline had passed"}
+                                       for left in chosen[index:]]
+            break
         began = time.perf_counter()
         result = run_child([os.path.abspath(__file__), "--child", json.dumps(job)], env=env)
         record["jobs"].append({**job, "description": describe(job), "result": result,

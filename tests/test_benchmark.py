@@ -206,3 +206,24 @@ def test_gpu_plan(speed, monkeypatch):
                                                             (2, True)}
     assert all(j["size"] == [800, 800] and j["batch_per_replica"] == 2 and
                j["device"] == "gpu" for j in train)
+
+
+def test_deadline_lists_the_jobs_not_started(speed, monkeypatch, tmp_path):
+    started = []
+
+    def fake_child(argv, env=None):
+        started.append(json.loads(argv[-1])["kind"])
+        import time
+        time.sleep(0.2)
+        return {"error": "stand-in child"}
+
+    monkeypatch.setattr(speed, "run_child", fake_child)
+    assert speed.main(["--backbones", "small", "--sizes", "64x128", "--train-backbones",
+                       "small", "--formats", "keras", "--budget-min", "1000",
+                       "--deadline-min", str(0.1 / 60), "--out", str(tmp_path)]) == 0
+    with open(tmp_path / "speed.json", encoding="utf-8") as f:
+        record = json.load(f)
+    assert started == ["matmul"] and [j["kind"] for j in record["jobs"]] == ["matmul"]
+    deadline = [s for s in record["not_measured"] if "deadline" in s["reason"]]
+    assert len(deadline) >= 3 and all("0.00166667-min deadline" in s["reason"] for s in deadline)
+    assert any(s["job"].startswith("latency small 64x128") for s in deadline)
