@@ -41,16 +41,18 @@ from speed_report import markdown, summarise  # noqa: E402
 
 BACKBONES = ("small", "mobilenetv2", "resnet50", "resnet101", "wrn38")
 SYNTHETIC = os.path.join(ROOT, "configs", "synthetic.yaml")
-# Seconds of one batch-1 GSCNN forward at 512x1024 on the 2-core EPYC with a load average
-# of ~8 (results/speed.json; resnet101 and wrn38 scaled from resnet50 by FLOPs), and GiB of
-# peak memory of 1024x2048 inference / 512x512 batch-2 training (speed.json,
-# evaluate_memory.json; the reference's WRN-38 figures, REFERENCE.md section 7), and a train
-# step's cost in forwards of the same pixels. Used only to plan a run.
-FORWARD_S = {"small": 18, "mobilenetv2": 23, "resnet50": 61, "resnet101": 100, "wrn38": 200}
+# Seconds of one batch-1 GSCNN forward at 512x1024 on the quiet 2-core EPYC (results/
+# speed.json of 2026-12-01: small, mobilenetv2, resnet50 measured; resnet101 and wrn38 scaled
+# from resnet50 by FLOPs at the same ~55 GFLOP/s), GiB of peak memory of 1024x2048 inference /
+# 512x512 batch-2 training (speed.json, evaluate_memory.json; the reference's WRN-38 figures,
+# REFERENCE.md section 7), and a train step's cost in forwards of the same pixels (23.4 s for
+# 2 x 512x512 against 4.4 s for one 512x1024 forward). Used only to plan a run; on another
+# machine --deadline-min bounds the wall time whatever the estimates say.
+FORWARD_S = {"small": 4.4, "mobilenetv2": 5.4, "resnet50": 14.6, "resnet101": 22, "wrn38": 55}
 INFER_GB = {"small": 1.5, "mobilenetv2": 2.0, "resnet50": 3.5, "resnet101": 4.0, "wrn38": 7.0}
 TRAIN_GB = {"small": 3.3, "mobilenetv2": 3.8, "resnet50": 6.0, "resnet101": 7.0, "wrn38": 9.0}
-TRAIN_STEP_FORWARDS = 4.5
-CHILD_START_S = 30  # TensorFlow import, model build and tracing under load
+TRAIN_STEP_FORWARDS = 5.3
+CHILD_START_S = 10  # TensorFlow import, model build and tracing
 
 
 def _pixels(size):
@@ -58,7 +60,7 @@ def _pixels(size):
 
 
 def estimate_s(job) -> float:
-    """Rough cost of a job in seconds on the 2-core machine under load (for planning)."""
+    """Rough cost of a job in seconds on the quiet 2-core machine (for planning)."""
     kind = job["kind"]
     calls = job.get("warmup", 1) + job.get("reps", 3) + 1
     t = FORWARD_S.get(job.get("backbone") or "small", 12) * _pixels(job.get("size", [512, 1024]))
