@@ -309,8 +309,10 @@ def markdown(table: dict, meta: dict) -> str:
              "seeds (n in the table), in percent.",
              f"Tolerances {', '.join(tols)} px and crop margins at `eval.reference_height` 128 (the "
              "128-row image itself).", "",
-             f"Machine: {meta['machine']['cpu']}, {meta['machine']['cores']} cores (shared "
-             f"with other jobs), TensorFlow {meta['machine']['tensorflow']}.", "",
+             f"Machine: {meta['machine']['cpu']}, {meta['machine']['cores']} cores, TensorFlow "
+             f"{meta['machine']['tensorflow']}. s/step is each run's wall time per training "
+             "step with whatever else shared the cores then (benchmarks/speed.py times "
+             "steps alone); the other figures do not depend on it.", "",
              "## Summary", "",
              "| variant | n | mIoU | thin mIoU (pole, wire) | other mIoU | "
              + " | ".join(f"F@{t}px" for t in tols) + " | thin F@2px (present) | s/step |",
