@@ -7,6 +7,7 @@ import os
 import re
 import resource
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -213,7 +214,6 @@ def test_deadline_lists_the_jobs_not_started(speed, monkeypatch, tmp_path):
 
     def fake_child(argv, env=None):
         started.append(json.loads(argv[-1])["kind"])
-        import time
         time.sleep(0.2)
         return {"error": "stand-in child"}
 
