@@ -55,7 +55,9 @@ REFERENCE = [
 def markdown(record) -> str:
     m, s = record["machine"], record["summary"]
     lines = [f"# Speed ({record['device'].upper()})", "",
-             f"Machine: {m['cpu']}, {m['cores']} cores, {m['gpus']} GPU "
+             f"Machine: {m['cpu']}"
+             + (f" ({', '.join(m['cpu_flags'])})" if m.get("cpu_flags") else "")
+             + f", {m['cores']} cores, {m['gpus']} GPU "
              f"{', '.join(m['gpu_names'])}".rstrip() +
              f"; TensorFlow {m['tensorflow']}, Keras {m['keras']}, Python {m['python']}. "
              f"Load average at the start {m['load_average']} (other processes share the "

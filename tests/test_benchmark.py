@@ -80,8 +80,11 @@ def test_machine_info_fields():
     assert len(info["load_average"]) == 3 and min(info["load_average"]) >= 0
     assert info["gpus"] == len(info["gpu_names"]) == len(tf.config.list_physical_devices("GPU"))
     with open("/proc/cpuinfo") as f:
-        names = re.findall(r"^model name\s*:\s*(.+)$", f.read(), re.M)
+        text = f.read()
+    names = re.findall(r"^model name\s*:\s*(.+)$", text, re.M)
     assert info["cpu"] == (names[0].strip() if names else info["cpu"]) and info["cpu"]
+    flags = re.findall(r"^flags\s*:\s*(.+)$", text, re.M)[0].split()
+    assert info["cpu_flags"] == [f for f in benchmark.VECTOR_FLAGS if f in flags]
 
 
 def test_peak_memory_follows_allocations():
