@@ -129,8 +129,8 @@ def cpu_plan(args):
         plan.append({"kind": "latency", "backbone": "small", "size": small,
                      "formats": exports, **common})
     if "small" in b:
-        plan.append({"kind": "strides", "backbone": "small", "size": small, "strides": [2, 4],
-                     **common})
+        plan.append({"kind": "strides", "backbone": "small", "size": small,
+                     "strides": [1, 2, 4], "baseline": True, **common})
     if large != small:
         plan += [{"kind": "latency", "backbone": n, "size": large, "formats": ["keras"],
                   **common, **large_reps} for n in b[:1]]

@@ -58,12 +58,13 @@ def _images(height, width):
     return image.astype(np.float32), image.astype(np.uint8)
 
 
-def _keras_latency(model, image, job):
+def _keras_forward(model, image):
+    """A blocking call of `model` under tf.function on `image` (traced on first call)."""
     import tensorflow as tf
 
     forward = tf.function(lambda x: model(x, training=False))
     x = tf.constant(image)
-    return time_call(lambda: _numpy(forward(x)), job["warmup"], job["reps"])
+    return lambda: _numpy(forward(x))
 
 
 def _guarded(fn):
@@ -86,13 +87,20 @@ def child_latency(job):
     out = {"rss_after_build_mb": rss_mb(), "rss_before_build_mb": start_rss}
     formats = job["formats"]
     if "keras" in formats:
-        out["keras"] = _keras_latency(model, image, job)
-        out["keras"]["peak_rss_mb"] = peak_rss_mb()
+        fns = {"keras": _keras_forward(model, image)}
+        fns["keras"]()  # traces and allocates: the peak of GSCNN inference alone
+        gscnn_peak = peak_rss_mb()
         if job.get("baseline"):
             _, baseline = _build(job, "model.shape_stream=false")
-            out["keras_baseline"] = _keras_latency(baseline, image, job)
+            fns["keras_baseline"] = _keras_forward(baseline, image)
+        # Round-robin: a change in the machine's load affects GSCNN and the baseline alike.
+        out.update(time_interleaved(fns, job["warmup"], job["reps"]))
+        out["keras"]["peak_rss_mb"] = gscnn_peak
+        if job.get("baseline"):
+            out["interleaved"] = True
             out["shape_stream_cost"] = (out["keras"]["median_s"]
                                         / out["keras_baseline"]["median_s"])
+            out["shape_stream_cost_min"] = out["keras"]["min_s"] / out["keras_baseline"]["min_s"]
         if job.get("flops"):
             from gscnn_tf.models.summary import count_flops
 
@@ -226,16 +234,16 @@ def child_parts(job):
 
 
 def child_strides(job):
-    """GSCNN latency at each shape_stream_stride (and the baseline's)."""
+    """GSCNN latency at each shape_stream_stride (and the baseline's), timed round-robin."""
     height, width = job["size"]
     image, _ = _images(height, width)
-    out = {}
+    fns = {}
     if job.get("baseline"):
-        out["baseline"] = _keras_latency(_build(job, "model.shape_stream=false")[1], image, job)
+        fns["baseline"] = _keras_forward(_build(job, "model.shape_stream=false")[1], image)
     for stride in job["strides"]:
         _, model = _build(job, f"model.shape_stream_stride={stride}")
-        out[f"stride{stride}"] = _keras_latency(model, image, job)
-    return out
+        fns[f"stride{stride}"] = _keras_forward(model, image)
+    return {**time_interleaved(fns, job["warmup"], job["reps"]), "interleaved": True}
 
 
 def child_train(job):

@@ -86,8 +86,11 @@ def markdown(record) -> str:
                 continue
             key = f"{j['backbone']}_{j['size'][0]}x{j['size'][1]}"
             cost = f"{r['shape_stream_cost']:.2f}" if "shape_stream_cost" in r else "-"
+            brackets = [f"min {r['shape_stream_cost_min']:.2f}"] if (
+                "shape_stream_cost_min" in r) else []
             if "flops_baseline" in r:
-                cost += f" (FLOPs {r['flops'] / r['flops_baseline']:.2f})"
+                brackets.append(f"FLOPs {r['flops'] / r['flops_baseline']:.2f}")
+            cost += f" ({', '.join(brackets)})" if brackets else ""
             gflop = f"{r['flops'] / 1e9:.0f}" if "flops" in r else "-"
             if "flops_baseline" in r:
                 gflop += f" (baseline {r['flops_baseline'] / 1e9:.0f})"
@@ -101,9 +104,14 @@ def markdown(record) -> str:
                 f"{_ms(r.get('saved_model'))} | {_ms(r.get('tflite_fp32'))} | "
                 f"{_ms(r.get('tflite_fp16'))} | {_ms(r.get('tflite_int8'))} | {gflop} | "
                 f"{rate} | {rss} |")
-        lines += ["", "Shape-stream cost = GSCNN / DeepLab v3+ latency on the same backbone "
-                  "(goal <= 1.15), in brackets the same ratio of FLOPs (not affected by the "
-                  "load). FLOPs: TensorFlow's graph profiler on the traced forward pass "
+        sequential = any("keras_baseline" in j["result"] and not j["result"].get(
+            "interleaved") for j in lat)
+        lines += ["", "Shape-stream cost = GSCNN / DeepLab v3+ median latency on the same "
+                  "backbone (goal <= 1.15), the two timed round-robin; in brackets the ratio "
+                  "of the fastest runs and the ratio of FLOPs (not affected by the load)."
+                  + (" Rows without the fastest-run ratio timed the two one after the other "
+                     "(this run predates round-robin timing)." if sequential else "")
+                  + " FLOPs: TensorFlow's graph profiler on the traced forward pass "
                   "(multiply and add counted separately). Peak RSS: the process's VmHWM after building the model "
                   "and running the Keras GSCNN (the full-resolution inference memory at "
                   "1024x2048). TFLite: LiteRT CPU, builtin ops, "

@@ -152,6 +152,9 @@ def test_latency_parts_and_report_at_tiny_size(jobs, report):
     assert lat["keras"]["reps"] == 2 and lat["keras"]["median_s"] > 0
     assert lat["shape_stream_cost"] == pytest.approx(
         lat["keras"]["median_s"] / lat["keras_baseline"]["median_s"])
+    assert lat["interleaved"] and len(lat["keras_baseline"]["times_s"]) == 2
+    assert lat["shape_stream_cost_min"] == pytest.approx(
+        min(lat["keras"]["times_s"]) / min(lat["keras_baseline"]["times_s"]))
     assert lat["flops"] > lat["flops_baseline"] > 0
     assert lat["peak_rss_mb"] >= lat["keras"]["peak_rss_mb"] >= lat["rss_after_build_mb"]
 
@@ -188,9 +191,30 @@ def test_latency_parts_and_report_at_tiny_size(jobs, report):
     assert summary["pipeline_over_train_step"] == pytest.approx(5.0)
     assert summary["two_replica_speedup"] == pytest.approx(1.6)
     text = report.markdown({**record, "summary": summary})
-    assert f"{lat['shape_stream_cost']:.2f}" in text
+    assert f"{lat['shape_stream_cost']:.2f} (min {lat['shape_stream_cost_min']:.2f}, FLOPs" in text
     assert "- latency wrn38 1024x2048 keras: why" in text
+    assert "one after the other" not in text
+    sequential = {k: v for k, v in lat.items() if k not in ("interleaved",
+                                                             "shape_stream_cost_min")}
+    old = {**record, "jobs": [{**job, "result": sequential}]}
+    assert "one after the other" in report.markdown({**old, "summary": report.summarise(old)})
     assert "18.91 s" in text  # the reference's figures beside ours
+
+
+def test_strides_are_timed_round_robin_with_the_baseline(jobs, monkeypatch):
+    calls = []
+    def forward(model, image):  # records which model runs: its shape-stream stride, 0 = none
+        stride = next((l.stride for l in model.layers if l.name == "shape_stem_resize"), 0)
+        return lambda: calls.append(stride)
+
+    monkeypatch.setattr(jobs, "_keras_forward", forward)
+    job = {"kind": "strides", "backbone": "small", "size": [32, 64], "strides": [1, 2],
+           "baseline": True, "warmup": 1, "reps": 2}
+    out = jobs.child_strides(job)
+    assert calls == [0, 1, 2] * 3  # the warm-up round, then each timed round in turn
+    assert out["interleaved"] and sorted(out) == ["baseline", "interleaved", "stride1",
+                                                   "stride2"]
+    assert all(len(out[k]["times_s"]) == 2 for k in ("baseline", "stride1", "stride2"))
 
 
 def test_gpu_plan(speed, monkeypatch):
