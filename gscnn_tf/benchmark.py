@@ -23,16 +23,22 @@ import sys
 import time
 
 
-def cpu_model() -> str:
-    """The CPU's model name from /proc/cpuinfo ("unknown" where there is none)."""
+def _cpuinfo_field(name: str) -> str | None:
+    """The value of the first `name : value` line of /proc/cpuinfo (None where there is
+    no such line or no /proc/cpuinfo)."""
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as f:
             for line in f:
-                if line.startswith("model name"):
+                if line.startswith(name):
                     return line.split(":", 1)[1].strip()
     except OSError:
         pass
-    return platform.processor() or "unknown"
+    return None
+
+
+def cpu_model() -> str:
+    """The CPU's model name from /proc/cpuinfo ("unknown" where there is none)."""
+    return _cpuinfo_field("model name") or platform.processor() or "unknown"
 
 
 VECTOR_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile")
@@ -41,15 +47,8 @@ VECTOR_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_til
 def cpu_vector_flags() -> list:
     """Which of VECTOR_FLAGS /proc/cpuinfo lists (what sets the FP32 matmul peak: hosts
     with the same model name differ in them); [] where there is no /proc/cpuinfo."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    present = set(line.split(":", 1)[1].split())
-                    return [flag for flag in VECTOR_FLAGS if flag in present]
-    except OSError:
-        pass
-    return []
+    present = set((_cpuinfo_field("flags") or "").split())
+    return [flag for flag in VECTOR_FLAGS if flag in present]
 
 
 def load_average() -> float:
@@ -58,8 +57,9 @@ def load_average() -> float:
 
 
 def machine_info() -> dict:
-    """{"cpu", "cpu_flags" (cpu_vector_flags), "cores", "load_average_1min", "load_average" [1, 5, 15 min], "python",
-    "tensorflow", "keras", "platform", "gpus" (count), "gpu_names"}."""
+    """{"cpu", "cpu_flags" (cpu_vector_flags), "cores", "load_average_1min", "load_average"
+    [1, 5, 15 min], "python", "tensorflow", "keras", "platform", "gpus" (count),
+    "gpu_names"}."""
     import keras
     import tensorflow as tf
 
@@ -68,7 +68,8 @@ def machine_info() -> dict:
     for gpu in gpus:
         details = tf.config.experimental.get_device_details(gpu)
         names.append(details.get("device_name", gpu.name))
-    return {"cpu": cpu_model(), "cpu_flags": cpu_vector_flags(), "cores": os.cpu_count(), "load_average_1min": load_average(),
+    return {"cpu": cpu_model(), "cpu_flags": cpu_vector_flags(), "cores": os.cpu_count(),
+            "load_average_1min": load_average(),
             "load_average": [round(v, 2) for v in os.getloadavg()],
             "python": platform.python_version(), "tensorflow": tf.__version__,
             "keras": keras.__version__, "platform": platform.platform(), "gpus": len(gpus),

@@ -191,7 +191,8 @@ def test_latency_parts_and_report_at_tiny_size(jobs, report):
     assert summary["pipeline_over_train_step"] == pytest.approx(5.0)
     assert summary["two_replica_speedup"] == pytest.approx(1.6)
     text = report.markdown({**record, "summary": summary})
-    assert f"{lat['shape_stream_cost']:.2f} (min {lat['shape_stream_cost_min']:.2f}, FLOPs" in text
+    cost = f"{lat['shape_stream_cost']:.2f} (min {lat['shape_stream_cost_min']:.2f}, FLOPs"
+    assert cost in text
     assert "- latency wrn38 1024x2048 keras: why" in text
     assert "one after the other" not in text
     sequential = {k: v for k, v in lat.items() if k not in ("interleaved",
@@ -203,6 +204,7 @@ def test_latency_parts_and_report_at_tiny_size(jobs, report):
 
 def test_strides_are_timed_round_robin_with_the_baseline(jobs, monkeypatch):
     calls = []
+
     def forward(model, image):  # records which model runs: its shape-stream stride, 0 = none
         stride = next((l.stride for l in model.layers if l.name == "shape_stem_resize"), 0)
         return lambda: calls.append(stride)
