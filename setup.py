@@ -14,14 +14,15 @@ setup(
         "tensorflow>=2.21,<2.22",
         "keras>=3.15,<4",
         "numpy>=1.26",
+        "scipy>=1.11",
         "opencv-python-headless>=4.8",
         "pyyaml>=6.0",
         "tensorboard>=2.21,<2.22",
+        "flatbuffers>=24.3.25",
     ],
     extras_require={
         "test": [
             "pytest>=8",
-            "scipy>=1.11",
             "scikit-image>=0.22",
             "ai-edge-litert>=2.0",
             "cityscapesscripts>=2.2",
