@@ -268,6 +268,23 @@ def boundary_fscore_present(pred, label, num_classes: int, tolerance_px: int,
     return acc.per_class(tolerance_px, present_only=True)
 
 
+def scaled_tolerance(tolerance: int, height: int, reference_height: int = 1024) -> int:
+    """A boundary tolerance given in pixels at `reference_height` rows, in pixels of an
+    image `height` rows high (rounded, at least 1)."""
+    return max(1, int(round(tolerance * height / reference_height)))
+
+
+def tolerance_label(tolerance: int, reference_height: int = 1024,
+                    height: int | None = None) -> str:
+    """How every report names a boundary tolerance: 'F@3px@1024rows', followed by
+    ' = 1 px at 128 rows' when the images' height is known."""
+    label = f"F@{tolerance}px@{reference_height}rows"
+    if height is None or height == reference_height:
+        return label
+    return f"{label} = {scaled_tolerance(tolerance, height, reference_height)} px at " \
+           f"{height} rows"
+
+
 def crop_margin(height: int, crop_factor: int, reference_height: int = 1024) -> int:
     """Pixels removed from each border of an image `height` rows high for `crop_factor`
     (pixels at `reference_height`)."""

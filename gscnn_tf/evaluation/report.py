@@ -11,15 +11,28 @@ import os
 import cv2
 import numpy as np
 
+from gscnn_tf.evaluation.metrics import tolerance_label
+
 
 def _pct(value) -> str:
     return "-" if value is None or not math.isfinite(value) else f"{100 * value:.2f}"
 
 
+def tolerance_labels(results: dict, with_pixels: bool = False) -> dict:
+    """{tolerance: 'F@3px@1024rows'} for the tolerances of `results`; `with_pixels` adds
+    ' = 1 px at 128 rows' when every image had the same height."""
+    settings = results.get("settings", {})
+    reference = settings.get("tolerances_at_height", 1024)
+    heights = settings.get("image_heights", [])
+    height = heights[0] if with_pixels and len(heights) == 1 else None
+    return {t: tolerance_label(int(t), reference, height) for t in results["boundary_f"]}
+
+
 def markdown(results: dict) -> str:
     """The tables of `results` as GitHub markdown (values in percent)."""
     tolerances = list(results["boundary_f"])
-    head = "| class | IoU | " + " | ".join(f"F@{t}px" for t in tolerances) + " |"
+    labels = tolerance_labels(results)
+    head = "| class | IoU | " + " | ".join(labels[t] for t in tolerances) + " |"
     lines = ["# Evaluation", "", f"{results['images']} images, settings "
              f"`{json.dumps(results['settings'])}`.", "", head,
              "|---" * (2 + len(tolerances)) + "|"]
@@ -35,6 +48,10 @@ def markdown(results: dict) -> str:
     lines += ["", f"Pixel accuracy {_pct(results['pixel_accuracy'])}, mean class accuracy "
               f"{_pct(results['mean_class_accuracy'])}, frequency-weighted IoU "
               f"{_pct(results['fwiou'])}.", "",
+              "Boundary tolerances are pixels at "
+              f"{results.get('settings', {}).get('tolerances_at_height', 1024)} rows, scaled "
+              "to each image: " + "; ".join(tolerance_labels(results, True).values()) + ".",
+              "",
               "The boundary F of a class is averaged over all images (an image without the "
               "class in either map scores 100, as in the reference); the 'present' row "
               "averages only over images where the class occurs.", "",

@@ -27,8 +27,12 @@ def is_kernel(variable) -> bool:
 
 
 def learning_rate_schedule(train_config) -> WarmupPolynomialDecay:
-    return WarmupPolynomialDecay(train_config.learning_rate, train_config.steps,
-                                 train_config.poly_power, train_config.warmup_steps)
+    """The recipe's schedule over `train.steps`. `train.warmup_steps` is capped at
+    `steps - 1`, so a short run (`--set train.steps=5` on a config with 20 warm-up steps)
+    warms up over what it has and still decays to the end."""
+    c = train_config
+    warmup = max(0, min(c.warmup_steps, c.steps - 1))
+    return WarmupPolynomialDecay(c.learning_rate, c.steps, c.poly_power, warmup)
 
 
 def build_optimizer(train_config, variables=None) -> keras.optimizers.Optimizer:

@@ -12,7 +12,7 @@ from gscnn_tf.evaluation import metrics
 def pixel_tolerances(eval_config, height: int) -> list[int]:
     """`eval.tolerances` (pixels at `eval.reference_height` rows) scaled to an image of
     `height` rows, each at least 1."""
-    return [max(1, int(round(t * height / eval_config.reference_height)))
+    return [metrics.scaled_tolerance(t, height, eval_config.reference_height)
             for t in eval_config.tolerances]
 
 
@@ -21,7 +21,8 @@ def validate(model, dataset, num_classes: int, eval_config, ignore_label: int = 
 
     Returns {"miou", "iou": per-class list (NaN where a class is absent from both maps),
     "boundary_f": the mean F at the first tolerance, "tolerance_px": that tolerance scaled to
-    the images, "boundary_f_by_tolerance": {tolerance (reference pixels): mean F}}.
+    the images, "tolerance_label": its name in reports ('F@3px@1024rows = 1 px at 128
+    rows'), "boundary_f_by_tolerance": {tolerance (reference pixels): mean F}}.
     """
 
     @tf.function
@@ -29,12 +30,13 @@ def validate(model, dataset, num_classes: int, eval_config, ignore_label: int = 
         return tf.argmax(model(images, training=False)["seg_logits"], axis=-1,
                          output_type=tf.int32)
 
-    confusion, boundary, radii = None, None, None
+    confusion, boundary, radii, height = None, None, None, None
     for images, targets in dataset:
         pred, labels = predict(images).numpy(), targets["labels"].numpy()
         confusion = metrics.confusion_matrix(pred, labels, num_classes, ignore_label, confusion)
         if boundary is None:
-            radii = pixel_tolerances(eval_config, labels.shape[1])
+            height = labels.shape[1]
+            radii = pixel_tolerances(eval_config, height)
             boundary = metrics.BoundaryFAccumulator(num_classes, eval_config.tolerances,
                                                     ignore_label)
         boundary.update(pred, labels, radii)
@@ -44,4 +46,6 @@ def validate(model, dataset, num_classes: int, eval_config, ignore_label: int = 
     by_tolerance = boundary.summary()["f"]
     return {"miou": miou, "iou": [float(v) for v in iou],
             "boundary_f": by_tolerance[boundary.tolerances[0]], "tolerance_px": radii[0],
+            "tolerance_label": metrics.tolerance_label(boundary.tolerances[0],
+                                                       eval_config.reference_height, height),
             "boundary_f_by_tolerance": by_tolerance}
