@@ -23,7 +23,7 @@ result.json there. A run whose result.json exists is skipped and an
 interrupted one resumes from its latest checkpoint, so a partial study is never wasted.
 Writes benchmarks/results/ablation.json, ablation.md and ablation.png.
 
-The protocol at 128 x 128 (REFERENCE.md section 6 is at 1024 rows): `eval.reference_height`
+The protocol at 128 x 128 (docs/evaluation.md states it at 1024 rows): `eval.reference_height`
 is 128, so tolerances and crop margins are pixels of the 128-row image. The paper's
 3/5/9/12 px at 1024 rows would scale to 0.4-1.5 px (1, 1, 1, 2 after rounding), so the
 tolerances are 1, 2, 3 and 5 px (0.8-3.9 % of the height, the paper's 0.3-1.2 % band and a

@@ -45,7 +45,7 @@ SYNTHETIC = os.path.join(ROOT, "configs", "synthetic.yaml")
 # speed.json of 2026-12-01: small, mobilenetv2, resnet50 measured; resnet101 and wrn38 scaled
 # from resnet50 by FLOPs at the same ~55 GFLOP/s), GiB of peak memory of 1024x2048 inference /
 # 512x512 batch-2 training (speed.json, evaluate_memory.json; the reference's WRN-38 figures,
-# REFERENCE.md section 7), and a train step's cost in forwards of the same pixels (23.4 s for
+# benchmarks/README.md), and a train step's cost in forwards of the same pixels (23.4 s for
 # 2 x 512x512 against 4.4 s for one 512x1024 forward). Used only to plan a run; on another
 # machine --deadline-min bounds the wall time whatever the estimates say.
 FORWARD_S = {"small": 4.4, "mobilenetv2": 5.4, "resnet50": 14.6, "resnet101": 22, "wrn38": 55}

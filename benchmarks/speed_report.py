@@ -187,8 +187,8 @@ def markdown(record) -> str:
         lines += [f"- {n['job']}: {n['reason']}" for n in record["not_measured"]]
         lines.append("")
     if record["device"] == "cpu":
-        lines += ["## The PyTorch reference on the same machine class (REFERENCE.md "
-                  "section 7)", "", "| figure | reference |", "|---|---|"]
+        lines += ["## The PyTorch reference on the same machine class (benchmarks/README.md)",
+                  "", "| figure | reference |", "|---|---|"]
         lines += [f"| {a} | {b} |" for a, b in REFERENCE]
         lines.append("")
     return "\n".join(lines)

@@ -43,7 +43,7 @@ class BackboneConfig:
 
 @dataclass
 class ModelConfig:
-    """The Gated-SCNN network (REFERENCE.md section 1).
+    """The Gated-SCNN network (docs/method.md).
 
     shape_stream: false builds the DeepLab v3+ baseline. shape_stream_stride: 1 (full input
     resolution, the paper), 2 or 4. gate: "reference" (normalised gate network) or "paper".
@@ -85,7 +85,7 @@ class SyntheticConfig:
 
 @dataclass
 class DataConfig:
-    """Datasets and the tf.data pipeline (REFERENCE.md sections 4 and 5).
+    """Datasets and the tf.data pipeline (docs/method.md#data-and-training-recipe).
 
     dataset: `synthetic` (generated into `root`, default data/synthetic), `folder` or
         `cityscapes` (root: `root` or $CITYSCAPES_DATASET). Training reshuffles the whole
@@ -116,7 +116,7 @@ class DataConfig:
 
 @dataclass
 class LossConfig:
-    """The four Gated-SCNN loss terms and their weights (REFERENCE.md section 2).
+    """The four Gated-SCNN loss terms and their weights (docs/method.md#losses).
 
     class_weighting: `none`, `image` (the reference's per-image weights 2 - f_c for present
         classes) or `fixed` (`class_weights`, one per class). attention_threshold: boundary
@@ -137,7 +137,7 @@ class LossConfig:
 
 @dataclass
 class TrainConfig:
-    """The training loop, optimiser and run directory (REFERENCE.md section 5).
+    """The training loop, optimiser and run directory (docs/method.md#data-and-training-recipe).
 
     strategy: auto | one_device | mirrored | multi_worker (see gscnn_tf.training.strategy);
     cpu_replicas: split the CPU into this many logical devices (tests; no GPU needed).
@@ -169,7 +169,7 @@ class TrainConfig:
 
 @dataclass
 class EvalConfig:
-    """The evaluation protocol (REFERENCE.md section 6)."""
+    """The evaluation protocol (docs/evaluation.md)."""
 
     tolerances: list[int] = field(default_factory=lambda: [3, 5, 9, 12])
     reference_height: int = 1024

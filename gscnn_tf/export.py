@@ -33,7 +33,7 @@ activations calibrated on images of the training pipeline; only Canny's grey-lev
 which has no int8 kernel, stays float). Files are written atomically and an existing one is
 kept unless `overwrite`. Canny's hysteresis for TFLite: `export.tflite_canny_max_steps` N > 0
 unrolls N max-pool growth steps (no WHILE op: GPU delegates and int8 calibration need that;
-64 steps find 0.984-1.0 of OpenCV's edge pixels, never extra, docs CANNY.md), 0 keeps the
+64 steps find 0.984-1.0 of OpenCV's edge pixels, never extra, docs/canny.md), 0 keeps the
 exact WHILE loop (float CPU only).
 """
 

@@ -1,4 +1,4 @@
-"""The four Gated-SCNN loss terms and their weighted sum (REFERENCE.md section 2).
+"""The four Gated-SCNN loss terms and their weighted sum (docs/method.md#losses).
 
 Shapes: `seg_logits` [B, H, W, C] and `edge_logits` [B, H, W, 1] are logits (any float dtype;
 everything is computed in float32), `labels` int [B, H, W] with ignore label 255, `edges`

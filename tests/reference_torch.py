@@ -1,6 +1,6 @@
 """An independent PyTorch description of the reference WideResNet-38 GSCNN for the import tests:
 its state-dict key names and shapes, random weights, and its forward pass written with
-torch.nn.functional from the facts in docs REFERENCE.md / PORTING.md (not from our mapping)."""
+torch.nn.functional from the facts in docs/method.md / docs/porting.md (not from our mapping)."""
 
 import cv2
 import numpy as np

@@ -230,7 +230,8 @@ def test_wrn_pool_and_strided_conv_pad_like_pytorch(size):
 
 
 def _reference_wrn38_params():
-    """Trunk parameters from REFERENCE.md's table: bias-free convs plus 4 BN values a channel."""
+    """Trunk parameters from the layout in docs/method.md#regular-stream-taps: bias-free convs
+    plus 4 BN values a channel."""
     modules = [(3, (128, 128)), (3, (256, 256)), (6, (512, 512)), (3, (512, 1024)),
                (1, (512, 1024, 2048)), (1, (1024, 2048, 4096))]
     total, channels = 3 * 64 * 9, 64
@@ -287,5 +288,5 @@ def test_full_wrn38_gscnn_parameter_count():
     assert not any(layer.name.startswith(("shape_", "gate", "fusion_"))
                    for layer in baseline.layers)
     extra = model.count_params() - baseline.count_params()
-    # REFERENCE.md: with ASPP's edge branch and the wider decoder input ~0.17 M.
+    # docs/method.md#shape-stream: with ASPP's edge branch and the wider decoder input ~0.17 M.
     assert 0.15e6 < extra < 0.19e6, extra

@@ -1,4 +1,4 @@
-"""Loss terms against independent numpy/scipy computations of REFERENCE.md section 2."""
+"""Loss terms against independent numpy/scipy computations of docs/method.md#losses."""
 
 import numpy as np
 import pytest

@@ -75,7 +75,8 @@ def test_baseline_has_no_shape_stream_weights(rng):
 
 def test_shape_stream_width_matches_the_reference_design():
     # 64-wide basic block, then 32/16/8 with three gates: about 0.108 M parameters at a
-    # 64-channel stem (REFERENCE.md), independent of the backbone except for the dsn convs.
+    # 64-channel stem (docs/method.md#shape-stream), independent of the backbone except for
+    # the dsn convs.
     config = tiny_config()
     config.backbone.base_width = 64
     parts = parameter_breakdown(gscnn_tf.build_model(config, num_classes=3))

@@ -1,4 +1,5 @@
-"""Training augmentation of one example with stateless random ops (REFERENCE.md section 5).
+"""Training augmentation of one example with stateless random ops
+(docs/method.md#data-and-training-recipe).
 
 Every random draw comes from a `seed` int32 [2] tensor, so an example's augmentation is a
 function of (seed, image, labels) alone. Scale and crop are fused: the crop window is sampled

@@ -1,4 +1,5 @@
-"""Cityscapes (REFERENCE.md section 4): layout, splits and the labelId -> trainId table.
+"""Cityscapes (docs/method.md#data-and-training-recipe): layout, splits and the labelId ->
+trainId table.
 
     <root>/leftImg8bit/<split>/<city>/<name>_leftImg8bit.png
     <root>/gtFine/<split>/<city>/<name>_gtFine_labelIds.png      (or _gtFine_labelTrainIds.png)

@@ -1,4 +1,4 @@
-"""Ground-truth boundary maps from label maps (REFERENCE.md section 3), pure TF.
+"""Ground-truth boundary maps from label maps (docs/method.md#ground-truth-edges), pure TF.
 
 A pixel is an edge pixel when a pixel with a different label value lies within Euclidean
 distance `radius` of it. Every value counts as a label (the ignore label 255 too, so

@@ -1,5 +1,5 @@
-"""Evaluation of a trained model over a split with the paper's protocol (REFERENCE.md
-section 6): full-resolution, batch-1 inference (single scale, horizontal flip, multi-scale,
+"""Evaluation of a trained model over a split with the paper's protocol (docs/evaluation.md):
+full-resolution, batch-1 inference (single scale, horizontal flip, multi-scale,
 sliding window), one confusion matrix for the split, boundary F at `eval.tolerances` (pixels
 at `eval.reference_height`, scaled to each image's height), crop-factor mIoU.
 

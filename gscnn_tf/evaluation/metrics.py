@@ -1,4 +1,4 @@
-"""Evaluation metrics of the paper's protocol (REFERENCE.md section 6), in numpy.
+"""Evaluation metrics of the paper's protocol (docs/evaluation.md), in numpy.
 
 - `confusion_matrix` / `iou_from_confusion` / `iou_summary`: one int64 confusion matrix
   accumulated over the whole split (rows ground truth, columns prediction, ignore excluded).

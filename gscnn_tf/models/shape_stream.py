@@ -1,4 +1,4 @@
-"""The gated shape stream (REFERENCE.md section 1, the paper's figure 2).
+"""The gated shape stream (docs/method.md#shape-stream, the paper's figure 2).
 
     stem tap -> basic block (64) -> 1x1 -> 32 -> GCL 1 (gate1 tap)
              -> basic block (32) -> 1x1 -> 16 -> GCL 2 (gate2 tap)

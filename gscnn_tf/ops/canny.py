@@ -1,7 +1,7 @@
 """Canny edge detection in pure TensorFlow, equal to OpenCV's `cv2.Canny(img, low, high)`
 (aperture 3, L1 gradient), pixel for pixel.
 
-The rules that make it exact are measured in `docs/CANNY.md`: OpenCV 5's fixed-point
+The rules that make it exact are listed in `docs/canny.md`: OpenCV 5's fixed-point
 grayscale, replicate-border 3x3 Sobel, L1 magnitude, non-maximum suppression with the Q15
 tan(22.5 deg) sector tests and OpenCV's asymmetric comparisons (zero magnitude outside the
 image), strict thresholds and 8-connected hysteresis run to convergence in a `tf.while_loop`.

@@ -1,4 +1,5 @@
-"""Optimizers of the recipe (REFERENCE.md section 5) and the weight decay on kernels.
+"""Optimizers of the recipe (docs/method.md#data-and-training-recipe) and the weight decay on
+kernels.
 
 SGD (momentum 0.9) takes weight decay the way the reference's PyTorch SGD does: an L2 term
 `weight_decay / 2 * sum(kernel ** 2)` added to the loss, so its gradient `weight_decay * w`

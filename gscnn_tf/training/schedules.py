@@ -1,5 +1,5 @@
 """Learning-rate schedule: linear warm-up, then polynomial decay per iteration
-(REFERENCE.md section 5: lr 0.01, power 1.0 in the reference)."""
+(docs/method.md#data-and-training-recipe: lr 0.01, power 1.0 in the reference)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """Periodic validation during training: mIoU over one confusion matrix of the whole split and
-the mean boundary F-score at every `eval.tolerances` entry (REFERENCE.md section 6), computed
+the mean boundary F-score at every `eval.tolerances` entry (docs/evaluation.md), computed
 by `gscnn_tf.evaluation.metrics` (the evaluator's implementation)."""
 
 from __future__ import annotations

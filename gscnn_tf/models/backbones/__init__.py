@@ -1,6 +1,6 @@
 """Regular-stream backbones. Each builder takes the `BackboneConfig` and the normalised
 image tensor [B, H, W, 3] of a functional graph and returns the taps
-`{"stem", "skip", "gate1", "gate2", "gate3", "out"}` (REFERENCE.md section 1)."""
+`{"stem", "skip", "gate1", "gate2", "gate3", "out"}` (docs/method.md#regular-stream-taps)."""
 
 from __future__ import annotations
 

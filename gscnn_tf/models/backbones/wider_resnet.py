@@ -1,4 +1,5 @@
-"""WideResNet-38-A2, the reference Gated-SCNN trunk (REFERENCE.md section 1), dilated.
+"""WideResNet-38-A2, the reference Gated-SCNN trunk (docs/method.md#regular-stream-taps),
+dilated.
 
 Pre-activation (identity mapping) residual blocks: BN+ReLU first; the first block of a module
 projects the pre-activated input with a bias-free 1x1 conv (`proj`), the others add the raw
