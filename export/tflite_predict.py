@@ -31,7 +31,12 @@ def load(model_path: str, gpu_delegate: str | None = None):
 
 
 def predict(runner, image: np.ndarray) -> dict:
-    """uint8 RGB `[H, W, 3]` -> {"labels": int32 [H, W], "edge_prob": float32 [H, W]}."""
+    """uint8 RGB `[H, W, 3]` (H, W >= 1) -> {"labels": int32 [H, W], "edge_prob": float32
+    [H, W]}; a ValueError naming the rule for any other shape."""
+    image = np.asarray(image)
+    if image.ndim != 3 or image.shape[2] != 3 or min(image.shape[:2]) < 1:
+        raise ValueError(f"image {image.shape}: expected uint8 RGB [H, W, 3] with H, W >= 1 "
+                         "(one image per call)")
     height, width = runner.get_input_details()["images"]["shape"][1:3]
     resized = image if image.shape[:2] == (height, width) else cv2.resize(
         image, (int(width), int(height)), interpolation=cv2.INTER_LINEAR)

@@ -18,9 +18,9 @@ from typing import Any, Optional
 
 import yaml
 
+from gscnn_tf.errors import ConfigError
 
-class ConfigError(ValueError):
-    """A configuration file or override that cannot be applied."""
+__all__ = ["Config", "ConfigError", "config_from_dict", "load_config", "save_config"]
 
 
 @dataclass
@@ -277,7 +277,13 @@ def _parse_override(text: str) -> dict:
     if "=" not in text:
         raise ConfigError(f"override '{text}': expected the form a.b=value")
     key, raw = text.split("=", 1)
-    value = yaml.safe_load(raw) if raw.strip() else ""
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as e:
+        problem = " ".join(str(getattr(e, "problem", None) or e).split())
+        raise ConfigError(f"override '{text}': the value of '{key.strip()}' is not valid YAML "
+                          f"({problem}); expected a YAML value such as 3, 0.5, true, [1, 2] "
+                          f"or a string (quote it when it holds ':', '[' or '#')") from e
     nested: dict = {}
     cursor = nested
     parts = key.strip().split(".")

@@ -19,7 +19,9 @@ Inputs are declared with unknown rank (`saved_model_cli`: `unknown_rank`) so tha
 checks answer a wrong rank or channel count with a clear `InvalidArgumentError`: a declared
 rank is trusted, and a request breaking it aborts the process inside a convolution. Empty
 images and strings that are not image files are refused the same way; TF Serving and loaded
-signatures check the dtype. `assets/classes.json`: {"class_names", "palette"
+signatures check the dtype. A batch of 0 images `[0, H, W, 3]` gets empty outputs of the
+same layout (`labels` `[0, H, W]`, ...); `serve_bytes` with no strings is refused (an empty
+request has no image size). `assets/classes.json`: {"class_names", "palette"
 ([C, 3] RGB), "ignore_label"}. Deployment commands: export/README.md.
 
 TFLite (`export_tflite`): a fixed `[1, H, W, 3]` uint8 input, outputs `labels` and `edge_prob`
@@ -49,6 +51,8 @@ import tempfile
 
 import numpy as np
 
+from gscnn_tf.errors import ExportError
+
 SIGNATURES = ("serving_default", "probabilities", "serve_bytes")
 CLASSES_ASSET = "classes.json"
 QUANTIZE = ("none", "fp16", "dynamic", "int8")
@@ -57,10 +61,6 @@ FORMATS = ("saved_model", "tflite")
 AGREEMENT_TARGET = {"none": 0.999, "fp16": 0.99, "dynamic": 0.95, "int8": 0.95}
 # Leading bytes of the encoded formats serve_bytes accepts (PNG, JPEG, GIF, BMP).
 IMAGE_MAGIC = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"GIF8", b"BM")
-
-
-class ExportError(RuntimeError):
-    """An export that cannot be done as asked (existing version, non-builtin op, ...)."""
 
 
 def class_metadata(config, num_classes: int) -> dict:
@@ -101,7 +101,9 @@ def _serving_module(model, classes_file: str):
         rule = "serve_bytes: `image_bytes` must be a string vector [batch] of encoded images"
         rank = tf.debugging.assert_rank(image_bytes, 1, message=rule)
         with tf.control_dependencies([rank]):
-            size = tf.debugging.assert_positive(tf.size(image_bytes), message=rule)
+            size = tf.debugging.assert_positive(
+                tf.size(image_bytes), message="serve_bytes: `image_bytes` must hold at least "
+                "one encoded image (an empty request has no image size)")
         with tf.control_dependencies([size]):
             image_bytes = tf.reshape(image_bytes, [-1])
         known = tf.reduce_any(tf.stack([
@@ -134,8 +136,12 @@ def _serving_module(model, classes_file: str):
             self.classes = tf.saved_model.Asset(classes_file)
 
         def _run(self, images):
-            out = self.model(tf.cast(images, tf.float32), training=False)
-            return out["seg_logits"], tf.sigmoid(out["edge_logits"])
+            # A batch of 0 runs the model on one zero image (the model's layers need a
+            # batch) and returns none of it: empty outputs of the right layout.
+            count = tf.shape(images)[0]
+            padded = tf.pad(images, [[0, tf.maximum(1 - count, 0)], [0, 0], [0, 0], [0, 0]])
+            out = self.model(tf.cast(padded, tf.float32), training=False)
+            return out["seg_logits"][:count], tf.sigmoid(out["edge_logits"])[:count]
 
         def _labels(self, images):
             logits, edge_prob = self._run(images)
@@ -359,9 +365,17 @@ def float_ops(content: bytes) -> list[str]:
 
 def run_tflite(content: bytes, images: np.ndarray) -> dict:
     """Runs a TFLite export on uint8 `[N, H, W, 3]` images one at a time; returns
-    {"labels": int32 [N, H, W], "edge_prob": float32 [N, H, W, 1]}."""
+    {"labels": int32 [N, H, W], "edge_prob": float32 [N, H, W, 1]} (empty for N = 0)."""
     runner = _interpreter(content).get_signature_runner("serving_default")
+    height, width = (int(v) for v in runner.get_input_details()["images"]["shape"][1:3])
+    images = np.asarray(images)
+    if images.ndim != 4 or images.shape[1:] != (height, width, 3):
+        raise ValueError(f"images {images.shape}: expected uint8 [N, {height}, {width}, 3], "
+                         "the export's input size")
     outs = [runner(images=np.asarray(image[None], np.uint8)) for image in images]
+    if not outs:
+        return {"labels": np.zeros([0, height, width], np.int32),
+                "edge_prob": np.zeros([0, height, width, 1], np.float32)}
     return {key: np.concatenate([o[key] for o in outs]) for key in ("labels", "edge_prob")}
 
 
@@ -450,12 +464,15 @@ def parse_size(text: str) -> tuple[int, int]:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from gscnn_tf.inference import add_checkpoint_argument
+
     parser.add_argument("model", help=".keras file or run directory / checkpoint")
     parser.add_argument("--format", choices=FORMATS, default="saved_model")
     parser.add_argument("--output", "-o", default="exports", help="export folder")
     parser.add_argument("--config", help="training config YAML (default: the run's)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="config override")
+    add_checkpoint_argument(parser)
     parser.add_argument("--model-name", help="TF Serving model name (export.model_name)")
     parser.add_argument("--version", type=int, help="TF Serving version (export.version)")
     parser.add_argument("--overwrite", action="store_true",
@@ -475,7 +492,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args) -> int:
     from gscnn_tf.inference import Predictor
 
-    predictor = Predictor(args.model, args.config, args.set)
+    predictor = Predictor(args.model, args.config, args.set, args.checkpoint)
     model, config = predictor.model, predictor.config
     if model is None:
         raise ExportError(f"{args.model}: export needs a Keras model (.keras file or a run "

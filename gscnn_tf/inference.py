@@ -27,6 +27,7 @@ import os
 import numpy as np
 
 from gscnn_tf import viz
+from gscnn_tf.errors import ConfigError
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 PICTURES = ("labels", "overlay", "edges")
@@ -40,19 +41,6 @@ def find_run_config(path: str) -> str | None:
         if os.path.isfile(candidate):
             return candidate
         folder = os.path.dirname(folder)
-    return None
-
-
-def _checkpoint_prefix(path: str) -> str | None:
-    import tensorflow as tf
-
-    if os.path.isfile(path + ".index"):
-        return path
-    for folder in (path, os.path.join(path, "checkpoints"), os.path.join(path, "best")):
-        if os.path.isdir(folder):
-            latest = tf.train.latest_checkpoint(folder)
-            if latest:
-                return latest
     return None
 
 
@@ -76,9 +64,12 @@ class Predictor:
         config: `Config` or a YAML path; needed for checkpoints when the run has no
             config.yaml; gives the dataset palette and label ids.
         overrides: `a.b=value` strings applied to a config read from a file.
+        checkpoint: which checkpoint of a run (`--checkpoint`): a step N, `ckpt-N` or a
+            prefix; default the latest. A damaged one is a CheckpointError naming the bad
+            files and the intact checkpoints.
     """
 
-    def __init__(self, source: str, config=None, overrides=()):
+    def __init__(self, source: str, config=None, overrides=(), checkpoint=None):
         import tensorflow as tf
 
         import gscnn_tf
@@ -102,18 +93,20 @@ class Predictor:
                 raise ValueError(f"SavedModel {source}: no 'serving_default' signature")
             self._loaded, self._signature = loaded, loaded.signatures["serving_default"]
         else:
-            prefix = _checkpoint_prefix(source)
+            from gscnn_tf.training.checkpoints import find_checkpoint, restore_checkpoint
+
+            prefix = find_checkpoint(source, checkpoint)
             if prefix is None:
                 raise FileNotFoundError(
                     f"{source}: not a .keras file, a SavedModel directory (saved_model.pb) or "
                     "a checkpoint (run dir, checkpoints/ or best/ folder, or ckpt-N prefix)")
             if config is None:
-                raise ValueError(f"checkpoint {prefix}: no config.yaml found beside it; pass "
-                                 "the training config (--config)")
+                raise ConfigError(f"checkpoint {prefix}: no config.yaml found beside it; pass "
+                                  "the training config (--config)")
             from gscnn_tf.data.pipeline import dataset_info
 
             self.model = gscnn_tf.build_model(config.model, dataset_info(config).num_classes)
-            tf.train.Checkpoint(model=self.model).restore(prefix).expect_partial()
+            restore_checkpoint(tf.train.Checkpoint(model=self.model), prefix)
         self._setup(source)
 
     @classmethod
@@ -262,14 +255,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", help="training config YAML (default: the run's)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="config override")
+    add_checkpoint_argument(parser)
     parser.add_argument("--gates", action="store_true", help="also write the gate maps")
     parser.add_argument("--label-ids", action="store_true",
                         help="label PNGs in the dataset's label ids (Cityscapes labelIds)")
     parser.add_argument("--alpha", type=float, default=0.5, help="overlay opacity")
 
 
+def add_checkpoint_argument(parser: argparse.ArgumentParser) -> None:
+    """`--checkpoint`, shared by the commands that load a run's model."""
+    parser.add_argument("--checkpoint", metavar="N|ckpt-N|PREFIX",
+                        help="which checkpoint of a run directory (default: the latest)")
+
+
 def run(args) -> int:
-    predictor = Predictor(args.model, args.config, args.set)
+    predictor = Predictor(args.model, args.config, args.set, args.checkpoint)
     options = {"gates": args.gates, "label_ids": args.label_ids, "alpha": args.alpha}
     if os.path.isdir(args.inputs):
         written = predictor.predict_folder(args.inputs, args.output, **options)

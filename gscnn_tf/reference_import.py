@@ -21,12 +21,12 @@ import argparse
 import dataclasses
 import os
 import re
-import sys
 import time
 
 import numpy as np
 
 from gscnn_tf.config import BackboneConfig, ModelConfig
+from gscnn_tf.errors import ReferenceImportError
 
 SKIPPED_PREFIX = "dsn1."
 CLASSIFIER_KEY = "final_seg.6.weight"
@@ -60,9 +60,6 @@ _RULES = tuple((re.compile(pattern), prefix) for pattern, prefix in (
 ))
 
 
-class ReferenceImportError(ValueError):
-    """A checkpoint that does not fit the reference WideResNet-38 GSCNN (the message lists
-    every offending tensor), or an output that cannot be written."""
 
 
 @dataclasses.dataclass
@@ -251,12 +248,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args) -> int:
-    try:
-        report = import_reference(args.checkpoint, args.out, args.overwrite,
-                                  args.image_gradients, args.trust_pickle)
-    except ReferenceImportError as e:
-        print(f"gscnn-tf import-reference: {e}", file=sys.stderr)
-        return 1
+    report = import_reference(args.checkpoint, args.out, args.overwrite,
+                              args.image_gradients, args.trust_pickle)
     print(f"wrote {report.out}: {report.mapped} weights set, {report.num_classes} classes, "
           f"{report.parameters:,} parameters, {report.seconds:.1f} s")
     if report.skipped:

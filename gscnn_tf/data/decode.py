@@ -6,6 +6,9 @@ means the file could not be read or decoded, and the caller then raises (or warn
 `skip_corrupt`) naming the file. Labels go through a 256-entry lookup table, raw value ->
 train id, where `OUT_OF_RANGE` marks values outside the dataset's classes; those pixels become
 ignore and are counted in a warning printed (by `tf.print`, to stderr) with the file name.
+
+The checks raise `tf.errors.InvalidArgumentError` from inside TensorFlow ("assertion failed:
+[<message>]"); `data_error_message` recovers the message for the command line.
 """
 
 from __future__ import annotations
@@ -15,12 +18,13 @@ from dataclasses import dataclass
 import numpy as np
 import tensorflow as tf
 
+from gscnn_tf.errors import DataError
+
 OUT_OF_RANGE = -1
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-
-
-class DataError(ValueError):
-    """A dataset that cannot be used as it is: the message names the file or folder."""
+# How the messages of the data checks start (see `data_error_message`).
+CHECK_MESSAGES = ("corrupt or unreadable ", "label file ", "image and label sizes differ",
+                  "data.skip_corrupt: ")
 
 
 @dataclass(frozen=True)
@@ -67,14 +71,30 @@ def _try_decode(path, decode_fn, empty):
     return good.concatenate(bad).take(1)
 
 
-def _fail_or_warn(ok, path, what, skip_corrupt):
+def _fail_or_warn(ok, path, what, skip_corrupt, warn=True):
     expected = "a PNG or JPEG image" if what == "image" else "an 8-bit single-channel PNG"
     message = tf.strings.join([f"corrupt or unreadable {what} file: ", path,
                                f" (expected {expected})"])
     if skip_corrupt:
-        return tf.cond(ok, tf.no_op, lambda: tf.print(
+        quiet = tf.logical_or(ok, tf.logical_not(warn))
+        return tf.cond(quiet, tf.no_op, lambda: tf.print(
             tf.strings.join(["gscnn_tf.data WARNING: skipping ", message])))
     return tf.debugging.Assert(ok, [message])
+
+
+def data_error_message(error) -> str | None:
+    """The message of a data check (a corrupt file, a label file of the wrong kind, image
+    and label sizes that differ, a split whose every file was skipped) carried by a
+    TensorFlow error, or None when `error` is not one of them."""
+    if not isinstance(error, tf.errors.InvalidArgumentError):
+        return None
+    text = error.message
+    start = text.find("assertion failed: [")
+    if start < 0:
+        return None
+    message = text[start + len("assertion failed: ["):].split("\n")[0].strip()
+    message = (message[:-1] if message.endswith("]") else message).replace("\\'", "'")
+    return message if message.startswith(CHECK_MESSAGES) else None
 
 
 def _check_label_format(header, path):
@@ -108,9 +128,11 @@ def _map_labels(raw, table, path, ignore_label):
         return tf.where(bad, ignore_label, labels)
 
 
-def decode_pair_dataset(image_path, label_path, table, skip_corrupt=False, ignore_label=255):
-    """A dataset of one element (image uint8 [H, W, 3], labels int32 [H, W]) for one pair,
-    or of none when a file is corrupt and `skip_corrupt` is set.
+def decode_pair_checked(image_path, label_path, table, skip_corrupt=False, ignore_label=255,
+                        warn=True):
+    """A dataset of exactly one element (image uint8 [H, W, 3], labels int32 [H, W], ok bool)
+    for one pair: ok is False, with empty image and labels, when a file is corrupt and
+    `skip_corrupt` is set (a warning naming the file is printed when `warn`, a bool scalar).
 
     table: int32 [256] raw label value -> train id (see `lookup_table`). Raises
     InvalidArgumentError naming the file for a corrupt file (without `skip_corrupt`), a label
@@ -122,14 +144,14 @@ def decode_pair_dataset(image_path, label_path, table, skip_corrupt=False, ignor
     def check(image_item, label_item):
         image, _, image_ok = image_item
         raw, header, label_ok = label_item
-        checks = [_fail_or_warn(image_ok, image_path, "image", skip_corrupt),
-                  _fail_or_warn(label_ok, label_path, "label", skip_corrupt)]
+        checks = [_fail_or_warn(image_ok, image_path, "image", skip_corrupt, warn),
+                  _fail_or_warn(label_ok, label_path, "label", skip_corrupt, warn)]
         ok = tf.logical_and(image_ok, label_ok)
         with tf.control_dependencies(checks):
             ok = tf.identity(ok)
         return image, raw, header, ok
 
-    def finish(image, raw, header, ok):
+    def finish(image, raw, header):
         image_hw, label_hw = tf.shape(image)[:2], tf.shape(raw)
         same = tf.reduce_all(tf.equal(image_hw, label_hw))
         message = tf.strings.join([
@@ -141,16 +163,24 @@ def decode_pair_dataset(image_path, label_path, table, skip_corrupt=False, ignor
         with tf.control_dependencies(checks):
             return tf.identity(image), _map_labels(raw, table, label_path, ignore_label)
 
-    pair = tf.data.Dataset.zip((images, labels)).map(check)
-    return pair.filter(lambda image, raw, header, ok: ok).map(finish)
+    def finish_if_ok(image, raw, header, ok):
+        image, labels = tf.cond(ok, lambda: finish(image, raw, header),
+                                lambda: (image, tf.zeros([0, 0], tf.int32)))
+        return image, labels, ok
+
+    return tf.data.Dataset.zip((images, labels)).map(check).map(finish_if_ok)
 
 
-def load_example(image_path, label_path, table, ignore_label: int = 255):
+def load_example(image_path, label_path, table, ignore_label: int = 255,
+                 skip_corrupt: bool = False):
     """(image float32 [H, W, 3] RGB 0..255, labels int32 [H, W]) for one pair; errors name the
-    file. Works eagerly (evaluation, prediction) and inside tf.data."""
-    dataset = decode_pair_dataset(image_path, label_path, tf.constant(table, tf.int32),
-                                  ignore_label=ignore_label)
-    image, labels = dataset.get_single_element()
+    file. Works eagerly (evaluation, prediction) and inside tf.data; with `skip_corrupt`
+    (eagerly only) it returns None, after a warning naming the file, when a file is corrupt."""
+    dataset = decode_pair_checked(image_path, label_path, tf.constant(table, tf.int32),
+                                  skip_corrupt, ignore_label)
+    image, labels, ok = dataset.get_single_element()
+    if skip_corrupt and not bool(ok):
+        return None
     return tf.cast(image, tf.float32), labels
 
 

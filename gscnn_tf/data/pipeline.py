@@ -11,6 +11,11 @@ example k of a worker's stream is augmented with the stateless seed (base, k * w
 worker): `data.deterministic` fixes the base at `data.seed` and makes the element order
 deterministic too. Edges (`label_edges`, `data.edge_radius`) are computed from the labels
 after augmentation.
+
+Corrupt files stop the pipeline with an error naming the file; with `data.skip_corrupt` they
+are left out instead, with one warning per file (training warns in its first pass over the
+files only), and a pass over the split in which every file was skipped is an error: the
+pipeline never waits on a split that holds nothing it can read.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ import numpy as np
 import tensorflow as tf
 
 from gscnn_tf.data import augment, cityscapes, folder, synthetic
-from gscnn_tf.data.decode import DataError, DatasetInfo, decode_pair_dataset, load_image
+from gscnn_tf.data.decode import DataError, DatasetInfo, decode_pair_checked, load_image
 from gscnn_tf.data.decode import load_example as _load_example
 
 DATASETS = ("synthetic", "folder", "cityscapes")
@@ -81,10 +86,30 @@ def list_examples(config, split: str) -> list[tuple[str, str]]:
 
 def load_example(config, image_path: str, label_path: str):
     """(image float32 [H, W, 3] RGB 0..255, labels int32 [H, W] train ids) of one pair, the
-    pipeline's decode and label mapping; errors name the file."""
+    pipeline's decode and label mapping; errors name the file. With `data.skip_corrupt`,
+    None (after a warning naming the file) when a file is corrupt."""
     row = cityscapes.table_row(label_path) if _dataset_name(config) == "cityscapes" else 0
     return _load_example(image_path, label_path, label_tables(config)[row],
-                         config.data.ignore_label)
+                         config.data.ignore_label, config.data.skip_corrupt)
+
+
+def _require_a_valid_example_per_pass(dataset, count: int, split: str):
+    """Passes on (k, image, labels, ok) elements in file order (k: the file's position in
+    the stream, `count` files a pass); fails at the end of a pass in which no file was ok."""
+    message = (f"data.skip_corrupt: split '{split}' has no valid example in a whole pass over "
+               f"its {count} files: every one was skipped as corrupt or unreadable (see the "
+               "warnings naming them)")
+
+    def step(valid, element):
+        k, ok = element[0], element[-1]
+        valid = valid + tf.cast(ok, tf.int64)
+        end = tf.equal(k % count, count - 1)
+        check = tf.debugging.Assert(tf.logical_or(tf.logical_not(end), valid > 0), [message])
+        with tf.control_dependencies([check]):
+            valid = tf.where(end, tf.constant(0, tf.int64), valid)
+        return valid, element
+
+    return dataset.scan(tf.constant(0, tf.int64), step)
 
 
 def _base_seed(data_config) -> int:
@@ -129,14 +154,30 @@ def build_dataset(config, split: str, training: bool, batch_size: int, input_con
     options = tf.data.Options()
     options.deterministic = deterministic
 
-    def decode(image_path, label_path, row):
-        return decode_pair_dataset(image_path, label_path, tf.gather(tables, row),
-                                   data.skip_corrupt, data.ignore_label)
+    count = (len(examples) - worker + workers - 1) // workers
+
+    def decoded(files, deterministic):
+        """(k, image, labels) of the readable pairs, k numbering the files of the stream; in
+        file order when `deterministic` (`data.skip_corrupt` needs that to see whole passes).
+        A skipped file is warned about in the first pass only (k < count)."""
+
+        def decode(k, item):
+            image_path, label_path, row = item
+            pair = decode_pair_checked(image_path, label_path, tf.gather(tables, row),
+                                       data.skip_corrupt, data.ignore_label, warn=k < count)
+            return pair.map(lambda image, labels, ok: (k, image, labels, ok))
+
+        dataset = files.enumerate().interleave(
+            decode, num_parallel_calls=tf.data.AUTOTUNE,
+            deterministic=deterministic or data.skip_corrupt)
+        if data.skip_corrupt:
+            dataset = _require_a_valid_example_per_pass(dataset, count, split)
+        return dataset.filter(lambda k, image, labels, ok: ok).map(
+            lambda k, image, labels, ok: (k, image, labels))
 
     if not training:
-        dataset = files.interleave(decode, num_parallel_calls=tf.data.AUTOTUNE,
-                                   deterministic=True)
-        dataset = dataset.map(lambda image, labels: _with_edges(
+        dataset = decoded(files, True)
+        dataset = dataset.map(lambda k, image, labels: _with_edges(
             tf.cast(image, tf.float32), labels, data.edge_radius),
             num_parallel_calls=tf.data.AUTOTUNE)
         padding = (tf.constant(0.0), {"labels": tf.constant(data.ignore_label),
@@ -145,20 +186,15 @@ def build_dataset(config, split: str, training: bool, batch_size: int, input_con
         return dataset.prefetch(tf.data.AUTOTUNE).with_options(options)
 
     base = _base_seed(data)
-    count = (len(examples) - worker + workers - 1) // workers
     files = files.shuffle(count, seed=base if data.deterministic else None,
                           reshuffle_each_iteration=True).repeat()
-
-    def decode_numbered(k, item):
-        return decode(*item).map(lambda image, labels: (k, image, labels))
 
     def train_map(k, image, labels):
         seed = tf.stack([tf.constant(base, tf.int64), k * workers + worker])
         image, labels = augment.augment(image, labels, seed, data, info.num_classes)
         return _with_edges(image, labels, data.edge_radius)
 
-    dataset = files.enumerate().interleave(decode_numbered, num_parallel_calls=tf.data.AUTOTUNE,
-                                           deterministic=deterministic)
+    dataset = decoded(files, deterministic)
     dataset = dataset.map(train_map, num_parallel_calls=tf.data.AUTOTUNE)
     dataset = dataset.batch(batch_size, drop_remainder=True)
     return dataset.prefetch(tf.data.AUTOTUNE).with_options(options)

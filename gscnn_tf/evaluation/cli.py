@@ -11,12 +11,15 @@ from __future__ import annotations
 import argparse
 import os
 
+from gscnn_tf.inference import add_checkpoint_argument
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("model", help=".keras file, run directory / checkpoint, or SavedModel")
     parser.add_argument("--config", help="config YAML (default: the run's config.yaml)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="config override, e.g. eval.tolerances=[3,5]")
+    add_checkpoint_argument(parser)
     parser.add_argument("--split", default="", help="split (default: data.val_split)")
     parser.add_argument("--output", "-o", default="",
                         help="report folder (default: <run dir>/eval_<split> or eval_<split>)")
@@ -56,7 +59,8 @@ def run(args) -> int:
     output = args.output or os.path.join(
         os.path.dirname(config_path) if config_path and not args.config else ".",
         f"eval_{split}")
-    evaluator = Evaluator(Predictor(args.model, config), config, args.workers)
+    evaluator = Evaluator(Predictor(args.model, config, checkpoint=args.checkpoint), config,
+                          args.workers)
     results = evaluator.run(split, args.save_predictions or None, args.format, args.limit)
     paths = write_reports(results, output, args.step)
     f_text = ", ".join(f"F@{t}px {100 * f:.2f}" for t, f in results["boundary_f"].items())

@@ -17,6 +17,7 @@ import os
 import cv2
 import numpy as np
 
+from gscnn_tf.errors import DataError
 from gscnn_tf.evaluation import metrics
 
 
@@ -168,8 +169,13 @@ class Evaluator:
             import keras
 
             bar = keras.utils.Progbar(len(examples), unit_name="image")
+        evaluated = 0
         for i, (image_path, label_path) in enumerate(examples):
-            image, label = load_example(self.config, image_path, label_path)
+            example = load_example(self.config, image_path, label_path)
+            if example is None:  # data.skip_corrupt: warned about, left out
+                continue
+            image, label = example
+            evaluated += 1
             pred = self.predict(np.asarray(image))
             self.update(pred, np.asarray(label))
             if save_dir:
@@ -177,6 +183,10 @@ class Evaluator:
                 write_png(prediction_path(save_dir, image_path, save_format), ids)
             if bar is not None:
                 bar.update(i + 1)
+        if examples and not evaluated:
+            raise DataError(f"data.skip_corrupt: split '{split}' has no valid example: all "
+                            f"{len(examples)} files were skipped as corrupt or unreadable (see "
+                            "the warnings naming them)")
         return self.results()
 
     def results(self) -> dict:

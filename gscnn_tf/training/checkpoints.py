@@ -10,15 +10,32 @@ overwritten by the next save of the same step.
 
 Under MultiWorkerMirroredStrategy every worker must take part in a save; only the chief writes
 to `<run_dir>/checkpoints`, the others to a scratch folder that is deleted afterwards.
+
+A checkpoint damaged after it was written (a truncated `.data` file, zeroed bytes failing the
+checksum, an unreadable `.index`) is found when it is restored: `restore_latest` then warns,
+naming the bad files, and resumes from the newest intact checkpoint; loading a model for
+inference (`find_checkpoint`, `restore_checkpoint`) stops with a `CheckpointError` naming the
+bad files and the intact checkpoints, one of which `--checkpoint` picks.
 """
 
 from __future__ import annotations
 
+import glob
 import json
 import os
+import re
 import shutil
+import sys
 
 import tensorflow as tf
+
+from gscnn_tf.errors import CheckpointError
+
+# What restoring or reading a damaged checkpoint raises: IndexError for a truncated file
+# ("Read less bytes than requested"), DataLossError / other OpErrors for failed checksums,
+# bad index files and missing shards.
+READ_ERRORS = (IndexError, tf.errors.OpError)
+CHECKPOINT_FOLDERS = ("checkpoints", "best")
 
 
 class RunCheckpoints:
@@ -50,12 +67,33 @@ class RunCheckpoints:
         return tf.train.latest_checkpoint(os.path.join(self.run_dir, "checkpoints"))
 
     def restore_latest(self) -> int | None:
-        """Restores the latest checkpoint of the run; returns its step, or None if none."""
-        path = self.latest
-        if path is None:
-            return None
-        self.checkpoint.restore(path).assert_existing_objects_matched()
-        return int(self.checkpoint.step.numpy())
+        """Restores the newest intact checkpoint of the run; returns its step, or None if the
+        run has none. A damaged one is skipped with a warning naming its bad files (the
+        steps since the previous checkpoint are trained again); CheckpointError when none
+        is intact."""
+        folder = os.path.join(self.run_dir, "checkpoints")
+        candidates = listed_checkpoints(folder)
+        for i, path in enumerate(candidates):
+            try:
+                self.checkpoint.restore(path).assert_existing_objects_matched()
+            except READ_ERRORS as e:
+                bad = damaged_files(path)
+                if not bad:
+                    raise
+                print(f"WARNING: checkpoint {path} is damaged: {_damage_text(bad, e)}; "
+                      "trying the one before it", file=sys.stderr, flush=True)
+                continue
+            step = int(self.checkpoint.step.numpy())
+            if i:
+                print(f"WARNING: resuming from {path} (step {step}), the newest intact "
+                      "checkpoint; the damaged files are left as they are and replaced when "
+                      "training saves those steps again", file=sys.stderr, flush=True)
+            return step
+        if candidates:
+            raise CheckpointError(f"no intact checkpoint in {folder}: every one of "
+                                  f"{', '.join(_names(candidates))} is damaged (see the "
+                                  "warnings above); start a new run or restore the files")
+        return None
 
     def save(self, step: int) -> str:
         path = self.manager.save(checkpoint_number=step)
@@ -85,3 +123,104 @@ class RunCheckpoints:
     def _clean_scratch(self) -> None:
         if self._scratch is not None:
             shutil.rmtree(self._scratch, ignore_errors=True)
+
+
+def checkpoint_step(prefix: str) -> int | None:
+    """N of a `.../ckpt-N` prefix (None for other names)."""
+    match = re.search(r"-(\d+)$", prefix)
+    return int(match[1]) if match else None
+
+
+def listed_checkpoints(folder: str) -> list[str]:
+    """The checkpoint prefixes of `folder`, newest first: those its `checkpoint` state file
+    lists, or, without one, every `<name>.index` file there."""
+    state = tf.train.get_checkpoint_state(folder) if os.path.isdir(folder) else None
+    if state is not None and state.all_model_checkpoint_paths:
+        paths = list(state.all_model_checkpoint_paths)
+        paths = [p if os.path.isabs(p) else os.path.join(folder, p) for p in paths]
+        return paths[::-1]
+    paths = [p[: -len(".index")] for p in glob.glob(os.path.join(folder, "*.index"))]
+    return sorted(paths, key=lambda p: (checkpoint_step(p) or -1, p), reverse=True)
+
+
+def damaged_files(prefix: str) -> list[str]:
+    """The files of checkpoint `prefix` that cannot be read back (missing, truncated, failing
+    their checksum); [] when every tensor reads. Reads the whole checkpoint."""
+    index = f"{prefix}.index"
+    if not os.path.isfile(index):
+        return [index]
+    try:
+        reader = tf.train.load_checkpoint(prefix)
+    except READ_ERRORS:
+        return [index]
+    data = sorted(glob.glob(f"{glob.escape(prefix)}.data-*")) or [f"{prefix}.data-00000-of-00001"]
+    try:
+        for name in reader.get_variable_to_shape_map():
+            reader.get_tensor(name)
+    except READ_ERRORS as e:
+        shard = re.search(r"shard (\d+)", str(e))
+        named = [f for f in data if shard and f".data-{int(shard[1]):05d}-of-" in f]
+        return named or data
+    return []
+
+
+def _damage_text(bad: list[str], error: BaseException) -> str:
+    reason = " ".join(str(getattr(error, "message", None) or error).split())
+    reason = re.sub(r"\{\{function_node [^}]*\}\}\s*|\s*\[Op:\w+\]", "", reason)
+    return f"{', '.join(bad)} cannot be read ({reason or type(error).__name__})"
+
+
+def _names(prefixes) -> list[str]:
+    return [os.path.basename(p) for p in prefixes]
+
+
+def _intact_text(folder: str, skip: str) -> str:
+    intact = [p for p in listed_checkpoints(folder) if p != skip and not damaged_files(p)]
+    if not intact:
+        return f"no intact checkpoint in {folder}"
+    return (f"intact: {', '.join(_names(intact))} in {folder} (choose one with --checkpoint, "
+            f"e.g. --checkpoint {os.path.basename(intact[0])})")
+
+
+def find_checkpoint(source: str, choice: str | int | None = None) -> str | None:
+    """The checkpoint prefix that a model source names, or None when it names none.
+
+    source: a `ckpt-N` prefix, a checkpoint folder, or a run directory (its `checkpoints/`
+    folder, else `best/`): the latest checkpoint there. choice (`--checkpoint`): a step N, a
+    name `ckpt-N`, or a prefix path, looked up in those folders; CheckpointError naming the
+    available ones when it is not there.
+    """
+    source = os.fspath(source)
+    if os.path.isfile(f"{source}.index") and choice in (None, ""):
+        return source
+    folders = [f for f in (source, *(os.path.join(source, sub) for sub in CHECKPOINT_FOLDERS))
+               if os.path.isdir(f) and listed_checkpoints(f)]
+    if os.path.isfile(f"{source}.index"):
+        folders.insert(0, os.path.dirname(source) or ".")
+    if choice in (None, ""):
+        return listed_checkpoints(folders[0])[0] if folders else None
+    choice = str(choice)
+    if os.path.isfile(f"{choice}.index"):
+        return choice
+    name = f"ckpt-{choice}" if choice.isdigit() else os.path.basename(choice)
+    for folder in folders:
+        if os.path.isfile(os.path.join(folder, f"{name}.index")):
+            return os.path.join(folder, name)
+    available = [f"{folder}: {', '.join(_names(listed_checkpoints(folder)))}"
+                 for folder in folders]
+    raise CheckpointError(f"--checkpoint {choice}: no checkpoint {name} under {source} "
+                          f"(available: {'; '.join(available) or 'none'})")
+
+
+def restore_checkpoint(checkpoint: "tf.train.Checkpoint", prefix: str):
+    """`checkpoint.restore(prefix)` for inference (objects the checkpoint has and
+    `checkpoint` lacks, like the optimizer, are ignored). A damaged checkpoint is a
+    CheckpointError naming its bad files and the intact checkpoints beside it."""
+    try:
+        return checkpoint.restore(prefix).expect_partial()
+    except READ_ERRORS as e:
+        bad = damaged_files(prefix)
+        if not bad:
+            raise
+        raise CheckpointError(f"checkpoint {prefix} is damaged: {_damage_text(bad, e)}; "
+                              f"{_intact_text(os.path.dirname(prefix) or '.', prefix)}") from e

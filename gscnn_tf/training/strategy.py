@@ -19,11 +19,9 @@ import os
 
 import tensorflow as tf
 
+from gscnn_tf.errors import StrategyError
+
 STRATEGIES = ("auto", "one_device", "mirrored", "multi_worker")
-
-
-class StrategyError(RuntimeError):
-    """A strategy that cannot be set up as asked."""
 
 
 def configure_cpu_replicas(n: int) -> None:

@@ -22,6 +22,7 @@ import tensorflow as tf
 
 from gscnn_tf.config import save_config
 from gscnn_tf.data.pipeline import build_dataset, dataset_info, list_examples
+from gscnn_tf.errors import NonFiniteLossError, RunDirError
 from gscnn_tf.losses import GSCNNLoss
 from gscnn_tf.training.checkpoints import RunCheckpoints
 from gscnn_tf.training.optimizers import build_optimizer, learning_rate_schedule
@@ -30,10 +31,6 @@ from gscnn_tf.training.step import TERMS, make_train_step
 from gscnn_tf.training.strategy import is_chief, make_strategy
 from gscnn_tf.training.summaries import Summaries, image_panels
 from gscnn_tf.training.validation import validate
-
-
-class NonFiniteLossError(FloatingPointError):
-    """Training produced a NaN or infinite loss; no checkpoint was written after it."""
 
 
 def _default_builder(model_config, num_classes):
@@ -91,8 +88,8 @@ class Trainer:
         if resume and self.checkpoints.restore_latest() is not None:
             self._load_history()
         elif self.checkpoints.latest is not None:
-            raise FileExistsError(f"{c.run_dir} already holds checkpoints: pass --resume to "
-                                  "continue that run, or choose another train.run_dir")
+            raise RunDirError(f"{c.run_dir} already holds checkpoints: pass --resume to "
+                              "continue that run, or choose another train.run_dir")
         if self.chief:
             save_config(self.config, os.path.join(c.run_dir, "config.yaml"))
         start = int(self.step.numpy())
