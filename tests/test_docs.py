@@ -1,5 +1,6 @@
-"""Every documentation path that the code, the configs, the READMEs and docs/ cite exists in the
-repository, and every `#anchor` of such a citation names a heading of the cited page.
+"""Every documentation path that the code, the configs, the READMEs, docs/ and the committed
+benchmark results cite exists in the repository, and every `#anchor` of such a citation names
+a heading of the cited page.
 
 Checked in each scanned file:
 - paths with a folder that end in `.md` (`docs/evaluation.md`, `benchmarks/results/canny.md`,
@@ -30,9 +31,11 @@ def scanned_files() -> list[Path]:
     """The files whose citations must resolve."""
     files = [*ROOT.glob("gscnn_tf/**/*.py"), *ROOT.glob("configs/*.yaml"),
              *ROOT.glob("tests/**/*.py"), *ROOT.glob("benchmarks/*.py"),
-             ROOT / "benchmarks" / "README.md", *ROOT.glob("docs/*.md"),
+             ROOT / "benchmarks" / "README.md", *ROOT.glob("benchmarks/results/**/*.md"),
+             *ROOT.glob("docs/*.md"),
              ROOT / "README.md", ROOT / "setup.py"]
-    files += [p for p in ROOT.glob("export/**/*") if p.is_file() and "__pycache__" not in p.parts]
+    files += [p for p in ROOT.glob("export/**/*")
+              if p.is_file() and "__pycache__" not in p.parts]
     return sorted(p for p in set(files) if p.is_file())
 
 
@@ -96,7 +99,7 @@ def test_the_scan_covers_code_configs_and_docs():
     names = {str(p.relative_to(ROOT)) for p in scanned_files()}
     for expected in ("README.md", "docs/README.md", "docs/method.md", "gscnn_tf/losses.py",
                      "configs/cityscapes_wrn38.yaml", "benchmarks/speed.py",
-                     "export/README.md", "tests/test_docs.py"):
+                     "export/README.md", "tests/test_docs.py", "benchmarks/results/speed.md"):
         assert expected in names, expected
 
 
