@@ -50,7 +50,8 @@ BASE_CONFIG = os.path.join(ROOT, "configs", "synthetic.yaml")
 RESULT = "result.json"
 BN_BATCHES = 10  # training batches averaged into the BN statistics before evaluation
 
-# name -> (what it tests, config overrides on top of configs/synthetic.yaml)
+# name -> (what it tests, config overrides on top of configs/synthetic.yaml and FULL_RESOLUTION)
+FULL_RESOLUTION = ["model.shape_stream_stride=1"]  # the study's base; synthetic.yaml runs at 2
 VARIANTS = {
     "gscnn": ("Gated-SCNN, shape stream at full resolution (the paper)", []),
     "baseline": ("DeepLab v3+ on the same backbone: no shape stream, segmentation loss "
@@ -83,8 +84,8 @@ def run_overrides(variant: str, seed: int, budget: list[str], run_dir: str) -> l
     """Every override of one run: the budget, the protocol, the seed, the variant's own."""
     if variant not in VARIANTS:
         raise ValueError(f"unknown variant '{variant}': expected one of {', '.join(VARIANTS)}")
-    return [*budget, *EVAL_OVERRIDES, f"train.seed={seed}", f"data.seed={seed}",
-            f"train.run_dir={run_dir}", *VARIANTS[variant][1]]
+    return [*budget, *EVAL_OVERRIDES, *FULL_RESOLUTION, f"train.seed={seed}",
+            f"data.seed={seed}", f"train.run_dir={run_dir}", *VARIANTS[variant][1]]
 
 
 def run_config(variant: str, seed: int, budget: list[str], run_dir: str):

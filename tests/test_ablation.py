@@ -60,6 +60,9 @@ def test_every_run_shares_budget_protocol_and_base_config():
     assert config["data.deterministic"] is True
     assert config["model.backbone.name"] == "small"
     assert config["model.aspp_channels"] == 64  # configs/synthetic.yaml still applies
+    # ... except its stride-2 shape stream: the study's GSCNN is the paper's full resolution
+    assert config["model.shape_stream_stride"] == 1
+    assert _config("stride2")["model.shape_stream_stride"] == 2
     assert config["model.shape_stream"] and config["loss.lambda_dual"] == 1.0
     assert config["model.image_gradients"] == "canny"
     # seeds differ in the seeds only (model init / dropout and augmentation)

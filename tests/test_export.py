@@ -142,7 +142,10 @@ def test_signatures_and_dtypes(saved):
 
 def test_saved_model_cli_lists_the_signatures(saved):
     path, _ = saved
-    result = subprocess.run(["saved_model_cli", "show", "--dir", path, "--all"],
+    # The venv's own tool, found beside this interpreter: PATH holds it only when the venv
+    # is activated, which `pytest` run as `venv/bin/pytest` does not need.
+    tool = os.path.join(os.path.dirname(sys.executable), "saved_model_cli")
+    result = subprocess.run([tool, "show", "--dir", path, "--all"],
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "Traceback" not in result.stderr
@@ -301,3 +304,19 @@ def test_predictor_loads_the_export(setup, saved):
     out = Predictor(path).predict(images)
     np.testing.assert_array_equal(out["labels"], labels)
     np.testing.assert_allclose(out["edge_prob"], edge_prob[..., 0], atol=1e-5)
+
+
+def test_written_files_get_the_umask_mode_not_owner_only(tmp_path):
+    """TFLite files and classes.json are read by serving containers running as other users:
+    written atomically (a temporary file, then a rename) yet with the mode a plain `open`
+    gives, here 0644 under umask 022 (mkstemp alone would leave 0600)."""
+    old = os.umask(0o022)
+    try:
+        path = tmp_path / "model.tflite"
+        export.write_file(str(path), b"\x00" * 16)
+        plain = tmp_path / "plain"
+        plain.write_bytes(b"")
+    finally:
+        os.umask(old)
+    assert oct(path.stat().st_mode & 0o777) == oct(plain.stat().st_mode & 0o777) == "0o644"
+    assert [p.name for p in tmp_path.iterdir() if ".tmp-" in p.name] == []

@@ -52,7 +52,8 @@ def add_arguments(parser):
     parser.add_argument("--config", default=None, help="YAML config (defaults if omitted)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="config override, e.g. model.backbone.name=resnet50")
-    parser.add_argument("--num-classes", type=int, default=19)
+    parser.add_argument("--num-classes", type=int, default=None,
+                        help="classes of the model (default: those of the config's dataset)")
     parser.add_argument("--size", default="512x1024", help="HxW for the FLOP count")
 
 
@@ -64,9 +65,14 @@ def run(args) -> int:
         height, width = (int(v) for v in args.size.lower().split("x"))
     except ValueError:
         raise SystemExit(f"--size '{args.size}': expected HxW, e.g. 512x1024")
-    model = build_model(config.model, args.num_classes)
+    num_classes = args.num_classes
+    if num_classes is None:
+        from gscnn_tf.data.pipeline import dataset_info
+
+        num_classes = dataset_info(config).num_classes
+    model = build_model(config.model, num_classes)
     parts = parameter_breakdown(model)
-    print(f"model {model.name}, {args.num_classes} classes")
+    print(f"model {model.name}, {num_classes} classes")
     for key in ("total", "backbone", "shape_stream", "fusion_decoder"):
         print(f"  {key:<15}{parts[key]:>14,d} parameters ({parts[key] / 1e6:.3f} M)")
     flops = count_flops(model, height, width)
