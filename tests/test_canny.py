@@ -178,3 +178,54 @@ def test_bad_arguments_name_what_was_expected():
         canny(tf.zeros([1, 8, 8, 3]), channels="rgb")
     with pytest.raises(ValueError, match="dtype int32"):
         canny(tf.zeros([1, 8, 8, 1], tf.int32))
+
+
+_MASK3 = _compiled(3, step_form="mask")
+_MASK1 = _compiled(1, step_form="mask")
+_MASK_MAX3 = _compiled(3, step_form="mask", channels="max")
+
+
+@pytest.mark.parametrize("name", ["astronaut", "coffee", "camera"])
+def test_mask_form_exact_on_photos(name):
+    """The GPU-delegate form (float masks, no boolean ops) gives cv2.Canny pixel for pixel,
+    on the grey image and with the multi-channel rule."""
+    rgb = np.ascontiguousarray(_photo(name))
+    np.testing.assert_array_equal(_edges(_MASK3, rgb), _reference(rgb))
+    np.testing.assert_array_equal(_edges(_MASK_MAX3, rgb), cv2.Canny(rgb, 10, 100) > 0)
+
+
+def test_mask_form_equals_the_other_forms():
+    """Noise at odd sizes, ties between channels, other thresholds and bounded steps: the
+    "mask" form's map equals the existing forms' (float32 {0, 1}, same shape)."""
+    rng = np.random.default_rng(8)
+    for h, w in [(3, 5), (17, 31), (97, 131)]:
+        for blurred in (False, True):
+            img = _noise(rng, h, w, blurred)
+            np.testing.assert_array_equal(_MASK1(tf.constant(img[None, ..., None])),
+                                          _GRAY1(tf.constant(img[None, ..., None])))
+    ties = (rng.integers(0, 3, (59, 63, 3)) * 20).astype(np.uint8)
+    np.testing.assert_array_equal(_edges(_MASK_MAX3, ties), _edges(_MAX3, ties))
+    gray = _noise(rng, 61, 83, blurred=True)[None, ..., None]
+    for low, high in [(50, 150), (100, 10), (0, 0), (30.5, 70.5)]:
+        np.testing.assert_array_equal(canny(gray, low, high, step_form="mask"),
+                                      canny(gray, low, high))
+    rgb = _photo("astronaut")[None]
+    for steps in (1, 8, 32):
+        np.testing.assert_array_equal(canny(rgb, max_steps=steps, step_form="mask"),
+                                      canny(rgb, max_steps=steps, step_form="pool"))
+
+
+def test_mask_form_rounds_floats_half_to_even_without_round():
+    """Float input: halves go to the even neighbour and out-of-range values are clipped, as
+    `saturate_cast` does, with FLOOR and masks instead of a ROUND op."""
+    rng = np.random.default_rng(12)
+    whole = rng.integers(-4, 260, (1, 40, 56, 3)).astype(np.float32)
+    frac = rng.choice(np.float32([0.0, 0.25, 0.5, 0.75, 0.49999997, 0.50000006]), whole.shape)
+    x = tf.constant(whole + frac)
+    from gscnn_tf.ops.canny import _round_and_clip_masks
+
+    np.testing.assert_array_equal(_round_and_clip_masks(x), np.clip(np.rint(whole + frac), 0, 255))
+    np.testing.assert_array_equal(canny(x, step_form="mask"), canny(x))
+    fn = tf.function(lambda v: canny(v, max_steps=4, step_form="mask"))
+    ops = {op.type for op in fn.get_concrete_function(x).graph.get_operations()}
+    assert "Round" not in ops and not ops & {"Select", "SelectV2", "LogicalAnd", "While"}

@@ -39,7 +39,10 @@ class Normalize(layers.Layer):
         if self.mode == "torch":
             return (x / 255.0 - tf.cast(_MEAN, x.dtype)) / tf.cast(_STD, x.dtype)
         if self.mode == "caffe":
-            return x[..., ::-1] - tf.cast(_CAFFE_MEAN_BGR, x.dtype)
+            # RGB -> BGR by split and concat, not a reversing slice: the TFLite GPU delegate
+            # has no kernel for a negative stride.
+            r, g, b = tf.split(x, 3, axis=-1)
+            return tf.concat([b, g, r], axis=-1) - tf.cast(_CAFFE_MEAN_BGR, x.dtype)
         return x / 127.5 - 1.0
 
     def get_config(self):
