@@ -310,3 +310,27 @@ def _get(values: dict, name: str, key: str):
         keys = sorted(values) if isinstance(values, dict) else type(values).__name__
         raise ValueError(f"GSCNNLoss: {name} has no '{key}' (got {keys})")
     return values[key]
+
+
+def training_loss(loss_fn, targets: dict, outputs: dict, variables, weight_decay: float,
+                  seed=None) -> dict[str, tf.Tensor]:
+    """The loss that training differentiates, for `GSCNN.fit` and the custom loop alike:
+    `loss_fn(targets, outputs, seed)` (a `GSCNNLoss`) plus the kernel L2 term
+    `weight_decay / 2 * sum(kernel ** 2)` over `variables`.
+
+    Distribution rules: `loss_fn` already returns this replica's share of the global-batch
+    loss; the L2 term, computed identically on every replica, is divided by the number of
+    replicas; the optimizer SUMS replica gradients, so nothing else is divided.
+
+    Returns {"seg", "edge", "att", "dual", "l2", "total"} float32 scalars (this replica's
+    shares; "total" includes "l2").
+    """
+    from gscnn_tf.training.optimizers import l2_loss
+
+    terms = dict(loss_fn(targets, outputs, seed=seed))
+    context = tf.distribute.get_replica_context()
+    replicas = context.num_replicas_in_sync if context is not None else 1
+    terms["l2"] = l2_loss(variables, weight_decay) / replicas
+    terms["total"] = terms["total"] + terms["l2"]
+    return terms
+

@@ -88,7 +88,7 @@ def test_keras_round_trip(rng, tmp_path, gate):
     model = gscnn_tf.build_model(tiny_config(gate=gate), num_classes=3)
     x = images(rng, 1, 45, 37)
     expected = model(x, training=False)
-    clone = keras.Model.from_config(model.get_config())
+    clone = gscnn_tf.GSCNN.from_config(model.get_config())
     clone.set_weights(model.get_weights())
     path = tmp_path / "m.keras"
     model.save(path)

@@ -16,14 +16,21 @@ reference implementation's numerics (gscnn_tf.models.compat).
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
+
 import keras
+import numpy as np
+import tensorflow as tf
 from keras import layers
 
+from gscnn_tf.config import ModelConfig, config_from_dict
 from gscnn_tf.models.backbones import build_backbone, preprocessing_mode
 from gscnn_tf.models.compat import batch_norm_kwargs, is_reference, reference_canny
 from gscnn_tf.models.layers import (
     Normalize, ResizeLike, ZerosMap, aspp, conv_bn_relu)
 from gscnn_tf.models.shape_stream import shape_stream
+from gscnn_tf.models import task as _task  # noqa: F401  (registers the metric)
 from gscnn_tf.ops.canny import Canny
 
 GATE_ALPHAS = ("gate1_alpha", "gate2_alpha", "gate3_alpha")
@@ -67,18 +74,8 @@ def _decoder(x, skip, image, num_classes, config, bn_kwargs):
     return ResizeLike(name="decoder_output_resize")([x, image])
 
 
-def build_model(config, num_classes: int) -> keras.Model:
-    """Builds Gated-SCNN (or the DeepLab v3+ baseline) as a functional `keras.Model`.
-
-    Args:
-        config: `ModelConfig`.
-        num_classes: number of segmentation classes.
-
-    Returns:
-        Model with input `image` float32 `[B, H, W, 3]` (RGB 0..255, any H, W) and outputs
-        `{"seg_logits": [B, H, W, num_classes], "edge_logits": [B, H, W, 1]}`, float32 logits
-        even under a mixed-precision policy.
-    """
+def _graph(config, num_classes: int):
+    """The functional graph of `config`: (input `image`, outputs dict)."""
     if num_classes < 1:
         raise ValueError(f"num_classes {num_classes}: expected >= 1")
     align = is_reference(config)
@@ -101,8 +98,287 @@ def build_model(config, num_classes: int) -> keras.Model:
         "edge_logits": layers.Activation("linear", dtype="float32", name="edge_logits")(
             edge_logits),
     }
-    name = "gscnn" if config.shape_stream else "deeplabv3plus"
-    return keras.Model(image, outputs, name=f"{name}_{config.backbone.name}")
+    return image, outputs
+
+
+_MODEL_DEFAULTS = ModelConfig()
+
+
+@keras.saving.register_keras_serializable(package="gscnn_tf")
+class GSCNN(keras.Model):
+    """Gated-SCNN (or, with `shape_stream=False`, the DeepLab v3+ baseline) as a Keras model
+    and task: a functional graph built here from explicit arguments, plus the training recipe
+    (`compile`, `fit`, `compute_loss`) and presets (`save_to_preset`, `from_preset`).
+
+    Input `image` float32 `[B, H, W, 3]`, RGB 0..255, any H and W. Outputs
+    `{"seg_logits": [B, H, W, num_classes], "edge_logits": [B, H, W, 1]}`, float32 logits
+    even under a mixed-precision policy (the baseline's `edge_logits` is a constant zero map).
+
+        model = gscnn_tf.GSCNN(num_classes=19, backbone={"name": "resnet50"})
+        model = gscnn_tf.GSCNN.from_yaml("configs/cityscapes_resnet50.yaml")
+        model = gscnn_tf.GSCNN.from_preset("runs/synthetic")   # preset, .keras or run dir
+
+    Args:
+        num_classes: segmentation classes.
+        backbone ... sync_batch_norm: the fields of `gscnn_tf.config.ModelConfig`, with the
+            same defaults; `backbone` is a dict of `BackboneConfig` fields. Its `weights`
+            (ImageNet or a file) initialise a new model only: a model rebuilt from its config
+            (`keras.saving.load_model`, presets) gets its weights from the saved file.
+        class_names: one name per class (default `class_0`, `class_1`, ...).
+        palette: one RGB colour (0..255) per class (default `viz.default_palette`).
+        ignore_label: the label value of pixels that count for no class (loss and mIoU).
+        loss_config: dict of `gscnn_tf.config.LossConfig` fields: the loss `compile()` uses.
+
+    `get_config()` returns exactly these arguments (and `name`, `trainable`), so
+    `model.save("x.keras")` and `keras.saving.load_model("x.keras")` round-trip in any
+    process that has run `import gscnn_tf`. Layer names are a contract (`gate_model`,
+    `gscnn-tf summary`, the reference import and the `keras.applications` weight transfer
+    rely on them).
+    """
+
+    def __init__(self, num_classes, backbone=None,
+                 shape_stream=_MODEL_DEFAULTS.shape_stream,
+                 shape_stream_stride=_MODEL_DEFAULTS.shape_stream_stride,
+                 gate=_MODEL_DEFAULTS.gate,
+                 image_gradients=_MODEL_DEFAULTS.image_gradients,
+                 canny_low=_MODEL_DEFAULTS.canny_low,
+                 canny_high=_MODEL_DEFAULTS.canny_high,
+                 canny_max_steps=_MODEL_DEFAULTS.canny_max_steps,
+                 canny_step_form=_MODEL_DEFAULTS.canny_step_form,
+                 aspp_channels=_MODEL_DEFAULTS.aspp_channels,
+                 aspp_rates=tuple(_MODEL_DEFAULTS.aspp_rates),
+                 decoder_channels=_MODEL_DEFAULTS.decoder_channels,
+                 skip_channels=_MODEL_DEFAULTS.skip_channels,
+                 compat=_MODEL_DEFAULTS.compat,
+                 sync_batch_norm=_MODEL_DEFAULTS.sync_batch_norm,
+                 class_names=None, palette=None, ignore_label=255, loss_config=None,
+                 name=None, **kwargs):
+        fields = {
+            "backbone": dict(backbone or {}), "shape_stream": shape_stream,
+            "shape_stream_stride": shape_stream_stride, "gate": gate,
+            "image_gradients": image_gradients, "canny_low": canny_low,
+            "canny_high": canny_high, "canny_max_steps": canny_max_steps,
+            "canny_step_form": canny_step_form, "aspp_channels": aspp_channels,
+            "aspp_rates": list(aspp_rates), "decoder_channels": decoder_channels,
+            "skip_channels": skip_channels, "compat": compat,
+            "sync_batch_norm": sync_batch_norm}
+        parsed = config_from_dict({"model": fields, "loss": dict(loss_config or {})},
+                                  "GSCNN arguments")
+        model_config, num_classes = parsed.model, int(num_classes)
+        image, outputs = _graph(model_config, num_classes)
+        kind = "gscnn" if model_config.shape_stream else "deeplabv3plus"
+        super().__init__(image, outputs, name=name or f"{kind}_{model_config.backbone.name}",
+                         **kwargs)
+        # === Config ===
+        self.model_config = model_config
+        self.loss_config = parsed.loss
+        self.num_classes = num_classes
+        self.ignore_label = int(ignore_label)
+        self.class_names = _class_names(class_names, num_classes)
+        self.palette = _palette(palette, num_classes)
+        self._task = None
+
+    def get_config(self):
+        return {"name": self.name, "trainable": self.trainable,
+                "num_classes": self.num_classes, **dataclasses.asdict(self.model_config),
+                "class_names": list(self.class_names),
+                "palette": [list(c) for c in self.palette],
+                "ignore_label": self.ignore_label,
+                "loss_config": dataclasses.asdict(self.loss_config)}
+
+    @classmethod
+    def from_config(cls, config, custom_objects=None):
+        config = dict(config)
+        # The weights come with the saved model: its initial-weights source is not read.
+        config["backbone"] = {**dict(config.get("backbone") or {}), "weights": ""}
+        return cls(**config)
+
+    # === Constructors ===
+
+    @classmethod
+    def from_model_config(cls, model_config, num_classes, **kwargs):
+        """A new model from a `ModelConfig`; `kwargs`: class_names, palette, ignore_label,
+        loss_config (a `LossConfig` or dict), name."""
+        loss_config = kwargs.pop("loss_config", None)
+        if dataclasses.is_dataclass(loss_config):
+            loss_config = dataclasses.asdict(loss_config)
+        return cls(num_classes, **dataclasses.asdict(model_config), loss_config=loss_config,
+                   **kwargs)
+
+    @classmethod
+    def from_run_config(cls, config, **kwargs):
+        """A new (untrained) model from a full `Config`: its model and loss sections, with
+        the classes, palette and ignore label of its dataset section."""
+        from gscnn_tf.data.pipeline import dataset_info
+
+        info = dataset_info(config)
+        return cls.from_model_config(
+            config.model, info.num_classes, class_names=list(info.class_names),
+            palette=np.asarray(info.palette).tolist(), ignore_label=int(info.ignore_label),
+            loss_config=config.loss, **kwargs)
+
+    @classmethod
+    def from_yaml(cls, path, overrides=(), **kwargs):
+        """A new (untrained) model from a config file plus `a.b=value` overrides."""
+        from gscnn_tf.config import load_config
+
+        return cls.from_run_config(load_config(path, overrides), **kwargs)
+
+    @classmethod
+    def from_preset(cls, path):
+        """A trained model from a preset folder (`save_to_preset`), a `.keras` file or a run
+        directory (its best model); see `gscnn_tf.models.presets.load_preset`."""
+        from gscnn_tf.models.presets import load_preset
+
+        return load_preset(path)
+
+    def save_to_preset(self, preset_dir, metrics=None, training_config=None):
+        """Writes a preset folder: config.json, model.weights.h5, metadata.json (classes,
+        palette, metrics) and a model card README.md; see `gscnn_tf.models.presets`."""
+        from gscnn_tf.models.presets import save_preset
+
+        return save_preset(self, preset_dir, metrics, training_config)
+
+    # === Task: the training recipe ===
+
+    def compile(self, optimizer=None, loss=None, metrics=None, *, steps=None,
+                weight_decay=None, seed=0, **kwargs):
+        """The paper's recipe by default; every piece can be replaced.
+
+        Args:
+            optimizer: default SGD, momentum 0.9, lr 0.01 with polynomial decay (power 1)
+                to 0 over `steps` (or over the steps of the first `fit`). Any Keras
+                optimizer (or its name) otherwise.
+            loss: a `gscnn_tf.losses.GSCNNLoss` (default: one from `loss_config` and
+                `ignore_label`) or any callable with its contract (`(targets, outputs,
+                seed) -> {"seg", "edge", "att", "dual", "total"}`). Keras losses do not fit
+                the two-output targets and are refused.
+            metrics: default `[SegmentationMeanIoU(num_classes, ignore_label)]` ("miou");
+                metrics get `(targets dict, outputs dict)`.
+            steps: total training steps of the default learning-rate schedule.
+            weight_decay: the L2 term `weight_decay / 2 * sum(kernel ** 2)` added to the loss
+                (kernels only). Default 1e-4, or 0 when the optimizer decays weights itself
+                (e.g. AdamW).
+            seed: seed of the dual loss's Gumbel noise (with the optimizer's step).
+            **kwargs: the rest of `keras.Model.compile` (`steps_per_execution`,
+                `jit_compile`, `run_eagerly`, ...).
+        """
+        from gscnn_tf.models.task import make_task
+
+        for key in ("loss_weights", "weighted_metrics"):
+            if kwargs.get(key) is not None:
+                raise ValueError(f"GSCNN.compile: '{key}' is not supported; the loss terms "
+                                 "are weighted by loss_config (lambda_seg, lambda_edge, ...)")
+        with self.distribute_strategy.scope():
+            self._task = make_task(self, optimizer, loss, metrics, steps, weight_decay, seed)
+            super().compile(optimizer=self._task.optimizer, **kwargs)
+            self.optimizer.build(self.trainable_variables)
+
+    def fit(self, *args, **kwargs):
+        """`keras.Model.fit` on the pipeline's `(images, {"labels", "edges"})` batches
+        (`gscnn_tf.data.pipeline.build_dataset`). `sample_weight` and `class_weight` are
+        refused (the loss weights pixels itself: `loss_config.class_weighting`). The default
+        schedule decays over `(epochs - initial_epoch) * steps_per_epoch` steps unless
+        `compile(steps=...)` fixed them."""
+        from gscnn_tf.models.task import fit_steps, reject_sample_weights
+
+        bound = inspect.signature(keras.Model.fit).bind(self, *args, **kwargs)
+        if isinstance(bound.arguments.get("x"), tf.data.Dataset):
+            bound.arguments.setdefault("shuffle", False)  # it shuffles itself; Keras warns
+        bound.apply_defaults()
+        arguments = {k: v for k, v in bound.arguments.items() if k != "self"}
+        reject_sample_weights(arguments["sample_weight"], arguments["class_weight"])
+        if self._task is not None and self._task.pending_schedule is not None:
+            self._task.pending_schedule.total_steps = fit_steps(arguments)
+            self._task.pending_schedule = None
+            self.train_function = None
+        return super().fit(**arguments)
+
+    def make_train_function(self, force=False):
+        if self._task is not None and self._task.pending_schedule is not None:
+            raise ValueError("GSCNN: the default learning-rate schedule decays over the "
+                             "training steps, unknown here: pass compile(steps=N) or train "
+                             "with fit(..., steps_per_epoch=S, epochs=E)")
+        return super().make_train_function(force)
+
+    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
+        """The training loss of `fit`, `evaluate` and the custom loop
+        (`gscnn_tf.losses.training_loss`): GSCNNLoss plus the kernel L2 term, this replica's
+        share of the global-batch value under `tf.distribute`. Tracks each term."""
+        from gscnn_tf.losses import training_loss
+        from gscnn_tf.models.task import reject_sample_weights
+
+        task = self._require_task()
+        reject_sample_weights(sample_weight)
+        seed = None
+        if training:
+            seed = tf.stack([tf.constant(task.seed, tf.int64),
+                             tf.cast(self.optimizer.iterations, tf.int64)])
+        terms = training_loss(task.loss, y, y_pred, self.trainable_variables,
+                              task.weight_decay, seed)
+        context = tf.distribute.get_replica_context()
+        replicas = context.num_replicas_in_sync if context is not None else 1
+        for tracker in task.terms:
+            tracker.update_state(terms[tracker.name] * replicas)
+        return terms["total"]
+
+    def compute_metrics(self, x, y, y_pred, sample_weight=None):
+        for metric in self._require_task().metrics:
+            metric.update_state(y, y_pred)
+        return self.get_metrics_result()
+
+    @property
+    def metrics(self):
+        metrics = list(super().metrics)
+        if getattr(self, "_task", None) is not None:
+            metrics += [m for m in self._task.terms + self._task.metrics
+                        if all(m is not n for n in metrics)]
+        return metrics
+
+    def get_compile_config(self):
+        """None: a loaded model comes back uncompiled (call `compile()` again); the training
+        recipe holds Python callables a config cannot carry."""
+        return None
+
+    def _require_task(self):
+        if getattr(self, "_task", None) is None:
+            raise RuntimeError("GSCNN: call model.compile() (the paper's recipe by default) "
+                               "before fit / evaluate / train_on_batch")
+        return self._task
+
+
+def _class_names(names, num_classes: int) -> tuple:
+    if names is None:
+        return tuple(f"class_{i}" for i in range(num_classes))
+    names = tuple(str(n) for n in names)
+    if len(names) != num_classes:
+        raise ValueError(f"class_names has {len(names)} names: expected one per class "
+                         f"({num_classes})")
+    return names
+
+
+def _palette(palette, num_classes: int) -> tuple:
+    if palette is None:
+        from gscnn_tf import viz
+
+        palette = viz.default_palette(num_classes)
+    array = np.asarray(palette)
+    if array.shape != (num_classes, 3) or array.min() < 0 or array.max() > 255:
+        raise ValueError(f"palette shape {array.shape}: expected one RGB colour (0..255) per "
+                         f"class, [{num_classes}, 3]")
+    return tuple(tuple(int(v) for v in colour) for colour in array)
+
+
+def build_model(config, num_classes: int) -> GSCNN:
+    """Builds Gated-SCNN (or the DeepLab v3+ baseline) from a `ModelConfig`:
+    `GSCNN.from_model_config(config, num_classes)`.
+
+    Returns:
+        Model with input `image` float32 `[B, H, W, 3]` (RGB 0..255, any H, W) and outputs
+        `{"seg_logits": [B, H, W, num_classes], "edge_logits": [B, H, W, 1]}`, float32 logits
+        even under a mixed-precision policy.
+    """
+    return GSCNN.from_model_config(config, num_classes)
 
 
 def gate_model(model: keras.Model) -> keras.Model:

@@ -1,9 +1,9 @@
-"""One distributed training step: forward, GSCNNLoss, kernel L2, gradients (optionally
+"""One distributed training step: forward, the training loss, gradients (optionally
 clipped by their global norm, optionally loss-scaled), optimizer update.
 
-Each replica's loss is already its share of the global-batch loss (the GSCNNLoss contract),
-so replica gradients are SUMMED by the optimizer; only the L2 term, computed identically on
-every replica, is divided by the number of replicas.
+The loss is `gscnn_tf.losses.training_loss`, the same function `GSCNN.compute_loss` uses
+under `fit`: GSCNNLoss plus the kernel L2 term, each replica's share of the global-batch
+loss, so replica gradients are SUMMED by the optimizer.
 """
 
 from __future__ import annotations
@@ -11,7 +11,8 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
-from gscnn_tf.training.optimizers import l2_coefficient, l2_loss
+from gscnn_tf.losses import training_loss
+from gscnn_tf.training.optimizers import l2_coefficient
 
 TERMS = ("seg", "edge", "att", "dual", "l2", "total")
 
@@ -29,9 +30,8 @@ def make_train_step(strategy, model, optimizer, loss_fn, schedule, train_config,
         lr = schedule(optimizer.iterations)
         with tf.GradientTape() as tape:
             outputs = model(images, training=True)
-            terms = dict(loss_fn(targets, outputs, seed=seed))
-            terms["l2"] = l2_loss(variables, l2_coefficient(c)) / replicas
-            terms["total"] = terms["total"] + terms["l2"]
+            terms = training_loss(loss_fn, targets, outputs, variables, l2_coefficient(c),
+                                  seed)
             loss = optimizer.scale_loss(terms["total"]) if scaled else terms["total"]
         grads = tape.gradient(loss, variables)
         if c.clip_norm > 0:

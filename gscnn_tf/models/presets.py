@@ -1,0 +1,357 @@
+"""Presets: a trained `GSCNN` in a folder anyone can load, the keras-hub way.
+
+    model.save_to_preset("gscnn_synthetic")             # writes the folder below
+    model = gscnn_tf.GSCNN.from_preset("gscnn_synthetic")
+
+A preset folder holds
+    config.json        the Keras-serialised model: class `gscnn_tf>GSCNN` and its constructor
+                       arguments (model config, num_classes, class names, palette, ignore
+                       label, loss config)
+    model.weights.h5   the weights (no optimizer state)
+    metadata.json      class names, palette, ignore label, parameter count, versions, the
+                       training metrics and the training config when known
+    README.md          a model card: architecture, parameters, data, metrics, how to use it
+
+`load_preset` (`GSCNN.from_preset`) also takes a `.keras` file (`model.save`) or a training
+run directory, whose best model it loads (`best/preset/`, `best/model.keras`, else the run's
+config and checkpoint: `run_checkpoint`). Folders and files are written through a temporary
+name and a rename, so a reader never sees half of one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+
+import keras
+import numpy as np
+from keras.src.saving import saving_lib
+
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.weights.h5"
+METADATA_FILE = "metadata.json"
+CARD_FILE = "README.md"
+BEST_DIR = "best"
+BEST_KERAS = "model.keras"
+BEST_PRESET = "preset"
+
+
+def is_preset(path: str) -> bool:
+    """True for a folder holding a preset's config.json and weights."""
+    return (os.path.isfile(os.path.join(path, CONFIG_FILE))
+            and os.path.isfile(os.path.join(path, WEIGHTS_FILE)))
+
+
+def is_run_dir(path: str) -> bool:
+    """True for a training run directory (config.yaml, checkpoints/ or best/)."""
+    return os.path.isdir(path) and any(
+        os.path.exists(os.path.join(path, name))
+        for name in ("config.yaml", "checkpoints", BEST_DIR))
+
+
+def _history_metrics(model) -> dict | None:
+    """The last epoch's values of the model's latest `fit` (Keras' History), if any."""
+    history = getattr(getattr(model, "history", None), "history", None)
+    if not history:
+        return None
+    return {k: float(v[-1]) for k, v in history.items() if len(v)}
+
+
+def _jsonable(value):
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, (np.generic, np.ndarray)):
+        return np.asarray(value).tolist()
+    if hasattr(value, "numpy"):
+        return np.asarray(value.numpy()).tolist()
+    return value
+
+
+def preset_metadata(model, metrics=None, training_config=None) -> dict:
+    import tensorflow as tf
+
+    import gscnn_tf
+
+    if metrics is None:
+        metrics = _history_metrics(model) or getattr(model, "training_metrics", None)
+    config = training_config.to_dict() if hasattr(training_config, "to_dict") else \
+        training_config
+    if config is None:
+        config = getattr(model, "training_config", None)
+    return _jsonable({
+        "format": "gscnn_tf preset 1",
+        "model": model.name,
+        "class_names": list(model.class_names),
+        "palette": [list(c) for c in model.palette],
+        "ignore_label": model.ignore_label,
+        "parameters": int(model.count_params()),
+        "metrics": dict(metrics) if metrics else None,
+        "training_config": config,
+        "versions": {"gscnn_tf": gscnn_tf.__version__, "keras": keras.__version__,
+                     "tensorflow": tf.__version__},
+    })
+
+
+def _stage_folder(target: str) -> str:
+    parent = os.path.dirname(os.path.abspath(target))
+    os.makedirs(parent, exist_ok=True)
+    staged = os.path.join(parent, f".{os.path.basename(os.path.abspath(target))}"
+                                  f".tmp-{os.getpid()}")
+    shutil.rmtree(staged, ignore_errors=True)
+    os.makedirs(staged)
+    return staged
+
+
+def _swap_in(staged: str, target: str) -> None:
+    """Moves the folder `staged` to `target`, replacing a previous `target` (rename, rename,
+    delete: `target` is always either the old or the new folder)."""
+    old = None
+    if os.path.exists(target):
+        old = f"{staged}.old"
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(target, old)
+    os.replace(staged, target)
+    if old:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _write_text(path: str, text: str) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(text)
+
+
+def save_preset(model, preset_dir, metrics=None, training_config=None) -> str:
+    """Writes `model` (a `GSCNN`) as a preset folder, replacing an existing one; returns its
+    path. `metrics`: a dict of figures for the card (default: the last epoch of the latest
+    `fit`, or those the model was loaded with). `training_config`: the `Config` it was
+    trained with, if known."""
+    from gscnn_tf.models.gscnn import GSCNN
+
+    if not isinstance(model, GSCNN):
+        raise TypeError(f"save_preset: expected a gscnn_tf.GSCNN, got {type(model).__name__}")
+    preset_dir = os.fspath(preset_dir)
+    staged = _stage_folder(preset_dir)
+    try:
+        config = keras.saving.serialize_keras_object(model)
+        config.pop("compile_config", None)
+        config.pop("build_config", None)
+        _write_text(os.path.join(staged, CONFIG_FILE), json.dumps(config, indent=1))
+        # Keras' own weights writer, told to leave out the optimizer's state
+        # (`Model.save_weights` has no such option).
+        saving_lib.save_weights_only(model, os.path.join(staged, WEIGHTS_FILE),
+                                     objects_to_skip=_optimizer_of(model))
+        metadata = preset_metadata(model, metrics, training_config)
+        _write_text(os.path.join(staged, METADATA_FILE), json.dumps(metadata, indent=1))
+        _write_text(os.path.join(staged, CARD_FILE), model_card(model, metadata, preset_dir))
+        _swap_in(staged, preset_dir)
+    finally:
+        shutil.rmtree(staged, ignore_errors=True)
+    return preset_dir
+
+
+def _optimizer_of(model) -> list:
+    optimizer = getattr(model, "optimizer", None)
+    return [optimizer] if optimizer is not None else None
+
+
+def load_preset(path):
+    """A `GSCNN` from a preset folder, a `.keras` file or a run directory (its best model).
+    The metadata of a preset comes back as `model.training_metrics` and
+    `model.training_config` (dict or None)."""
+    from gscnn_tf.models.gscnn import GSCNN
+
+    path = os.fspath(path)
+    if path.endswith(".keras"):
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"model file not found: {path}")
+        model = keras.saving.load_model(path, compile=False)
+        if not isinstance(model, GSCNN):
+            raise ValueError(f"{path}: a {type(model).__name__}, not a gscnn_tf.GSCNN (a file "
+                             "saved by an older gscnn_tf: load it with keras.saving.load_model)")
+        return model
+    if os.path.isdir(path) and is_preset(path):
+        with open(os.path.join(path, CONFIG_FILE), encoding="utf-8") as f:
+            config = json.load(f)
+        model = keras.saving.deserialize_keras_object(config)
+        if not isinstance(model, GSCNN):
+            raise ValueError(f"{path}/{CONFIG_FILE}: describes a {type(model).__name__}, not "
+                             "a gscnn_tf.GSCNN")
+        model.load_weights(os.path.join(path, WEIGHTS_FILE))
+        metadata = read_metadata(path)
+        model.training_metrics = metadata.get("metrics")
+        model.training_config = metadata.get("training_config")
+        return model
+    if is_run_dir(path):
+        return load_run_model(path)
+    raise FileNotFoundError(f"{path}: not a preset folder ({CONFIG_FILE} and {WEIGHTS_FILE}), "
+                            "a .keras file or a training run directory")
+
+
+def read_metadata(preset_dir: str) -> dict:
+    path = os.path.join(preset_dir, METADATA_FILE)
+    if not os.path.isfile(path):
+        return {}
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def run_checkpoint(run_dir: str) -> str | None:
+    """The checkpoint prefix a run directory's model is restored from when it has no saved
+    best model: its best checkpoint, else its latest one; None when it has neither."""
+    import tensorflow as tf
+
+    for folder in (BEST_DIR, "checkpoints"):
+        latest = tf.train.latest_checkpoint(os.path.join(run_dir, folder))
+        if latest:
+            return latest
+    return None
+
+
+def load_run_model(run_dir: str):
+    """The best model of a training run: `best/preset/`, else `best/model.keras`, else the
+    run's config.yaml rebuilt and restored from `run_checkpoint`."""
+    import tensorflow as tf
+
+    from gscnn_tf.models.gscnn import GSCNN
+
+    best = os.path.join(run_dir, BEST_DIR)
+    if is_preset(os.path.join(best, BEST_PRESET)):
+        return load_preset(os.path.join(best, BEST_PRESET))
+    if os.path.isfile(os.path.join(best, BEST_KERAS)):
+        return load_preset(os.path.join(best, BEST_KERAS))
+    config_path = os.path.join(run_dir, "config.yaml")
+    prefix = run_checkpoint(run_dir)
+    if prefix is None or not os.path.isfile(config_path):
+        raise FileNotFoundError(f"run directory {run_dir}: no saved model ({BEST_DIR}/"
+                                f"{BEST_PRESET}/, {BEST_DIR}/{BEST_KERAS}) and no config.yaml "
+                                "with a checkpoint to rebuild one from")
+    # The checkpoint holds every weight: the backbone's initial weights are not read.
+    model = GSCNN.from_yaml(config_path, ["model.backbone.weights="])
+    tf.train.Checkpoint(model=model).restore(prefix).expect_partial()
+    return model
+
+
+def describe_dataset(model, config) -> None:
+    """Sets a `GSCNN`'s class names, palette, ignore label and loss config from a training
+    `Config` (a model built from `config.model` alone has placeholder names)."""
+    import dataclasses
+
+    from gscnn_tf.data.pipeline import dataset_info
+    from gscnn_tf.models.gscnn import GSCNN
+
+    if not isinstance(model, GSCNN):
+        return
+    info = dataset_info(config)
+    if info.num_classes != model.num_classes:
+        return
+    model.class_names = tuple(info.class_names)
+    model.palette = tuple(tuple(int(v) for v in c) for c in np.asarray(info.palette))
+    model.ignore_label = int(info.ignore_label)
+    model.loss_config = dataclasses.replace(config.loss)
+
+
+def save_run_best(model, run_dir: str, config, metrics: dict) -> list[str]:
+    """Writes a run's best model as `best/model.keras` and the preset `best/preset/`
+    (the latter for a `GSCNN` only); returns the paths written."""
+    from gscnn_tf.models.gscnn import GSCNN
+
+    best = os.path.join(run_dir, BEST_DIR)
+    os.makedirs(best, exist_ok=True)
+    describe_dataset(model, config)
+    target = os.path.join(best, BEST_KERAS)
+    tmp = os.path.join(best, f".{BEST_KERAS}.tmp-{os.getpid()}.keras")
+    try:
+        model.save(tmp)
+        os.replace(tmp, target)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    written = [target]
+    if isinstance(model, GSCNN):
+        written.append(save_preset(model, os.path.join(best, BEST_PRESET), metrics, config))
+    return written
+
+
+def _figure(key: str, value) -> str:
+    if not isinstance(value, (int, float)):
+        return str(value)
+    if ("miou" in key or "boundary_f" in key) and 0 <= value <= 1:
+        return f"{100 * value:.2f} %"
+    return f"{value:.4g}"
+
+
+def model_card(model, metadata: dict, preset_dir: str) -> str:
+    """The preset's README.md: architecture, parameters, data, metrics, usage."""
+    from gscnn_tf.models.summary import parameter_breakdown
+
+    c = model.model_config
+    kind = "Gated-SCNN" if c.shape_stream else "DeepLab v3+ (no shape stream)"
+    parts = parameter_breakdown(model)
+    trainable = sum(int(np.prod(w.shape)) for w in model.trainable_weights)
+    name = os.fspath(preset_dir)
+    lines = [
+        f"# {model.name}: {kind}, {c.backbone.name} backbone, {model.num_classes} classes", "",
+        "A `gscnn_tf` preset (keras-hub layout: config.json, model.weights.h5, "
+        "metadata.json).", "",
+        "## Use it", "",
+        "```python",
+        "import gscnn_tf",
+        f'model = gscnn_tf.GSCNN.from_preset("{name}")',
+        "out = model(images)  # float32 [B, H, W, 3] RGB 0..255 -> "
+        "seg_logits [B, H, W, C], edge_logits [B, H, W, 1]",
+        "```", "",
+        f"Command line: `gscnn-tf predict {name} street.png`, "
+        f"`gscnn-tf export {name} --format saved_model`.", "",
+        "## Architecture", "",
+        f"- {kind} on `{c.backbone.name}` (output stride {c.backbone.output_stride}"
+        + (f", width multiplier {c.backbone.width_multiplier}"
+           if c.backbone.name == "mobilenetv2" else "")
+        + (f", base width {c.backbone.base_width}" if c.backbone.name == "small" else "")
+        + ")",
+    ]
+    if c.shape_stream:
+        lines.append(f"- shape stream at stride {c.shape_stream_stride}, gate `{c.gate}`, "
+                     f"image gradients `{c.image_gradients}`"
+                     + (f" (Canny {c.canny_low:g} / {c.canny_high:g})"
+                        if c.image_gradients == "canny" else ""))
+    lines += [
+        f"- ASPP {c.aspp_channels} channels, rates {list(c.aspp_rates)} at output stride 16; "
+        f"decoder {c.decoder_channels} channels, skip {c.skip_channels}",
+        f"- numerics: `compat: {c.compat}`; sync batch norm: {c.sync_batch_norm}",
+        "- input: float32 `[B, H, W, 3]` RGB 0..255, any size (normalised inside the model)",
+        "", "## Parameters", "",
+        f"{parts['total']:,} in all ({trainable:,} trainable): backbone "
+        f"{parts['backbone']:,}, shape stream {parts['shape_stream']:,}, fusion / decoder "
+        f"{parts['fusion_decoder']:,}.", "",
+        "## Data", "",
+    ]
+    training = metadata.get("training_config") or {}
+    data, train = training.get("data") or {}, training.get("train") or {}
+    if data:
+        lines.append(f"Trained on `{data.get('dataset')}` (crops {data.get('crop_size')}, "
+                     f"{train.get('steps')} steps of batch {train.get('batch_size')}, "
+                     f"optimizer {train.get('optimizer')}, lr {train.get('learning_rate')}).")
+    else:
+        lines.append("Training data: not recorded with this preset.")
+    lines += ["", f"Ignore label {model.ignore_label}.", "",
+              "| id | class | colour (RGB) |", "|---|---|---|"]
+    lines += [f"| {i} | {n} | {tuple(col)} |"
+              for i, (n, col) in enumerate(zip(model.class_names, model.palette))]
+    lines += ["", "## Metrics", ""]
+    metrics = metadata.get("metrics")
+    if metrics:
+        lines += ["| metric | value |", "|---|---|"]
+        lines += [f"| {k} | {_figure(k, v)} |"
+                  for k, v in metrics.items() if not isinstance(v, (dict, list))]
+    else:
+        lines.append("Not recorded with this preset.")
+    versions = metadata.get("versions", {})
+    lines += ["", "## Files", "",
+              f"Saved with gscnn_tf {versions.get('gscnn_tf')}, Keras {versions.get('keras')}, "
+              f"TensorFlow {versions.get('tensorflow')}. `keras.saving.load_model` reads "
+              "`model.save` files after `import gscnn_tf`; this folder loads with "
+              "`gscnn_tf.GSCNN.from_preset`.", ""]
+    return "\n".join(lines)
