@@ -7,8 +7,10 @@ model's fixed input size, the labels are resized back (nearest) to the image's s
     # -> out/street_labels.png (train ids) and out/street_overlay.png (classes.json palette)
 
 `--gpu` loads the TFLite GPU delegate (libtensorflowlite_gpu_delegate.so, built for the
-device); exports made with export.tflite_canny_max_steps > 0 have no WHILE op, so the
-delegate can take the whole graph.
+device). Both kinds of export work here: the default one (uint8 `images` in, int32 `labels`
+out; the delegate takes only part of it) and the GPU target (`gscnn-tf export --target gpu`:
+float32 `images` in, `probabilities` out, every op on the delegate), around which this script
+does what an app does: cast the pixels to float32 before, take the argmax after.
 """
 
 from __future__ import annotations
@@ -37,11 +39,16 @@ def predict(runner, image: np.ndarray) -> dict:
     if image.ndim != 3 or image.shape[2] != 3 or min(image.shape[:2]) < 1:
         raise ValueError(f"image {image.shape}: expected uint8 RGB [H, W, 3] with H, W >= 1 "
                          "(one image per call)")
-    height, width = runner.get_input_details()["images"]["shape"][1:3]
+    images = runner.get_input_details()["images"]
+    height, width = images["shape"][1:3]
     resized = image if image.shape[:2] == (height, width) else cv2.resize(
         image, (int(width), int(height)), interpolation=cv2.INTER_LINEAR)
-    out = runner(images=np.ascontiguousarray(resized[None], np.uint8))
-    labels, edge_prob = out["labels"][0], out["edge_prob"][0, ..., 0]
+    # uint8 for the default export; float32 0..255 for the GPU target, which leaves the
+    # argmax over its class probabilities to the app.
+    out = runner(images=np.ascontiguousarray(resized[None], images["dtype"]))
+    labels = out["labels"][0] if "labels" in out else \
+        np.argmax(out["probabilities"][0], axis=-1).astype(np.int32)
+    edge_prob = out["edge_prob"][0, ..., 0]
     if labels.shape != image.shape[:2]:
         size = (image.shape[1], image.shape[0])
         labels = cv2.resize(labels.astype(np.uint8), size, interpolation=cv2.INTER_NEAREST)

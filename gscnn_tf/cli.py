@@ -24,6 +24,7 @@ COMMANDS = {
     "evaluate": ("gscnn_tf.evaluation.cli", "mIoU, boundary F and crop factors over a split"),
     "predict": ("gscnn_tf.inference", "label maps, overlays and edges for images or folders"),
     "export": ("gscnn_tf.export", "SavedModel for TF Serving or TFLite"),
+    "audit-tflite": ("gscnn_tf.tflite_audit", "which ops of a TFLite file the GPU delegate runs"),
     "make-synthetic": ("gscnn_tf.data.synthetic", "write the synthetic dataset"),
     "summary": ("gscnn_tf.models.summary", "parameter counts and FLOPs of a config's model"),
     "benchmark": ("gscnn_tf.benchmark", "speed figures on this machine"),

@@ -36,7 +36,9 @@ which has no int8 kernel, stays float). Files are written atomically and an exis
 kept unless `overwrite`. Canny's hysteresis for TFLite: `export.tflite_canny_max_steps` N > 0
 unrolls N max-pool growth steps (no WHILE op: GPU delegates and int8 calibration need that;
 64 steps find 0.984-1.0 of OpenCV's edge pixels, never extra, docs/canny.md), 0 keeps the
-exact WHILE loop (float CPU only).
+exact WHILE loop (float CPU only). `--target gpu` (`gscnn_tf.tflite_gpu`) writes a file
+that runs whole on the TFLite GPU delegate instead: float32 input, probabilities out, audited
+op by op (`gscnn_tf.tflite_audit`); every TFLite export prints that audit's verdict.
 """
 
 from __future__ import annotations
@@ -63,9 +65,9 @@ AGREEMENT_TARGET = {"none": 0.999, "fp16": 0.99, "dynamic": 0.95, "int8": 0.95}
 IMAGE_MAGIC = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"GIF8", b"BM")
 
 
-def class_metadata(config, num_classes: int) -> dict:
-    """{"class_names", "palette", "ignore_label"} of the model's dataset (placeholders when
-    the config is unknown)."""
+def class_metadata(config, num_classes: int, model=None) -> dict:
+    """{"class_names", "palette", "ignore_label"} of the model's dataset: the config's when
+    given, else the model's own (a `GSCNN` carries them), else placeholders."""
     if config is not None:
         from gscnn_tf.data.pipeline import dataset_info
 
@@ -74,6 +76,10 @@ def class_metadata(config, num_classes: int) -> dict:
             return {"class_names": list(info.class_names),
                     "palette": np.asarray(info.palette).tolist(),
                     "ignore_label": int(info.ignore_label)}
+    if getattr(model, "class_names", None) is not None:
+        return {"class_names": list(model.class_names),
+                "palette": [list(c) for c in model.palette],
+                "ignore_label": int(model.ignore_label)}
     from gscnn_tf import viz
 
     return {"class_names": [f"class_{i}" for i in range(num_classes)],
@@ -215,6 +221,14 @@ def _swap_into_place(staged: str, target: str, work: str, overwrite: bool) -> No
         raise
 
 
+def _file_mode() -> int:
+    """The mode `open()` gives a new file under the process's umask (0644 under 022), so a
+    serving container running as another user can read what we export."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
 def write_file(path: str, data: bytes, overwrite: bool = False) -> None:
     """Writes `data` to `path` through a temporary file in the same folder and a rename:
     `path` is either its old content or the new one, never half-written."""
@@ -226,6 +240,7 @@ def write_file(path: str, data: bytes, overwrite: bool = False) -> None:
     try:
         with os.fdopen(handle, "wb") as f:
             f.write(data)
+        os.chmod(tmp, _file_mode())  # mkstemp's 0600 would hide the file from other users
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -466,7 +481,8 @@ def parse_size(text: str) -> tuple[int, int]:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from gscnn_tf.inference import add_checkpoint_argument
 
-    parser.add_argument("model", help=".keras file or run directory / checkpoint")
+    parser.add_argument("model", help=".keras file, preset folder or run directory / "
+                                      "checkpoint")
     parser.add_argument("--format", choices=FORMATS, default="saved_model")
     parser.add_argument("--output", "-o", default="exports", help="export folder")
     parser.add_argument("--config", help="training config YAML (default: the run's)")
@@ -482,8 +498,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--canny-max-steps", type=int,
                         help="TFLite hysteresis steps, 0 = WHILE loop "
                              "(export.tflite_canny_max_steps)")
-    parser.add_argument("--canny-step-form", choices=("bool", "pool", "bits"),
+    parser.add_argument("--canny-step-form", choices=("bool", "pool", "bits", "mask"),
                         help="TFLite hysteresis step form (export.tflite_canny_step_form)")
+    parser.add_argument("--target", choices=("cpu", "gpu"), default="cpu",
+                        help="TFLite: cpu = uint8 in, labels out, any interpreter (GPU "
+                             "delegates take part of it); gpu = float32 in, probabilities "
+                             "out, every op on the TFLite GPU delegate (gscnn_tf.tflite_gpu)")
     parser.add_argument("--verify", type=int, default=0, metavar="N",
                         help="TFLite: report label agreement with the Keras model on N "
                              "validation images")
@@ -509,22 +529,35 @@ def run(args) -> int:
     if args.format == "saved_model":
         path = export_saved_model(model, args.output, args.model_name or export.model_name,
                                   args.version or export.version,
-                                  class_metadata(predictor.config, num_classes),
+                                  class_metadata(predictor.config, num_classes, model),
                                   args.overwrite)
         print(f"wrote SavedModel {path} (signatures: {', '.join(SIGNATURES)})")
         return 0
     height, width = parse_size(args.size) if args.size else export.tflite_size
     quantize = args.quantize or export.quantize
-    name = f"{args.model_name or export.model_name}_{height}x{width}_{quantize}.tflite"
+    gpu = args.target == "gpu"
+    name = f"{args.model_name or export.model_name}_{height}x{width}_{quantize}" \
+        f"{'_gpu' if gpu else ''}.tflite"
     path = os.path.join(args.output, name)
-    content = export_tflite(model, config, path, height, width, quantize,
-                            args.canny_max_steps, args.canny_step_form, args.overwrite)
-    classes = json.dumps(class_metadata(predictor.config, num_classes), indent=1)
+    from gscnn_tf import tflite_audit, tflite_gpu
+
+    if gpu and args.canny_step_form not in (None, tflite_gpu.STEP_FORM):
+        raise ExportError(f"--canny-step-form {args.canny_step_form} with --target gpu: the "
+                          f"GPU target's Canny is step form '{tflite_gpu.STEP_FORM}'")
+    if gpu:
+        content = tflite_gpu.export_tflite_gpu(model, config, path, height, width, quantize,
+                                               args.canny_max_steps, args.overwrite)
+    else:
+        content = export_tflite(model, config, path, height, width, quantize,
+                                args.canny_max_steps, args.canny_step_form, args.overwrite)
+    classes = json.dumps(class_metadata(predictor.config, num_classes, model), indent=1)
     write_file(os.path.join(args.output, CLASSES_ASSET), classes.encode("utf-8"), True)
     print(f"wrote {path} ({len(content) / 2**20:.2f} MiB, {quantize})")
+    print(f"{tflite_audit.audit(content, path).summary()} "
+          f"(op by op: gscnn-tf audit-tflite {path})")
     if args.verify:
-        report = verify_tflite(content, model,
-                               heldout_images(config, height, width, args.verify))
+        verify = tflite_gpu.verify_tflite_gpu if gpu else verify_tflite
+        report = verify(content, model, heldout_images(config, height, width, args.verify))
         print(f"label agreement with the Keras model on {report['images']} validation "
               f"images: {100 * report['agreement']:.3f} %")
     return 0
