@@ -140,7 +140,7 @@ def test_backbone_weights_from_converted_file(converted):
 def test_existing_output_is_kept(converted, checkpoint, capsys):
     _, out = converted
     size = os.path.getsize(out)
-    assert main(["import-reference", checkpoint, "--out", out]) == 1
+    assert main(["import-reference", checkpoint, "--out", out]) == 2
     assert "exists; pass --overwrite" in capsys.readouterr().err
     assert os.path.getsize(out) == size
     with pytest.raises(ri.ReferenceImportError, match="ending in .keras"):
