@@ -2,7 +2,8 @@
 viewable pictures; `gscnn-tf predict` is its command line.
 
 A Predictor loads any of
-- a `.keras` file (`model.save(...)`),
+- a `.keras` file (`model.save(...)`) or a preset folder (`GSCNN.save_to_preset`): both carry
+  the class names, palette and ignore label, so no config is needed,
 - a checkpoint of a training run: the run directory, its `checkpoints/` or `best/` folder, or a
   `ckpt-N` prefix (`tf.train.Checkpoint(model=...)`), with the run's `config.yaml` or a given
   config to rebuild the model,
@@ -22,6 +23,7 @@ ids with `label_ids=True`), `<name>_overlay.png` (palette colours over the image
 from __future__ import annotations
 
 import argparse
+import copy
 import os
 
 import numpy as np
@@ -73,7 +75,7 @@ class Predictor:
         import tensorflow as tf
 
         import gscnn_tf
-        from gscnn_tf.models import gscnn  # noqa: F401  (registers the layers for .keras)
+        from gscnn_tf.models.presets import is_preset, load_preset
 
         source = os.fspath(source)
         if config is None or isinstance(config, (str, os.PathLike)):
@@ -87,6 +89,8 @@ class Predictor:
             import keras
 
             self.model = keras.saving.load_model(source, compile=False)
+        elif is_preset(source):
+            self.model = load_preset(source)
         elif os.path.isfile(os.path.join(source, "saved_model.pb")):
             loaded = tf.saved_model.load(source)
             if "serving_default" not in loaded.signatures:
@@ -98,8 +102,9 @@ class Predictor:
             prefix = find_checkpoint(source, checkpoint)
             if prefix is None:
                 raise FileNotFoundError(
-                    f"{source}: not a .keras file, a SavedModel directory (saved_model.pb) or "
-                    "a checkpoint (run dir, checkpoints/ or best/ folder, or ckpt-N prefix)")
+                    f"{source}: not a .keras file, a preset folder (config.json), a SavedModel "
+                    "directory (saved_model.pb) or a checkpoint (run dir, checkpoints/ or "
+                    "best/ folder, or ckpt-N prefix)")
             if config is None:
                 raise ConfigError(f"checkpoint {prefix}: no config.yaml found beside it; pass "
                                   "the training config (--config)")
@@ -135,10 +140,13 @@ class Predictor:
 
     @property
     def palette(self) -> np.ndarray:
+        """uint8 `[C, 3]`: the config's dataset's, else the model's own (`GSCNN`)."""
         if self.config is not None:
             from gscnn_tf.data.pipeline import dataset_info
 
             return dataset_info(self.config).palette
+        if getattr(self.model, "palette", None) is not None:
+            return np.asarray(self.model.palette, np.uint8)
         return viz.default_palette(self.num_classes or 256)
 
     def predict(self, images, gates: bool = False) -> dict:
@@ -249,7 +257,8 @@ class Predictor:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("model", help=".keras file, run directory / checkpoint, or SavedModel")
+    parser.add_argument("model", help=".keras file, preset folder, run directory / checkpoint, "
+                                      "or SavedModel")
     parser.add_argument("inputs", help="an image file or a folder (searched recursively)")
     parser.add_argument("--output", "-o", default="predictions", help="output folder")
     parser.add_argument("--config", help="training config YAML (default: the run's)")

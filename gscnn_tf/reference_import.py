@@ -12,7 +12,9 @@ running_mean / running_var -> gamma / beta / moving_mean / moving_variance, bias
 [upsampled ASPP, skip] where the reference concatenates [skip, upsampled ASPP]. The reference's
 unused `dsn1` pair is reported and skipped; every other unmapped, missing or wrong-shaped
 tensor is an error, all of them listed in one message, before any weight is set. The number of
-classes comes from `final_seg.6.weight`. The `.keras` file is written atomically.
+classes comes from `final_seg.6.weight` (19: the Cityscapes names and palette). The `.keras`
+file is written atomically, and a preset folder beside it (`gscnn_tf.models.presets`:
+`gscnn_tf.GSCNN.from_preset("gscnn_reference")`).
 """
 
 from __future__ import annotations
@@ -72,6 +74,7 @@ class ImportReport:
     skipped: list
     parameters: int
     seconds: float
+    preset: str | None = None
 
 
 def reference_model_config(image_gradients: str = "canny") -> ModelConfig:
@@ -221,26 +224,58 @@ def save_atomic(model, out: str, overwrite: bool = False) -> None:
             os.remove(tmp)
 
 
+def default_preset_dir(out: str) -> str:
+    """The preset folder written beside `out`: its path without `.keras`."""
+    return out[: -len(".keras")] if out.endswith(".keras") else f"{out}_preset"
+
+
+def _check_preset(preset: str, overwrite: bool) -> None:
+    if os.path.exists(preset) and not overwrite:
+        raise ReferenceImportError(f"preset folder {preset} exists; pass --overwrite to "
+                                   "replace it (or --preset to write another)")
+
+
 def import_reference(checkpoint: str, out: str, overwrite: bool = False,
-                     image_gradients: str = "canny", trust_pickle: bool = False):
-    """Converts `checkpoint` into the Keras model file `out`; returns an `ImportReport`."""
-    from gscnn_tf.models.gscnn import build_model
+                     image_gradients: str = "canny", trust_pickle: bool = False,
+                     preset: str | None = ""):
+    """Converts `checkpoint` into the Keras model file `out` and a preset folder (`preset`;
+    "" for the default beside `out`, None for none); returns an `ImportReport`. A 19-class
+    checkpoint gets the Cityscapes class names and palette."""
+    from gscnn_tf.models.gscnn import GSCNN
 
     _check_out(out, overwrite)
+    if preset == "":
+        preset = default_preset_dir(out)
+    if preset is not None:
+        _check_preset(preset, overwrite)
     start = time.perf_counter()
     state = read_checkpoint(checkpoint, trust_pickle)
     num_classes = num_classes_of(state)
-    model = build_model(reference_model_config(image_gradients), num_classes)
+    classes = {}
+    if num_classes == 19:
+        from gscnn_tf.data.cityscapes import info
+
+        cityscapes = info()
+        classes = {"class_names": list(cityscapes.class_names),
+                   "palette": cityscapes.palette.tolist()}
+    model = GSCNN.from_model_config(reference_model_config(image_gradients), num_classes,
+                                    **classes)
     skipped = load_reference_weights(model, state)
     save_atomic(model, out, overwrite)
+    if preset is not None:
+        _check_preset(preset, overwrite)
+        model.save_to_preset(preset)
     return ImportReport(out, num_classes, len(model.weights), skipped, model.count_params(),
-                        time.perf_counter() - start)
+                        time.perf_counter() - start, preset)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("checkpoint", help="reference .pth file (state dict, keys module.*)")
     parser.add_argument("--out", required=True, help="Keras model file to write (.keras)")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    parser.add_argument("--preset", default="",
+                        help="preset folder to write too (default: --out without .keras)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace an existing --out and preset folder")
     parser.add_argument("--image-gradients", choices=("canny", "none"), default="canny",
                         help="the reference's Canny input, or zeros (model.image_gradients)")
     parser.add_argument("--trust-pickle", action="store_true",
@@ -249,9 +284,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args) -> int:
     report = import_reference(args.checkpoint, args.out, args.overwrite,
-                              args.image_gradients, args.trust_pickle)
+                              args.image_gradients, args.trust_pickle, args.preset)
     print(f"wrote {report.out}: {report.mapped} weights set, {report.num_classes} classes, "
           f"{report.parameters:,} parameters, {report.seconds:.1f} s")
+    if report.preset:
+        print(f"wrote the preset {report.preset} (gscnn_tf.GSCNN.from_preset, or any "
+              "gscnn-tf command that takes a model)")
     if report.skipped:
         print(f"skipped (unused by the reference forward pass): {', '.join(report.skipped)}")
     return 0

@@ -153,6 +153,11 @@ class GSCNN(keras.Model):
                  sync_batch_norm=_MODEL_DEFAULTS.sync_batch_norm,
                  class_names=None, palette=None, ignore_label=255, loss_config=None,
                  name=None, **kwargs):
+        unknown = sorted(set(kwargs) - {"trainable", "dtype"})
+        if unknown:
+            raise TypeError(f"GSCNN: unknown argument(s) {', '.join(unknown)}; the model's "
+                            "arguments are num_classes, the ModelConfig fields, class_names, "
+                            "palette, ignore_label, loss_config and name")
         fields = {
             "backbone": dict(backbone or {}), "shape_stream": shape_stream,
             "shape_stream_stride": shape_stream_stride, "gate": gate,

@@ -49,6 +49,9 @@ def count_flops(model: keras.Model, height: int, width: int) -> int:
 
 
 def add_arguments(parser):
+    parser.add_argument("model", nargs="?", default=None,
+                        help="a saved model: preset folder, .keras file or run directory "
+                             "(default: build the --config's model)")
     parser.add_argument("--config", default=None, help="YAML config (defaults if omitted)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="config override, e.g. model.backbone.name=resnet50")

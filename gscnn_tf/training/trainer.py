@@ -5,8 +5,9 @@ MultiWorkerMirroredStrategy (see `strategy.py`).
     summary = trainer.train(resume=True)     # {"step", "train": {...}, "val": {...}}
 
 The run directory (`train.run_dir`) holds config.yaml, checkpoints/ (the latest
-`train.keep_checkpoints`), best/ (the best model by validation mIoU), events/ (TensorBoard)
-and metrics.json (every validation, the last training terms).
+`train.keep_checkpoints`), best/ (the best model by validation mIoU: its checkpoint, and
+model.keras and preset/ for `keras.saving.load_model` / `GSCNN.from_preset`), events/
+(TensorBoard) and metrics.json (every validation, the last training terms).
 """
 
 from __future__ import annotations
@@ -138,7 +139,12 @@ class Trainer:
                                 self.config.train.batch_size)
         result = validate(self.model, dataset, self.info.num_classes, self.config.eval,
                           self.config.data.ignore_label)
-        self.checkpoints.save_best(step, result["miou"])
+        if self.checkpoints.save_best(step, result["miou"]) and self.chief:
+            from gscnn_tf.models.presets import save_run_best
+
+            save_run_best(self.model, self.config.train.run_dir, self.config, {
+                "step": step, "miou": result["miou"], "boundary_f": result["boundary_f"],
+                "boundary_f_tolerance": result.get("tolerance_label")})
         self.summaries.scalars(step, {"miou": result["miou"],
                                       "boundary_f": result["boundary_f"]}, prefix="val")
         self.history.append({"step": step, "train": dict(train_values or {}), "val": result})
