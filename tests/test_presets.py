@@ -213,3 +213,7 @@ def test_cli_commands_take_a_preset(run, tmp_path, capsys):
     assert main(["summary", preset, "--size", "32x32"]) == 0
     printed = capsys.readouterr().out
     assert "wrote 3 files" in printed and f"{len(run.info.class_names)} classes" in printed
+    three = str(tmp_path / "three.keras")
+    gscnn_tf.GSCNN(3, **TINY, shape_stream=False).save(three)
+    assert main(["summary", three, "--size", "32x32"]) == 0
+    assert "model deeplabv3plus_small, 3 classes" in capsys.readouterr().out

@@ -63,17 +63,23 @@ def add_arguments(parser):
 def run(args) -> int:
     from gscnn_tf import build_model
 
-    config = load_config(args.config, args.set)
     try:
         height, width = (int(v) for v in args.size.lower().split("x"))
     except ValueError:
         raise SystemExit(f"--size '{args.size}': expected HxW, e.g. 512x1024")
-    num_classes = args.num_classes
-    if num_classes is None:
-        from gscnn_tf.data.pipeline import dataset_info
+    if args.model:
+        from gscnn_tf import GSCNN
 
-        num_classes = dataset_info(config).num_classes
-    model = build_model(config.model, num_classes)
+        model = GSCNN.from_preset(args.model)
+        num_classes = int(model.output["seg_logits"].shape[-1])
+    else:
+        config = load_config(args.config, args.set)
+        num_classes = args.num_classes
+        if num_classes is None:
+            from gscnn_tf.data.pipeline import dataset_info
+
+            num_classes = dataset_info(config).num_classes
+        model = build_model(config.model, num_classes)
     parts = parameter_breakdown(model)
     print(f"model {model.name}, {num_classes} classes")
     for key in ("total", "backbone", "shape_stream", "fusion_decoder"):
