@@ -137,6 +137,24 @@ def test_backbone_weights_from_converted_file(converted):
                               source.get_layer("gate1_weight").kernel.numpy())
 
 
+def test_import_writes_a_preset_that_loads_alike(cli_output, converted):
+    """The preset beside the .keras file (`gscnn-tf import-reference` writes both) gives the
+    same outputs and names the 19 Cityscapes classes."""
+    from gscnn_tf import GSCNN
+    from gscnn_tf.data.cityscapes import CLASSES
+
+    model, out = converted
+    preset = out[: -len(".keras")]
+    assert f"wrote the preset {preset}" in cli_output[1]
+    loaded = GSCNN.from_preset(preset)
+    assert list(loaded.class_names) == [name for name, _, _ in CLASSES]
+    assert loaded.model_config.compat == "reference" and model.class_names == loaded.class_names
+    images = _probe_images().astype(np.float32)
+    for key, value in loaded(images, training=False).items():
+        np.testing.assert_allclose(value.numpy(), model(images, training=False)[key].numpy(),
+                                   atol=1e-6)
+
+
 def test_existing_output_is_kept(converted, checkpoint, capsys):
     _, out = converted
     size = os.path.getsize(out)
@@ -180,6 +198,17 @@ def _keras_outputs(model, images):
     return np.argmax(out["seg_logits"].numpy(), -1), tf.sigmoid(out["edge_logits"]).numpy()
 
 
+def _edge_tolerance(model, images):
+    """How far two float32 runs of this graph may put `edge_prob` apart: the random-weight
+    WRN-38 drives edge logits to |x| ~ 350, float32 sums over 137 M parameters in another
+    order (TFLite's kernels against oneDNN's) differ by ~3e-6 of that largest magnitude
+    (measured: 1.1e-3 on a logit near 0 with the largest at 356), and sigmoid's slope is at
+    most 1/4. We allow 1e-5 of the largest logit, the agreement this model reaches with the
+    PyTorch forward pass (test above), times that slope."""
+    logits = model(images.astype(np.float32), training=False)["edge_logits"].numpy()
+    return 0.25 * 1e-5 * float(np.abs(logits).max())
+
+
 @pytest.mark.slow
 def test_converted_model_exports_saved_model(converted, tmp_path):
     """SavedModel of the 137 M-parameter converted model: ~75 s, 550 MB written (slow)."""
@@ -204,4 +233,6 @@ def test_converted_model_exports_tflite(converted, tmp_path):
                                    SIZE, SIZE)
     got = export.run_tflite(content, images)
     assert np.mean(got["labels"] == labels) > 0.999
-    np.testing.assert_allclose(got["edge_prob"], edges, atol=1e-4)
+    tolerance = _edge_tolerance(model, images)
+    assert 1e-4 < tolerance < 2e-3  # the scale argued in _edge_tolerance, not a blank cheque
+    np.testing.assert_allclose(got["edge_prob"], edges, atol=tolerance)
