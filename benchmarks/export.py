@@ -4,7 +4,10 @@ SavedModel: labels of `serving_default` and `serve_bytes` (PNG files) equal to t
 argmax, largest |difference| of `edge_prob` and `probabilities`, export time. TFLite, per
 quantization (none, fp16, dynamic, int8): file size and its ratio to float32, conversion time
 (int8: calibration on training-pipeline crops included), argmax agreement with the Keras model
-(LiteRT, ai-edge-litert) against the targets, LiteRT CPU time per image, ops left in float32.
+(LiteRT, ai-edge-litert) against the targets, LiteRT CPU time per image, ops left in float32,
+and the TFLite GPU delegate's static audit of each file (`gscnn_tf.tflite_audit`: partitions,
+unsupported ops). The GPU target (`--target gpu`, fp32 and fp16 weights) the same way, beside
+the share of OpenCV's Canny edge pixels its bounded Canny finds on the held-out images.
 Writes benchmarks/results/export.json and export.md.
 
     python train.py                                    # the synthetic default: runs/synthetic
@@ -25,7 +28,7 @@ import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from gscnn_tf import export  # noqa: E402
+from gscnn_tf import export, tflite_audit, tflite_gpu  # noqa: E402
 from gscnn_tf.benchmark import machine_info, markdown_table, write_results  # noqa: E402
 from gscnn_tf.inference import Predictor  # noqa: E402
 
@@ -95,11 +98,68 @@ def tflite(model, config, images: np.ndarray, labels: np.ndarray, quantize: str)
             "agreement": agreement, "target": export.AGREEMENT_TARGET[quantize],
             "meets_target": agreement >= export.AGREEMENT_TARGET[quantize],
             "litert_ms_per_image": round(1000 * per_image, 1),
-            "float32_ops": len(floats), "ops": len(export.tflite_op_list(content))}
+            "float32_ops": len(floats), "ops": len(export.tflite_op_list(content)),
+            "gpu_delegate": _gpu_audit(content)}
+
+
+def _gpu_audit(content: bytes) -> dict:
+    """The GPU delegate's static audit of a TFLite file: partitions, ops it takes, the
+    unsupported ops by name."""
+    report = tflite_audit.audit(content)
+    unsupported: dict[str, int] = {}
+    for op in report.unsupported:
+        unsupported[op.name] = unsupported.get(op.name, 0) + 1
+    return {"partitions": len(report.partitions), "ops": len(report.ops),
+            "largest_partition": max((len(p) for p in report.partitions), default=0),
+            "unsupported": unsupported, "clean": report.clean}
+
+
+def tflite_gpu_target(model, config, images: np.ndarray, labels: np.ndarray,
+                      quantize: str) -> dict:
+    """One GPU-target file (`--target gpu`): size, conversion time, the audit, agreement of
+    the app's argmax with the Keras model, LiteRT CPU time per image."""
+    height, width = images.shape[1:3]
+    with tempfile.TemporaryDirectory() as folder:
+        start = time.perf_counter()
+        content = tflite_gpu.export_tflite_gpu(model, config, os.path.join(folder, "m.tflite"),
+                                               height, width, quantize)
+        seconds = time.perf_counter() - start
+    tflite_gpu.run_tflite_gpu(content, images[:1])
+    start = time.perf_counter()
+    predicted = tflite_gpu.run_tflite_gpu(content, images)["labels"]
+    per_image = (time.perf_counter() - start) / len(images)
+    agreement = float(np.mean(predicted == labels))
+    target = tflite_gpu.AGREEMENT_TARGET[quantize]
+    return {"bytes": len(content), "convert_s": round(seconds, 1), "agreement": agreement,
+            "target": target, "meets_target": agreement >= target,
+            "litert_ms_per_image": round(1000 * per_image, 1),
+            "gpu_delegate": _gpu_audit(content)}
+
+
+def canny_found_share(images: np.ndarray, config) -> dict:
+    """The exported graphs' bounded Canny (`export.tflite_canny_max_steps` steps, step form
+    "mask"; the default export's "pool" steps give the same map) against `cv2.Canny` on the
+    grey image: share of OpenCV's edge pixels found, extra pixels relative to OpenCV's count."""
+    from gscnn_tf.ops.canny import canny
+
+    model_config, steps = config.model, config.export.tflite_canny_max_steps
+    ours = canny(images, model_config.canny_low, model_config.canny_high, steps,
+                 "mask").numpy()[..., 0] > 0.5
+    ref = np.stack([cv2.Canny(cv2.cvtColor(im, cv2.COLOR_RGB2GRAY), model_config.canny_low,
+                              model_config.canny_high) > 0 for im in images])
+    count = max(int(ref.sum()), 1)
+    return {"max_steps": steps, "opencv_edge_pixels": int(ref.sum()),
+            "found": float((ours & ref).sum()) / count,
+            "extra": float((ours & ~ref).sum()) / count}
 
 
 def _markdown(r: dict) -> str:
     m, s, model = r["machine"], r["saved_model"], r["model"]
+    c = r.get("canny_found")
+    canny_line = "" if c is None else (
+        f"Bounded Canny ({c['max_steps']} steps, the exported graphs') on the held-out images: "
+        f"{100 * c['found']:.2f} % of OpenCV's {c['opencv_edge_pixels']:,} edge pixels found, "
+        f"{100 * c['extra']:.2f} % extra.")
     base = r["tflite"]["none"]["bytes"]
     rows = [[q, f"{t['bytes']:,}", f"{t['bytes'] / base:.3f}", f"{100 * t['agreement']:.3f} %",
              f"{100 * t['target']:.1f} %", "yes" if t["meets_target"] else "**no**",
@@ -127,11 +187,30 @@ def _markdown(r: dict) -> str:
         "## TFLite vs Keras (argmax agreement on the held-out pixels)", "",
         markdown_table(["quantize", "bytes", "vs float32", "agreement", "target", "met",
                         "convert s", "LiteRT ms / image", "float32 ops / ops"], rows), "",
+        "GPU delegate audit of each file (`gscnn-tf audit-tflite`): " + "; ".join(
+            f"{q}: {_audit_text(t['gpu_delegate'])}" for q, t in r["tflite"].items()) + ".",
+        "", "## TFLite GPU target (`--target gpu`) vs Keras", "",
+        markdown_table(["weights", "bytes", "agreement", "target", "met", "GPU delegate audit",
+                        "convert s", "LiteRT CPU ms / image"],
+                       [[q, f"{t['bytes']:,}", f"{100 * t['agreement']:.3f} %",
+                         f"{100 * t['target']:.1f} %", "yes" if t["meets_target"] else "**no**",
+                         _audit_text(t["gpu_delegate"]), t["convert_s"],
+                         t["litert_ms_per_image"]]
+                        for q, t in r.get("tflite_gpu", {}).items()]), "",
+        canny_line, "",
         f"float32 weights alone: {4 * model['parameters']:,} bytes. Conversion times include "
         "freezing and, for int8, calibration on "
         f"{r['representative_images']} training-pipeline crops; LiteRT times are one CPU "
         "interpreter with its default XNNPACK delegate, under the load average above.",
     ])
+
+
+def _audit_text(a: dict) -> str:
+    if a["clean"]:
+        return f"clean, {a['ops']} ops in 1 partition"
+    names = ", ".join(f"{k} x{n}" for k, n in a["unsupported"].items())
+    return (f"{a['partitions']} partitions, largest {a['largest_partition']} of {a['ops']} "
+            f"ops; unsupported {names}")
 
 
 def main(argv=None) -> int:
@@ -178,6 +257,13 @@ def main(argv=None) -> int:
     for quantize in quantizations:
         record["tflite"][quantize] = tflite(model, config, images, labels, quantize)
         print(f"TFLite {quantize}:", record["tflite"][quantize], flush=True)
+    record["tflite_gpu"] = {}
+    for quantize in tflite_gpu.QUANTIZE:
+        record["tflite_gpu"][quantize] = tflite_gpu_target(model, config, images, labels,
+                                                           quantize)
+        print(f"TFLite GPU target {quantize}:", record["tflite_gpu"][quantize], flush=True)
+    record["canny_found"] = canny_found_share(images, config)
+    print("bounded Canny:", record["canny_found"], flush=True)
     paths = write_results(args.out, "export", record, _markdown(record))
     print(_markdown(record))
     print("wrote", *paths)

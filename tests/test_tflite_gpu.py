@@ -250,3 +250,44 @@ def test_edge_entry_point_takes_the_gpu_target(setup, gpu_files, tmp_path):
     out = module.predict(runner, images[0])
     np.testing.assert_array_equal(out["labels"], expected["labels"][0])
     np.testing.assert_allclose(out["edge_prob"], expected["edge_prob"][0, ..., 0], atol=1e-6)
+
+
+def _litert_gpu_script():
+    spec = importlib.util.spec_from_file_location(
+        "litert_gpu", os.path.join(os.path.dirname(__file__), "..", "benchmarks",
+                                   "litert_gpu.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_litert_compiled_model_check_runs_on_cpu(setup, gpu_files, tmp_path):
+    """The GPU check's CompiledModel path (child process, buffers, argmax), run on LiteRT's
+    CPU accelerator: the labels equal the interpreter's."""
+    _, _, images = setup
+    script = _litert_gpu_script()
+    path = tmp_path / "m.tflite"
+    path.write_bytes(gpu_files["none"])
+    result = script.check_on_accelerator(str(path), images[:2], "cpu")
+    assert result["status"] == "ran", result
+    np.testing.assert_array_equal(result["labels"],
+                                  tflite_gpu.run_tflite_gpu(gpu_files["none"], images[:2])
+                                  ["labels"])
+    reason = script.failure_reason("INFO: x\nERROR: [delegate_webgpu.cc:359] Failed to "
+                                   "initialize WebGPU environment: INTERNAL: No adapters found\n")
+    assert reason == "Failed to initialize WebGPU environment: INTERNAL: No adapters found"
+
+
+@pytest.mark.parametrize("quantize", tflite_gpu.QUANTIZE)
+def test_litert_gpu_runs_the_gpu_target_whole(setup, gpu_files, tmp_path, quantize):
+    """Where LiteRT can create its GPU accelerator: fully accelerated, labels agree with
+    Keras. Elsewhere skipped with LiteRT's reason."""
+    _, model, images = setup
+    path = tmp_path / "m.tflite"
+    path.write_bytes(gpu_files[quantize])
+    result = _litert_gpu_script().check_on_accelerator(str(path), images, "gpu")
+    if result["status"] == "skipped":
+        pytest.skip(result["reason"])
+    assert result["fully_accelerated"]
+    agreement = float(np.mean(result["labels"] == export.keras_labels(model, images)))
+    assert agreement >= tflite_gpu.AGREEMENT_TARGET[quantize]
