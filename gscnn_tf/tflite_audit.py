@@ -5,9 +5,9 @@ partitions the delegate would cut the graph into. `gscnn-tf audit-tflite FILE` p
 An op the delegate rejects in the middle of the graph splits the graph between GPU and CPU;
 the delegate then takes only its largest partition (`max_delegated_partitions` = 1 by
 default), so most of a network can end up on the CPU. TensorFlow's own
-`tf.lite.experimental.Analyzer.analyze(..., gpu_compatibility=True)` checks only the per-op
-rules of `gpu_compatibility.cc` (it passes a graph holding a WHILE loop, and comparison ops
-whose result is not cast to float), so the rules are restated here from the delegate itself.
+`tf.lite.experimental.Analyzer.analyze(..., gpu_compatibility=True)` is no guide: on TF 2.21.0
+it calls our default export, ARG_MAX, a CAST from uint8 and LOGICAL_AND included, "compatible
+with GPU delegate". So the delegate's rules are restated here from its source.
 
 The file is read with the flatbuffer schema TensorFlow ships
 (`tensorflow.lite.python.schema_py_generated`); no interpreter is built.
@@ -28,8 +28,9 @@ import numpy as np
 # and CastOperationParser; GetOpsToReplace's tensor-type rules) and
 # tensorflow/lite/tools/versioning/gpu_compatibility.cc (CheckGpuDelegateCompatibility: the
 # per-op constraints restated in `_constraint`), both read from the tensorflow/tensorflow
-# repository at a recent master revision (the one that routes every parser's IsSupported
-# through gpu_compatibility.cc, as the 2.21 line this project pins does). An op missing here
+# repository at a recent revision (one that routes every parser's IsSupported through
+# gpu_compatibility.cc; the files at the v2.21.0 tag this project pins were not at hand to
+# compare line by line, so a version limit there may differ in detail). An op missing here
 # (ARG_MAX, WHILE, ROUND, SELECT, LOGICAL_AND/OR/NOT, CEIL, GATHER, SPACE_TO_BATCH_ND, ...) has
 # no parser and always stays on the CPU.
 GPU_DELEGATE_OPS: dict[str, int | None] = {
@@ -233,6 +234,8 @@ def _constraint(op: Op, tensors: list, consumers: dict, producers: dict) -> str:
     if any(len(t.shape) > 4 for t in ins + outs):
         return "a tensor of rank 5 or more"
     if name in COMPARISONS:
+        if any(t.dtype not in FLOATS + QUANTIZED for t in runtime):
+            return f"comparison of {runtime[0].dtype} tensors"
         users = consumers.get(op.outputs[0], [])
         if len(users) == 1 and users[0].name == "CAST" and \
                 tensors[users[0].outputs[0]].dtype in FLOATS:
@@ -342,9 +345,10 @@ def _constraint(op: Op, tensors: list, consumers: dict, producers: dict) -> str:
 
 
 def _partitions(ops: list, supported: list, tensors: list, graph_inputs: list) -> list:
-    """The delegated partitions: TFLite's PartitionGraphIntoIndependentNodeSubsets, i.e.
-    nodes taken in dependency order into the fewest alternating subsets of supported and
-    unsupported nodes. Returns the supported subsets, each a list of op indices."""
+    """The delegated partitions, by the walk of TFLite's PartitionGraphIntoIndependentNodeSubsets
+    (graph_info.cc): each round, the first node (in execution order) whose inputs are ready
+    sets the round's kind, supported or not, and every node of that kind that becomes ready
+    joins it, until none does. Returns the supported rounds, each a list of op indices."""
     ready = {t.index for t in tensors if t.constant} | set(graph_inputs)
     left = list(range(len(ops)))
     subsets = []

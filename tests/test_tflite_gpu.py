@@ -75,6 +75,11 @@ def test_audit_comparisons_and_partitions():
     assert "GREATER" in reasons and "exactly one CAST" in reasons["GREATER"], reasons
     assert any(name.startswith("SELECT") for name in reasons)
 
+    integers = _convert(lambda x: {"y": tf.cast(tf.cast(x, tf.int32) > 1, tf.float32) * x},
+                        _F)
+    reasons = {op.name: op.reason for op in tflite_audit.audit(integers).unsupported}
+    assert reasons.get("GREATER") == "comparison of INT32 tensors", reasons
+
     rounded = _convert(lambda x: {"y": tf.round(x * 2.0 + 0.25) * 3.0 - 1.0}, _F)
     report = tflite_audit.audit(rounded)
     assert [op.name for op in report.unsupported] == ["ROUND"]
