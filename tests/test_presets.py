@@ -142,7 +142,9 @@ def test_training_writes_its_best_model_as_keras_file_and_preset(run, rng):
     metadata = presets.read_metadata(os.path.join(best, "preset"))
     assert metadata["metrics"]["step"] == 2
     assert metadata["metrics"]["miou"] == pytest.approx(run.history[-1]["val"]["miou"])
-    assert metadata["training_config"]["train"]["steps"] == 2
+    assert loaded.training_config.train.steps == 2 and loaded.training_config.data.crop_size \
+        == [32, 32]
+    assert os.path.isfile(os.path.join(best, "preset", "config.yaml"))
     card = open(os.path.join(best, "preset", "README.md"), encoding="utf-8").read()
     assert "## Metrics" in card and f"{100 * metadata['metrics']['miou']:.2f} %" in card
     assert "gscnn_tf.GSCNN.from_preset(" in card and "| 0 | " in card
@@ -213,6 +215,13 @@ def test_cli_commands_take_a_preset(run, tmp_path, capsys):
     assert main(["summary", preset, "--size", "32x32"]) == 0
     printed = capsys.readouterr().out
     assert "wrote 3 files" in printed and f"{len(run.info.class_names)} classes" in printed
+    # A preset alone, away from its run: its config.yaml names the data to evaluate on.
+    import shutil
+
+    alone = str(tmp_path / "alone")
+    shutil.copytree(preset, alone)
+    assert main(["evaluate", alone, "--limit", "2", "-o", str(tmp_path / "eval")]) == 0
+    assert "2 images: mIoU" in capsys.readouterr().out
     three = str(tmp_path / "three.keras")
     gscnn_tf.GSCNN(3, **TINY, shape_stream=False).save(three)
     assert main(["summary", three, "--size", "32x32"]) == 0

@@ -8,8 +8,10 @@ A preset folder holds
                        arguments (model config, num_classes, class names, palette, ignore
                        label, loss config)
     model.weights.h5   the weights (no optimizer state)
-    metadata.json      class names, palette, ignore label, parameter count, versions, the
-                       training metrics and the training config when known
+    metadata.json      class names, palette, ignore label, parameter count, versions and the
+                       training metrics when known
+    config.yaml        the training config, when known (so `gscnn-tf evaluate` / `export`
+                       find the model's dataset and settings beside it, as in a run dir)
     README.md          a model card: architecture, parameters, data, metrics, how to use it
 
 `load_preset` (`GSCNN.from_preset`) also takes a `.keras` file (`model.save`) or a training
@@ -32,6 +34,7 @@ CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.weights.h5"
 METADATA_FILE = "metadata.json"
 CARD_FILE = "README.md"
+TRAINING_CONFIG_FILE = "config.yaml"
 BEST_DIR = "best"
 BEST_KERAS = "model.keras"
 BEST_PRESET = "preset"
@@ -70,17 +73,13 @@ def _jsonable(value):
     return value
 
 
-def preset_metadata(model, metrics=None, training_config=None) -> dict:
+def preset_metadata(model, metrics=None) -> dict:
     import tensorflow as tf
 
     import gscnn_tf
 
     if metrics is None:
         metrics = _history_metrics(model) or getattr(model, "training_metrics", None)
-    config = training_config.to_dict() if hasattr(training_config, "to_dict") else \
-        training_config
-    if config is None:
-        config = getattr(model, "training_config", None)
     return _jsonable({
         "format": "gscnn_tf preset 1",
         "model": model.name,
@@ -89,7 +88,6 @@ def preset_metadata(model, metrics=None, training_config=None) -> dict:
         "ignore_label": model.ignore_label,
         "parameters": int(model.count_params()),
         "metrics": dict(metrics) if metrics else None,
-        "training_config": config,
         "versions": {"gscnn_tf": gscnn_tf.__version__, "keras": keras.__version__,
                      "tensorflow": tf.__version__},
     })
@@ -127,7 +125,8 @@ def save_preset(model, preset_dir, metrics=None, training_config=None) -> str:
     """Writes `model` (a `GSCNN`) as a preset folder, replacing an existing one; returns its
     path. `metrics`: a dict of figures for the card (default: the last epoch of the latest
     `fit`, or those the model was loaded with). `training_config`: the `Config` it was
-    trained with, if known."""
+    trained with, if known (default: the one it was loaded with)."""
+    from gscnn_tf.config import save_config
     from gscnn_tf.models.gscnn import GSCNN
 
     if not isinstance(model, GSCNN):
@@ -143,9 +142,14 @@ def save_preset(model, preset_dir, metrics=None, training_config=None) -> str:
         # (`Model.save_weights` has no such option).
         saving_lib.save_weights_only(model, os.path.join(staged, WEIGHTS_FILE),
                                      objects_to_skip=_optimizer_of(model))
-        metadata = preset_metadata(model, metrics, training_config)
+        metadata = preset_metadata(model, metrics)
         _write_text(os.path.join(staged, METADATA_FILE), json.dumps(metadata, indent=1))
-        _write_text(os.path.join(staged, CARD_FILE), model_card(model, metadata, preset_dir))
+        if training_config is None:
+            training_config = getattr(model, "training_config", None)
+        if training_config is not None:
+            save_config(training_config, os.path.join(staged, TRAINING_CONFIG_FILE))
+        _write_text(os.path.join(staged, CARD_FILE),
+                    model_card(model, metadata, preset_dir, training_config))
         _swap_in(staged, preset_dir)
     finally:
         shutil.rmtree(staged, ignore_errors=True)
@@ -159,8 +163,8 @@ def _optimizer_of(model) -> list:
 
 def load_preset(path):
     """A `GSCNN` from a preset folder, a `.keras` file or a run directory (its best model).
-    The metadata of a preset comes back as `model.training_metrics` and
-    `model.training_config` (dict or None)."""
+    A preset's metrics and training config come back as `model.training_metrics` (dict)
+    and `model.training_config` (`Config`), None when it has none."""
     from gscnn_tf.models.gscnn import GSCNN
 
     path = os.fspath(path)
@@ -182,7 +186,7 @@ def load_preset(path):
         model.load_weights(os.path.join(path, WEIGHTS_FILE))
         metadata = read_metadata(path)
         model.training_metrics = metadata.get("metrics")
-        model.training_config = metadata.get("training_config")
+        model.training_config = read_training_config(path)
         return model
     if is_run_dir(path):
         return load_run_model(path)
@@ -196,6 +200,14 @@ def read_metadata(preset_dir: str) -> dict:
         return {}
     with open(path, encoding="utf-8") as f:
         return json.load(f)
+
+
+def read_training_config(preset_dir: str):
+    """The `Config` a preset was trained with (its config.yaml), or None."""
+    from gscnn_tf.config import load_config
+
+    path = os.path.join(preset_dir, TRAINING_CONFIG_FILE)
+    return load_config(path) if os.path.isfile(path) else None
 
 
 def run_checkpoint(run_dir: str) -> str | None:
@@ -283,7 +295,7 @@ def _figure(key: str, value) -> str:
     return f"{value:.4g}"
 
 
-def model_card(model, metadata: dict, preset_dir: str) -> str:
+def model_card(model, metadata: dict, preset_dir: str, training_config=None) -> str:
     """The preset's README.md: architecture, parameters, data, metrics, usage."""
     from gscnn_tf.models.summary import parameter_breakdown
 
@@ -328,12 +340,12 @@ def model_card(model, metadata: dict, preset_dir: str) -> str:
         f"{parts['fusion_decoder']:,}.", "",
         "## Data", "",
     ]
-    training = metadata.get("training_config") or {}
-    data, train = training.get("data") or {}, training.get("train") or {}
-    if data:
-        lines.append(f"Trained on `{data.get('dataset')}` (crops {data.get('crop_size')}, "
-                     f"{train.get('steps')} steps of batch {train.get('batch_size')}, "
-                     f"optimizer {train.get('optimizer')}, lr {train.get('learning_rate')}).")
+    if training_config is not None:
+        data, train = training_config.data, training_config.train
+        lines.append(f"Trained on `{data.dataset}` (crops {list(data.crop_size)}, "
+                     f"{train.steps} steps of batch {train.batch_size}, optimizer "
+                     f"{train.optimizer}, lr {train.learning_rate}); the full training config "
+                     f"is `{TRAINING_CONFIG_FILE}`.")
     else:
         lines.append("Training data: not recorded with this preset.")
     lines += ["", f"Ignore label {model.ignore_label}.", "",
