@@ -1,7 +1,8 @@
 """`gscnn-tf` command line: one subcommand per task, each owned by the module that does it.
 
 Each module named below provides `add_arguments(parser)` and `run(args) -> int`. Modules
-are imported only for the command that runs, so `gscnn-tf --help` starts instantly.
+are imported only for the command that runs (`gscnn-tf --help` loads none of them, only
+TensorFlow and Keras, which `import gscnn_tf` needs to register the model: about 3 s).
 
 An error the user can fix (`gscnn_tf.errors.GSCNNError`, a file that is missing or already
 there, a data file TensorFlow cannot decode) ends the command with one line on stderr,
