@@ -49,7 +49,8 @@ class ModelConfig:
     resolution, the paper), 2 or 4. gate: "reference" (normalised gate network) or "paper".
     image_gradients: "canny" or "none" (zeros). canny_max_steps: 0 runs hysteresis to
     convergence; N > 0 unrolls N steps (no WHILE op, for GPU delegates). canny_step_form:
-    "bool" / "bits" (fast in TF) or "pool" (fast in TFLite); all give the same edges.
+    "bool" / "bits" (fast in TF), "pool" (fast in TFLite) or "mask" (float masks only, every
+    op on the TFLite GPU delegate); all give the same edges.
     aspp_rates are given at output stride 16 and doubled at 8. compat: "none" or "reference"
     (the reference PyTorch code's numerics, for its converted checkpoint; wrn38 only; see
     gscnn_tf.models.compat and `gscnn-tf import-reference`).
@@ -188,7 +189,8 @@ class ExportConfig:
     [height, width] of a TFLite export. quantize: none | fp16 | dynamic | int8 (calibrated on
     `representative_images` training-pipeline crops). tflite_canny_max_steps: Canny hysteresis
     steps unrolled in the TFLite graph (no WHILE op, for GPU delegates and int8); 0 keeps the
-    exact WHILE loop. tflite_canny_step_form: the step form there ("pool" is fast in TFLite).
+    exact WHILE loop. tflite_canny_step_form: the step form there ("pool" is fast in TFLite;
+    `--target gpu` always uses "mask").
     """
 
     model_name: str = "gscnn"
