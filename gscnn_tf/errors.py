@@ -13,6 +13,7 @@ Every class derives from `GSCNNError` and from the built-in error it refines, so
       ExportError          an export that cannot be done as asked (RuntimeError)
       ReferenceImportError a PyTorch checkpoint that does not fit the reference model
       StrategyError        a tf.distribute set-up that cannot be made (RuntimeError)
+      UsageError           options the chosen model cannot serve (ValueError)
       NonFiniteLossError   training reached a NaN / infinite loss (FloatingPointError)
 
 Anything else that escapes a command is a defect and keeps its traceback.
@@ -53,6 +54,10 @@ class ReferenceImportError(GSCNNError, ValueError):
 
 class StrategyError(GSCNNError, RuntimeError):
     """A tf.distribute strategy that cannot be set up as configured."""
+
+
+class UsageError(GSCNNError, ValueError):
+    """Options the chosen model cannot serve (the gates or probabilities of a SavedModel)."""
 
 
 class NonFiniteLossError(GSCNNError, FloatingPointError):

@@ -29,7 +29,7 @@ import os
 import numpy as np
 
 from gscnn_tf import viz
-from gscnn_tf.errors import ConfigError
+from gscnn_tf.errors import ConfigError, UsageError
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 PICTURES = ("labels", "overlay", "edges")
@@ -165,7 +165,7 @@ class Predictor:
                              f"{images.shape}")
         if self._signature is not None:
             if gates:
-                raise ValueError(f"{self.source}: a SavedModel does not expose the gates")
+                raise UsageError(f"{self.source}: a SavedModel does not expose the gates")
             pixels = np.clip(np.round(images.astype(np.float32)), 0, 255).astype(np.uint8)
             out = self._signature(images=tf.constant(pixels))
             return {"labels": out["labels"].numpy().astype(np.int32),
@@ -187,7 +187,7 @@ class Predictor:
         import tensorflow as tf
 
         if self.model is None:
-            raise ValueError(f"{self.source}: a SavedModel returns labels only; flip, "
+            raise UsageError(f"{self.source}: a SavedModel returns labels only; flip, "
                              "multi-scale and sliding-window inference need a Keras source")
         out = self._forward(tf.constant(np.asarray(images, np.float32)))
         return tf.concat([tf.nn.softmax(out["seg_logits"]), tf.sigmoid(out["edge_logits"])],

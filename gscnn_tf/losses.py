@@ -19,6 +19,7 @@ from typing import Callable
 import numpy as np
 import tensorflow as tf
 
+from gscnn_tf.errors import ConfigError
 from gscnn_tf.ops.filters import gaussian_blur, sobel
 
 IGNORE_LABEL = 255
@@ -81,8 +82,8 @@ def pixel_weights(labels: tf.Tensor, valid: tf.Tensor, num_classes: int,
         return mask
     if weighting == "fixed":
         if len(class_weights) != num_classes:
-            raise ValueError(f"loss.class_weights has {len(class_weights)} values: expected "
-                             f"one per class ({num_classes}) for class_weighting 'fixed'")
+            raise ConfigError(f"loss.class_weights has {len(class_weights)} values: expected "
+                              f"one per class ({num_classes}) for class_weighting 'fixed'")
         return tf.gather(tf.constant(class_weights, tf.float32), safe) * mask
     if weighting == "image":
         batch = tf.shape(labels)[0]
@@ -93,7 +94,7 @@ def pixel_weights(labels: tf.Tensor, valid: tf.Tensor, num_classes: int,
         freq = tf.math.divide_no_nan(counts, tf.reduce_sum(counts, -1, keepdims=True))
         weights = tf.where(counts > 0, 2.0 - freq, 1.0)
         return tf.gather(weights, safe, batch_dims=1) * mask
-    raise ValueError(f"loss.class_weighting '{weighting}': expected one of {WEIGHTINGS}")
+    raise ConfigError(f"loss.class_weighting '{weighting}': expected one of {WEIGHTINGS}")
 
 
 def _pixel_cross_entropy(seg_logits, labels, ignore_label):
@@ -264,17 +265,17 @@ class GSCNNLoss:
 
             config = LossConfig()
         if config.class_weighting not in WEIGHTINGS:
-            raise ValueError(f"loss.class_weighting '{config.class_weighting}': expected one "
-                             f"of {WEIGHTINGS}")
+            raise ConfigError(f"loss.class_weighting '{config.class_weighting}': expected one "
+                              f"of {WEIGHTINGS}")
         if config.class_weighting == "fixed" and not config.class_weights:
-            raise ValueError("loss.class_weights is empty: class_weighting 'fixed' needs one "
-                             "weight per class")
+            raise ConfigError("loss.class_weights is empty: class_weighting 'fixed' needs one "
+                              "weight per class")
         if config.dual_tau <= 0 or config.dual_sigma <= 0:
-            raise ValueError(f"loss.dual_tau {config.dual_tau} and loss.dual_sigma "
-                             f"{config.dual_sigma}: expected positive values")
+            raise ConfigError(f"loss.dual_tau {config.dual_tau} and loss.dual_sigma "
+                              f"{config.dual_sigma}: expected positive values")
         if not 0.0 < config.attention_threshold < 1.0:
-            raise ValueError(f"loss.attention_threshold {config.attention_threshold}: "
-                             "expected a probability in (0, 1)")
+            raise ConfigError(f"loss.attention_threshold {config.attention_threshold}: "
+                              "expected a probability in (0, 1)")
         self.config = config
         self.ignore_label = ignore_label
 

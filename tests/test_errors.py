@@ -158,6 +158,10 @@ class Ctx:
     def run(self):
         return self.request.getfixturevalue("run_dir")
 
+    @property
+    def saved_model(self):
+        return self.request.getfixturevalue("saved_model_dir")
+
     def data_copy(self, **kwargs):
         return write_folder_dataset(str(self.tmp), **kwargs)
 
@@ -260,6 +264,17 @@ CATALOGUE = [
          lambda c: ["unknown key 'eval.tolerance'", "eval.tolerances"]),
     Case("strategy name", "config", lambda c: _train(c, "--strategy", "mirorred"),
          lambda c: ["train.strategy 'mirorred'", "expected one of"]),
+    Case("model value", "config",
+         lambda c: _train(c, "--set", "model.backbone.output_stride=12"),
+         lambda c: ["model.backbone.output_stride 12", "expected 8 or 16"]),
+    Case("loss value", "config", lambda c: _train(c, "--set", "loss.class_weighting=median"),
+         lambda c: ["loss.class_weighting 'median'", "expected one of"]),
+    Case("evaluate window", "config",
+         lambda c: ["evaluate", c.run, "--window", "0", "64", "-o", str(c.tmp)],
+         lambda c: ["eval.window [0, 64]", "expected [height, width]"]),
+    Case("gates of a SavedModel", "usage",
+         lambda c: ["predict", c.saved_model, image_file(c.tmp), "--gates", "-o", str(c.tmp)],
+         lambda c: ["a SavedModel does not expose the gates"]),
     # data: the file or folder and what was expected
     Case("empty image folder", "data", _empty_images,
          lambda c: [os.path.join("images", "train"), "no images"]),
@@ -403,7 +418,7 @@ def test_error_classes_keep_their_builtin_bases():
     assert all(issubclass(c, errors.GSCNNError) for c in (
         errors.ConfigError, errors.DataError, errors.CheckpointError, errors.RunDirError,
         errors.ExportError, errors.ReferenceImportError, errors.StrategyError,
-        errors.NonFiniteLossError))
+        errors.UsageError, errors.NonFiniteLossError))
     # A plain ValueError from deep inside is a defect: no one-line treatment.
     assert cli.user_error_message(ValueError("x")) is None
     assert cli.user_error_message(errors.DataError("y")) == "y"
@@ -560,10 +575,15 @@ def test_cli_resume_past_a_truncated_checkpoint(run_dir, tmp_path, capfd):
 
 
 @pytest.fixture(scope="module")
-def saved_model(run_dir, tmp_path_factory):
+def saved_model_dir(run_dir, tmp_path_factory):
     out = str(tmp_path_factory.mktemp("exports"))
     assert cli.main(["export", run_dir, "--output", out]) == 0
-    return tf.saved_model.load(os.path.join(out, "gscnn", "1"))
+    return os.path.join(out, "gscnn", "1")
+
+
+@pytest.fixture(scope="module")
+def saved_model(saved_model_dir):
+    return tf.saved_model.load(saved_model_dir)
 
 
 def test_saved_model_batch_of_zero_returns_empty_outputs(saved_model):

@@ -14,6 +14,7 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
+from gscnn_tf.errors import ConfigError
 from gscnn_tf.ops.filters import gaussian_blur
 
 PAD_VALUE = 0.0
@@ -102,8 +103,8 @@ def random_scaled_crop(image, labels, seed, crop_hw, scale_range, ignore_label=2
     if class_uniform_fraction > 0:
         bad = [c for c in class_uniform_classes if not 0 <= c < num_classes]
         if bad:
-            raise ValueError(f"data.class_uniform_classes {list(class_uniform_classes)}: "
-                             f"{bad} outside the dataset's classes 0..{num_classes - 1}")
+            raise ConfigError(f"data.class_uniform_classes {list(class_uniform_classes)}: "
+                              f"{bad} outside the dataset's classes 0..{num_classes - 1}")
 
         def centred():
             found, y, x = _class_uniform_centre(labels, seeds[3], num_classes,

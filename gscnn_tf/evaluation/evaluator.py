@@ -17,7 +17,7 @@ import os
 import cv2
 import numpy as np
 
-from gscnn_tf.errors import DataError
+from gscnn_tf.errors import ConfigError, DataError
 from gscnn_tf.evaluation import metrics
 
 
@@ -94,11 +94,11 @@ class Evaluator:
 
         self.predictor, self.config, self.eval = predictor, config, config.eval
         if self.eval.window and (len(self.eval.window) != 2 or min(self.eval.window) < 1):
-            raise ValueError(f"eval.window {self.eval.window}: expected [height, width] in "
-                             "pixels, or [] for whole images")
+            raise ConfigError(f"eval.window {self.eval.window}: expected [height, width] in "
+                              "pixels, or [] for whole images")
         if not 0 <= self.eval.window_overlap < 1:
-            raise ValueError(f"eval.window_overlap {self.eval.window_overlap}: expected a "
-                             "fraction in [0, 1)")
+            raise ConfigError(f"eval.window_overlap {self.eval.window_overlap}: expected a "
+                              "fraction in [0, 1)")
         info = dataset_info(config)
         self.num_classes, self.class_names = info.num_classes, list(info.class_names)
         self.ignore_label = info.ignore_label
@@ -163,7 +163,7 @@ class Evaluator:
         examples = list_examples(self.config, split)[: limit or None]
         table = label_id_table(self.config) if save_format == "cityscapes" else None
         if save_format == "cityscapes" and table is None:
-            raise ValueError("--format cityscapes needs data.dataset: cityscapes")
+            raise ConfigError("--format cityscapes needs data.dataset: cityscapes")
         bar = None
         if progress:
             import keras

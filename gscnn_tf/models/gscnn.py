@@ -25,6 +25,7 @@ import tensorflow as tf
 from keras import layers
 
 from gscnn_tf.config import ModelConfig, config_from_dict
+from gscnn_tf.errors import ConfigError
 from gscnn_tf.models.backbones import build_backbone, preprocessing_mode
 from gscnn_tf.models.compat import batch_norm_kwargs, is_reference, reference_canny
 from gscnn_tf.models.layers import (
@@ -47,8 +48,8 @@ def _image_gradients(image, normalized, config):
                      config.canny_step_form, name="canny", dtype="float32")(image)
     if config.image_gradients == "none":
         return ZerosMap(name="canny", dtype="float32")(image)
-    raise ValueError(f"model.image_gradients '{config.image_gradients}': expected one of "
-                     f"{IMAGE_GRADIENTS}")
+    raise ConfigError(f"model.image_gradients '{config.image_gradients}': expected one of "
+                      f"{IMAGE_GRADIENTS}")
 
 
 def _fuse_boundary(edge_logits, canny):

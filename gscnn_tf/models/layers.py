@@ -13,6 +13,8 @@ import numpy as np
 import tensorflow as tf
 from keras import layers
 
+from gscnn_tf.errors import ConfigError
+
 _MEAN = np.array([0.485, 0.456, 0.406], np.float32)
 _STD = np.array([0.229, 0.224, 0.225], np.float32)
 _CAFFE_MEAN_BGR = np.array([103.939, 116.779, 123.68], np.float32)
@@ -157,7 +159,7 @@ def gated_conv(features, regular, name, form, bn_kwargs):
         x = layers.Conv2D(1, 1, use_bias=False, name=f"{name}_conv")(x)
         x = batch_norm(x, f"{name}_bn", bn_kwargs)
     else:
-        raise ValueError(f"model.gate '{form}': expected 'reference' or 'paper'")
+        raise ConfigError(f"model.gate '{form}': expected 'reference' or 'paper'")
     alpha = layers.Activation("sigmoid", name=f"{name}_alpha")(x)
     x = GateMultiply(name=f"{name}_gating")([features, alpha])
     x = layers.Conv2D(channels, 1, use_bias=False, name=f"{name}_weight")(x)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from keras import layers
 
+from gscnn_tf.errors import ConfigError
 from gscnn_tf.models.compat import is_reference
 from gscnn_tf.models.layers import ResizeLike, basic_block, gated_conv
 
@@ -36,7 +37,7 @@ def shape_stream(image, taps, config, bn_kwargs):
     """
     stride = config.shape_stream_stride
     if stride not in (1, 2, 4):
-        raise ValueError(f"model.shape_stream_stride {stride}: expected 1, 2 or 4")
+        raise ConfigError(f"model.shape_stream_stride {stride}: expected 1, 2 or 4")
     align = is_reference(config)
     x = ResizeLike(stride, align, name="shape_stem_resize")([taps["stem"], image])
     if x.shape[-1] != STEM_WIDTH:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
+from gscnn_tf.errors import ConfigError
 from gscnn_tf.ops.filters import sobel
 
 # OpenCV 5 RGB -> gray in Q15: (9798 R + 19235 G + 3735 B + 2^14) >> 15.
@@ -197,12 +198,12 @@ def canny(image, low: float = 10.0, high: float = 100.0, max_steps: int = 0,
       float32 `[B, H, W, 1]` in {0, 1}.
     """
     if step_form not in STEP_FORMS:
-        raise ValueError(f"canny step_form '{step_form}': expected one of {STEP_FORMS}")
+        raise ConfigError(f"canny step_form '{step_form}': expected one of {STEP_FORMS}")
     if channels not in CHANNEL_MODES:
         raise ValueError(f"canny channels '{channels}': expected one of {CHANNEL_MODES}")
     if max_steps < 0 or check_every < 1:
-        raise ValueError(f"canny max_steps {max_steps} / check_every {check_every}: expected "
-                         "max_steps >= 0 and check_every >= 1")
+        raise ConfigError(f"canny max_steps {max_steps} / check_every {check_every}: expected "
+                          "max_steps >= 0 and check_every >= 1")
     image = tf.convert_to_tensor(image)
     if image.shape.rank != 4 or image.shape[-1] not in (1, 3):
         raise ValueError(f"canny image shape {image.shape}: expected [B, H, W, 1 or 3]")

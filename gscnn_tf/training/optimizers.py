@@ -17,6 +17,7 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
+from gscnn_tf.errors import ConfigError
 from gscnn_tf.training.schedules import WarmupPolynomialDecay
 
 OPTIMIZERS = ("sgd", "adamw")
@@ -51,8 +52,8 @@ def build_optimizer(train_config, variables=None) -> keras.optimizers.Optimizer:
             optimizer.exclude_from_weight_decay(
                 var_list=[v for v in variables if not is_kernel(v)])
     else:
-        raise ValueError(f"train.optimizer '{c.optimizer}': expected one of "
-                         f"{', '.join(OPTIMIZERS)}")
+        raise ConfigError(f"train.optimizer '{c.optimizer}': expected one of "
+                          f"{', '.join(OPTIMIZERS)}")
     if c.mixed_precision:
         optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
     if variables is not None:

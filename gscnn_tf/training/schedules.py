@@ -6,6 +6,8 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
+from gscnn_tf.errors import ConfigError
+
 
 @keras.saving.register_keras_serializable(package="gscnn_tf")
 class WarmupPolynomialDecay(keras.optimizers.schedules.LearningRateSchedule):
@@ -16,8 +18,8 @@ class WarmupPolynomialDecay(keras.optimizers.schedules.LearningRateSchedule):
     def __init__(self, base_learning_rate: float, total_steps: int, power: float = 1.0,
                  warmup_steps: int = 0, end_learning_rate: float = 0.0):
         if total_steps <= warmup_steps:
-            raise ValueError(f"train.steps {total_steps} must exceed train.warmup_steps "
-                             f"{warmup_steps}")
+            raise ConfigError(f"train.steps {total_steps} must exceed train.warmup_steps "
+                              f"{warmup_steps}")
         self.base_learning_rate = float(base_learning_rate)
         self.total_steps = int(total_steps)
         self.power = float(power)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import tensorflow as tf
 
+from gscnn_tf.errors import DataError
 from gscnn_tf.evaluation import metrics
 
 
@@ -41,7 +42,7 @@ def validate(model, dataset, num_classes: int, eval_config, ignore_label: int = 
                                                     ignore_label)
         boundary.update(pred, labels, radii)
     if confusion is None:
-        raise ValueError("validation split is empty: no batches to validate on")
+        raise DataError("validation split is empty: no batches to validate on")
     iou, miou = metrics.iou_from_confusion(confusion)
     by_tolerance = boundary.summary()["f"]
     return {"miou": miou, "iou": [float(v) for v in iou],

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import importlib
 
+from gscnn_tf.errors import ConfigError
+
 TAPS = ("stem", "skip", "gate1", "gate2", "gate3", "out")
 
 _BUILDERS = {
@@ -19,7 +21,7 @@ _BUILDERS = {
 
 def _module(config):
     if config.name not in _BUILDERS:
-        raise ValueError(
+        raise ConfigError(
             f"model.backbone.name '{config.name}': expected one of {', '.join(_BUILDERS)}")
     return importlib.import_module(_BUILDERS[config.name])
 
@@ -38,7 +40,7 @@ def build_backbone(config, x, batch_norm_kwargs=None):
     """
     module = _module(config)
     if config.output_stride not in (8, 16):
-        raise ValueError(
+        raise ConfigError(
             f"model.backbone.output_stride {config.output_stride}: expected 8 or 16")
     taps = module.build(config, x, dict(batch_norm_kwargs or {}))
     missing = [t for t in TAPS if t not in taps]

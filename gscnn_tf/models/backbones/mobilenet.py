@@ -22,6 +22,7 @@ from __future__ import annotations
 import keras
 from keras import layers
 
+from gscnn_tf.errors import ConfigError
 from gscnn_tf.models.backbones.pretrained import load_pretrained
 
 PREPROCESSING = "tf"
@@ -43,7 +44,7 @@ def make_divisible(value: float, divisor: int = 8) -> int:
 def block_layout(output_stride: int) -> list[tuple[int, int]]:
     """(stride, dilation) of the depthwise conv of blocks 0..16 for output stride 8 or 16."""
     if output_stride not in (8, 16):
-        raise ValueError(f"model.backbone.output_stride {output_stride}: expected 8 or 16")
+        raise ConfigError(f"model.backbone.output_stride {output_stride}: expected 8 or 16")
     current, rate, layout = 2, 1, []
     for _, stride, _ in _BLOCKS:
         if stride == 2 and current == output_stride:
@@ -95,7 +96,7 @@ def build(config, x, bn_kwargs):
     """
     alpha = config.width_multiplier
     if not alpha > 0:
-        raise ValueError(f"model.backbone.width_multiplier {alpha}: expected a number > 0")
+        raise ConfigError(f"model.backbone.width_multiplier {alpha}: expected a number > 0")
     bn_kwargs = {"epsilon": 1e-3, "momentum": 0.999, **bn_kwargs}
     inputs = x
     x = layers.Conv2D(make_divisible(32 * alpha), 3, strides=2, padding="same", use_bias=False,

@@ -16,6 +16,8 @@ from typing import Callable
 
 import keras
 
+from gscnn_tf.errors import ConfigError
+
 
 def load_pretrained(config, x, taps, make_source: Callable, source_name: str) -> None:
     """Loads `config.weights` into the backbone layers between `x` and the taps, in place.
@@ -39,20 +41,20 @@ def load_pretrained(config, x, taps, make_source: Callable, source_name: str) ->
         try:
             source = make_source("imagenet")
         except Exception as e:  # no network, or a width keras.applications has no weights for
-            raise ValueError(
+            raise ConfigError(
                 f"model.backbone.weights 'imagenet': keras.applications could not provide "
                 f"{source_name}'s ImageNet weights (the first use downloads them; a local "
                 f"weights file works offline): {e}") from e
     else:
         if not os.path.isfile(weights):
-            raise ValueError(
+            raise ConfigError(
                 f"model.backbone.weights '{weights}': no such file (expected 'imagenet', '' or "
                 f"a weights file of {source_name} without its top)")
         source = make_source(None)
         try:
             source.load_weights(weights)
         except Exception as e:  # Keras raises ValueError, OSError or KeyError by format.
-            raise ValueError(
+            raise ConfigError(
                 f"model.backbone.weights '{weights}': not a weights file of {source_name} "
                 f"without its top: {e}") from e
     outputs = list({id(t): t for t in taps.values()}.values())

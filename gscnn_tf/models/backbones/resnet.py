@@ -19,6 +19,7 @@ from __future__ import annotations
 import keras
 from keras import layers
 
+from gscnn_tf.errors import ConfigError
 from gscnn_tf.models.backbones.pretrained import load_pretrained
 
 PREPROCESSING = "caffe"
@@ -33,7 +34,7 @@ def stage_layout(output_stride: int) -> list[tuple[int, int]]:
         return [(1, 1), (2, 1), (1, 2), (1, 4)]
     if output_stride == 16:
         return [(1, 1), (2, 1), (2, 1), (1, 2)]
-    raise ValueError(f"model.backbone.output_stride {output_stride}: expected 8 or 16")
+    raise ConfigError(f"model.backbone.output_stride {output_stride}: expected 8 or 16")
 
 
 def _batch_norm(x, name, bn_kwargs):
@@ -71,7 +72,7 @@ def build(config, x, bn_kwargs):
         dict of taps, see the module docstring.
     """
     if config.name not in _BLOCKS:
-        raise ValueError(f"model.backbone.name '{config.name}': expected one of {list(_BLOCKS)}")
+        raise ConfigError(f"model.backbone.name '{config.name}': expected one of {list(_BLOCKS)}")
     bn_kwargs = {"epsilon": 1.001e-5, **bn_kwargs}
     inputs = x
     x = layers.ZeroPadding2D(3, name="conv1_pad")(x)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from keras import layers
 
+from gscnn_tf.errors import ConfigError
 from gscnn_tf.models.layers import conv_bn_relu
 
 PREPROCESSING = "torch"
@@ -18,8 +19,8 @@ PREPROCESSING = "torch"
 def build(config, x, bn_kwargs):
     """Builds the small backbone on the normalised image `x` [B, H, W, 3]; returns its taps."""
     if config.weights:
-        raise ValueError(f"model.backbone.weights '{config.weights}': the small backbone has "
-                         "no pretrained weights; leave it empty")
+        raise ConfigError(f"model.backbone.weights '{config.weights}': the small backbone has "
+                          "no pretrained weights; leave it empty")
     w = config.base_width
     stage4_stride, dilation = (1, 2) if config.output_stride == 8 else (2, 1)
     plan = [(w, 2, 1), (2 * w, 2, 1), (4 * w, 2, 1), (8 * w, stage4_stride, 1),

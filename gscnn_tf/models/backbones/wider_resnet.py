@@ -38,6 +38,8 @@ import os
 import keras
 from keras import layers
 
+from gscnn_tf.errors import ConfigError
+
 PREPROCESSING = "torch"
 
 # (module, blocks, widths, dropout rate) of mod2..mod7.
@@ -52,7 +54,7 @@ def module_layout(output_stride: int) -> dict[int, tuple[int, int]]:
         return {2: (1, 1), 3: (1, 1), 4: (2, 1), 5: (1, 2), 6: (1, 4), 7: (1, 4)}
     if output_stride == 16:
         return {2: (1, 1), 3: (1, 1), 4: (2, 1), 5: (2, 1), 6: (1, 2), 7: (1, 2)}
-    raise ValueError(f"model.backbone.output_stride {output_stride}: expected 8 or 16")
+    raise ConfigError(f"model.backbone.output_stride {output_stride}: expected 8 or 16")
 
 
 def _bn_relu(x, name, bn_kwargs):
@@ -114,7 +116,7 @@ def build(config, x, bn_kwargs):
     """
     if config.weights and not (config.weights.endswith(".keras")
                                and os.path.isfile(config.weights)):
-        raise ValueError(
+        raise ConfigError(
             f"model.backbone.weights '{config.weights}': wrn38 has no keras.applications "
             "weights; expected '' (random initialisation) or an existing .keras model file "
             "with its layers (gscnn-tf import-reference writes one)")
@@ -145,6 +147,6 @@ def _load_trunk(path, inputs, out):
     try:
         source = keras.saving.load_model(path, compile=False)
     except Exception as e:  # Keras raises ValueError, OSError or TypeError by cause
-        raise ValueError(f"model.backbone.weights '{path}': not a loadable .keras model: "
-                         f"{e}") from e
+        raise ConfigError(f"model.backbone.weights '{path}': not a loadable .keras model: "
+                          f"{e}") from e
     copy_weights_by_name(source, keras.Model(inputs, out).layers, f"'{path}'")
