@@ -76,6 +76,18 @@ def machine_info() -> dict:
             "gpu_names": names}
 
 
+def machine_line(machine: dict) -> str:
+    """One line naming the machine of a `machine_info()` record, for results files: CPU
+    (vector flags), cores, GPUs, TensorFlow / Keras / Python versions, load average."""
+    m = machine
+    flags = f" ({', '.join(m['cpu_flags'])})" if m.get("cpu_flags") else ""
+    gpus = f", {m['gpus']} GPU" + (f" ({', '.join(m['gpu_names'])})" if m.get("gpu_names")
+                                   else "")
+    return (f"Machine: {m['cpu']}{flags}, {m['cores']} cores{gpus}; TensorFlow "
+            f"{m['tensorflow']}, Keras {m['keras']}, Python {m['python']}; load average "
+            f"{m['load_average']} at the start (other processes share the cores).")
+
+
 def time_call(fn, warmup: int = 1, reps: int = 3, clock=time.perf_counter) -> dict:
     """Runs `fn()` `warmup` times untimed (tracing, allocation), then `reps` times timed.
     `fn` must block until its result exists (return numpy, not a pending tensor).
@@ -219,13 +231,10 @@ def run(args) -> int:
 
     from gscnn_tf import build_model
     from gscnn_tf.config import load_config
-    from gscnn_tf.export import ExportError, parse_size
+    from gscnn_tf.export import parse_size
     from gscnn_tf.models.summary import count_flops
 
-    try:
-        height, width = parse_size(args.size)
-    except ExportError as e:
-        raise SystemExit(f"gscnn-tf benchmark --size: {e}")
+    height, width = parse_size(args.size)  # ExportError naming the size: one error line
     config = load_config(args.config, args.set)
     model = build_model(config.model, args.num_classes)
     image = tf.constant(np.random.default_rng(0).uniform(0, 255, (1, height, width, 3)),

@@ -8,7 +8,7 @@ Every class derives from `GSCNNError` and from the built-in error it refines, so
     GSCNNError
       ConfigError          a config file, key or value (ValueError)
       DataError            a dataset file or folder, a split without valid examples (ValueError)
-      CheckpointError      a missing, damaged or mismatching checkpoint (ValueError)
+      CheckpointError      a missing or damaged checkpoint or model file (ValueError)
       RunDirError          a run directory that already holds checkpoints (FileExistsError)
       ExportError          an export that cannot be done as asked (RuntimeError)
       ReferenceImportError a PyTorch checkpoint that does not fit the reference model
@@ -35,8 +35,8 @@ class DataError(GSCNNError, ValueError):
 
 
 class CheckpointError(GSCNNError, ValueError):
-    """A checkpoint that is missing, damaged (the message names the bad files and the intact
-    checkpoints) or does not match the model."""
+    """A checkpoint or saved model file that is missing or damaged (the message names the bad
+    files and, for a run, the intact checkpoints)."""
 
 
 class RunDirError(GSCNNError, FileExistsError):

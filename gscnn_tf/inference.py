@@ -29,7 +29,7 @@ import os
 import numpy as np
 
 from gscnn_tf import viz
-from gscnn_tf.errors import ConfigError, UsageError
+from gscnn_tf.errors import CheckpointError, ConfigError, UsageError
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 PICTURES = ("labels", "overlay", "edges")
@@ -86,7 +86,13 @@ class Predictor:
         if source.endswith(".keras"):
             if not os.path.isfile(source):
                 raise FileNotFoundError(f"model file not found: {source}")
+            import zipfile
+
             import keras
+
+            if not zipfile.is_zipfile(source):  # Keras would call it "File not found"
+                raise CheckpointError(f"{source}: not a readable .keras file (expected the zip "
+                                      "archive model.save writes; it may be truncated)")
 
             self.model = keras.saving.load_model(source, compile=False)
         elif is_preset(source):

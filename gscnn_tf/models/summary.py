@@ -13,6 +13,7 @@ import keras
 import tensorflow as tf
 
 from gscnn_tf.config import load_config
+from gscnn_tf.errors import UsageError
 
 SHAPE_PREFIXES = ("shape_", "gate", "fusion_")
 HEAD_PREFIXES = ("aspp_", "decoder_")
@@ -66,7 +67,7 @@ def run(args) -> int:
     try:
         height, width = (int(v) for v in args.size.lower().split("x"))
     except ValueError:
-        raise SystemExit(f"--size '{args.size}': expected HxW, e.g. 512x1024")
+        raise UsageError(f"--size '{args.size}': expected HxW, e.g. 512x1024") from None
     if args.model:
         from gscnn_tf import GSCNN
 
