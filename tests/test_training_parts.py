@@ -164,3 +164,20 @@ def test_validate_empty_split_names_the_problem():
         (np.zeros((0, 8, 8, 2), np.float32), {"labels": np.zeros((0, 8, 8), np.int32)})).batch(2)
     with pytest.raises(ValueError, match="validation split is empty"):
         validate(model, empty, 2, EvalConfig())
+
+
+def test_listed_checkpoints_of_a_relative_run_dir(tmp_path, monkeypatch):
+    """A run directory given relative to the working directory (`gscnn-tf export
+    runs/synthetic`): the listed prefixes are the files there, not the folder joined twice."""
+    from gscnn_tf.training.checkpoints import listed_checkpoints
+
+    manager = tf.train.CheckpointManager(tf.train.Checkpoint(v=tf.Variable(1.0)),
+                                         str(tmp_path / "run" / "checkpoints"), max_to_keep=2)
+    manager.save()
+    manager.save()
+    monkeypatch.chdir(tmp_path)
+    listed = listed_checkpoints(os.path.join("run", "checkpoints"))
+    assert listed == [os.path.join("run", "checkpoints", f"ckpt-{n}") for n in (2, 1)]
+    assert all(os.path.isfile(f"{p}.index") for p in listed)
+    absolute = listed_checkpoints(str(tmp_path / "run" / "checkpoints"))
+    assert absolute == [str(tmp_path / "run" / "checkpoints" / f"ckpt-{n}") for n in (2, 1)]

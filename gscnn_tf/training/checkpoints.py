@@ -29,12 +29,14 @@ import sys
 
 import tensorflow as tf
 
-from gscnn_tf.errors import CheckpointError
+from gscnn_tf.errors import CheckpointError, RunDirError
 
 # What restoring or reading a damaged checkpoint raises: IndexError for a truncated file
 # ("Read less bytes than requested"), DataLossError / other OpErrors for failed checksums,
 # bad index files and missing shards.
 READ_ERRORS = (IndexError, tf.errors.OpError)
+# What restoring an intact checkpoint into another model raises (other shapes, other layers).
+MISMATCH_ERRORS = (ValueError, AssertionError)
 CHECKPOINT_FOLDERS = ("checkpoints", "best")
 
 
@@ -76,6 +78,8 @@ class RunCheckpoints:
         for i, path in enumerate(candidates):
             try:
                 self.checkpoint.restore(path).assert_existing_objects_matched()
+            except MISMATCH_ERRORS as e:
+                raise CheckpointError(_mismatch_text(path, e)) from e
             except READ_ERRORS as e:
                 bad = damaged_files(path)
                 if not bad:
@@ -125,6 +129,29 @@ class RunCheckpoints:
             shutil.rmtree(self._scratch, ignore_errors=True)
 
 
+def holds_checkpoints(run_dir: str) -> bool:
+    """True when `run_dir` already has a run's checkpoints (its `checkpoints/` index)."""
+    return tf.train.latest_checkpoint(os.path.join(run_dir, "checkpoints")) is not None
+
+
+def check_new_run_dir(run_dir: str) -> None:
+    """RunDirError when `run_dir` already holds a run's checkpoints (a new run there would
+    mix with them; `--resume` continues it instead)."""
+    if holds_checkpoints(run_dir):
+        raise RunDirError(f"{run_dir} already holds checkpoints: pass --resume to continue "
+                          "that run, or choose another train.run_dir")
+
+
+def next_free_run_dir(run_dir: str) -> str:
+    """`run_dir` itself when it holds no checkpoints, else the first of `run_dir-2`,
+    `run_dir-3`, ... that holds none: a second `python train.py` gets its own folder."""
+    candidate, n = run_dir, 1
+    while holds_checkpoints(candidate):
+        n += 1
+        candidate = f"{run_dir.rstrip('/')}-{n}"
+    return candidate
+
+
 def checkpoint_step(prefix: str) -> int | None:
     """N of a `.../ckpt-N` prefix (None for other names)."""
     match = re.search(r"-(\d+)$", prefix)
@@ -136,9 +163,8 @@ def listed_checkpoints(folder: str) -> list[str]:
     lists, or, without one, every `<name>.index` file there."""
     state = tf.train.get_checkpoint_state(folder) if os.path.isdir(folder) else None
     if state is not None and state.all_model_checkpoint_paths:
-        paths = list(state.all_model_checkpoint_paths)
-        paths = [p if os.path.isabs(p) else os.path.join(folder, p) for p in paths]
-        return paths[::-1]
+        # get_checkpoint_state has already joined relative entries to `folder`.
+        return list(state.all_model_checkpoint_paths)[::-1]
     paths = [p[: -len(".index")] for p in glob.glob(os.path.join(folder, "*.index"))]
     return sorted(paths, key=lambda p: (checkpoint_step(p) or -1, p), reverse=True)
 
@@ -168,6 +194,13 @@ def _damage_text(bad: list[str], error: BaseException) -> str:
     reason = " ".join(str(getattr(error, "message", None) or error).split())
     reason = re.sub(r"\{\{function_node [^}]*\}\}\s*|\s*\[Op:\w+\]", "", reason)
     return f"{', '.join(bad)} cannot be read ({reason or type(error).__name__})"
+
+
+def _mismatch_text(prefix: str, error: BaseException) -> str:
+    reason = " ".join(str(error).split())
+    reason = reason if len(reason) <= 400 else reason[:400] + " ..."
+    return (f"checkpoint {prefix} does not match the model built from the config (was the "
+            f"config changed since it was written?): {reason}")
 
 
 def _names(prefixes) -> list[str]:
@@ -215,9 +248,12 @@ def find_checkpoint(source: str, choice: str | int | None = None) -> str | None:
 def restore_checkpoint(checkpoint: "tf.train.Checkpoint", prefix: str):
     """`checkpoint.restore(prefix)` for inference (objects the checkpoint has and
     `checkpoint` lacks, like the optimizer, are ignored). A damaged checkpoint is a
-    CheckpointError naming its bad files and the intact checkpoints beside it."""
+    CheckpointError naming its bad files and the intact checkpoints beside it; so is one
+    whose shapes do not fit the model."""
     try:
         return checkpoint.restore(prefix).expect_partial()
+    except MISMATCH_ERRORS as e:
+        raise CheckpointError(_mismatch_text(prefix, e)) from e
     except READ_ERRORS as e:
         bad = damaged_files(prefix)
         if not bad:
