@@ -42,7 +42,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args) -> int:
     import gscnn_tf
     from gscnn_tf.evaluation.evaluator import Evaluator
-    from gscnn_tf.evaluation.report import write_reports
+    from gscnn_tf.evaluation.report import tolerance_labels, write_reports
     from gscnn_tf.inference import Predictor, find_run_config
 
     config_path = args.config or find_run_config(args.model)
@@ -63,7 +63,8 @@ def run(args) -> int:
                           args.workers)
     results = evaluator.run(split, args.save_predictions or None, args.format, args.limit)
     paths = write_reports(results, output, args.step)
-    f_text = ", ".join(f"F@{t}px {100 * f:.2f}" for t, f in results["boundary_f"].items())
+    labels = tolerance_labels(results, with_pixels=True)
+    f_text = ", ".join(f"{labels[t]}: {100 * f:.2f}" for t, f in results["boundary_f"].items())
     print(f"{results['images']} images: mIoU {100 * results['miou']:.2f}, {f_text}")
     print(f"wrote {', '.join(paths.values())}")
     return 0

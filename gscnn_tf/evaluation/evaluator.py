@@ -104,6 +104,7 @@ class Evaluator:
         self.ignore_label = info.ignore_label
         self.confusion = np.zeros((self.num_classes, self.num_classes), np.int64)
         self.crops: dict = {}
+        self.heights: set[int] = set()
         self.boundary = metrics.BoundaryFAccumulator(self.num_classes, self.eval.tolerances,
                                                      self.ignore_label)
         self._pool, self._pending = None, []
@@ -134,8 +135,9 @@ class Evaluator:
         metrics.crop_confusion_matrices(pred, label, self.num_classes, self.eval.crop_factors,
                                         self.eval.reference_height, self.ignore_label,
                                         self.crops)
-        scale = label.shape[0] / self.eval.reference_height
-        pixels = [max(1, int(round(t * scale))) for t in self.eval.tolerances]
+        self.heights.add(int(label.shape[0]))
+        pixels = [metrics.scaled_tolerance(t, label.shape[0], self.eval.reference_height)
+                  for t in self.eval.tolerances]
         if self._pool is None:
             self.boundary.update(pred, label, pixel_tolerances=pixels)
             return
@@ -214,7 +216,8 @@ class Evaluator:
             "settings": {"scales": list(self.eval.scales), "flip": self.eval.flip,
                          "window": list(self.eval.window),
                          "window_overlap": self.eval.window_overlap,
-                         "tolerances_at_height": self.eval.reference_height},
+                         "tolerances_at_height": self.eval.reference_height,
+                         "image_heights": sorted(self.heights)},
         }
 
 

@@ -29,6 +29,32 @@ def add_arguments(parser) -> None:
                         help="split the CPU into N logical devices (train.cpu_replicas)")
 
 
+def _run_dir_given(overrides) -> bool:
+    return any(o.split("=", 1)[0].strip() == "train.run_dir" for o in overrides)
+
+
+def _choose_run_dir(config, args) -> None:
+    """A run directory named by `--set train.run_dir=...` is used as given (with checkpoints
+    in it, training needs `--resume`). The config's own run directory is a default: when it
+    already holds a run and this is not `--resume`, the run goes to `<run_dir>-2`, `-3`, ...
+    and says so. Under multi-worker training every worker must agree on the folder, so
+    there the default stays as it is."""
+    from gscnn_tf.training.checkpoints import check_new_run_dir, next_free_run_dir
+    from gscnn_tf.training.strategy import cluster_size
+
+    if args.resume:
+        return
+    if _run_dir_given(args.set) or cluster_size() > 1:
+        check_new_run_dir(config.train.run_dir)  # before the model is built
+        return
+    chosen = next_free_run_dir(config.train.run_dir)
+    if chosen != config.train.run_dir:
+        print(f"{config.train.run_dir} already holds a run; this one writes to {chosen} "
+              f"(set train.run_dir to choose, or pass --resume to continue "
+              f"{config.train.run_dir})", flush=True)
+        config.train.run_dir = chosen
+
+
 def run(args) -> int:
     path = args.config or (DEFAULT_CONFIG if os.path.isfile(DEFAULT_CONFIG) else None)
     overrides = list(args.set)
@@ -37,6 +63,7 @@ def run(args) -> int:
     if args.cpu_replicas is not None:
         overrides.append(f"train.cpu_replicas={args.cpu_replicas}")
     config = load_config(path, overrides)
+    _choose_run_dir(config, args)
     from gscnn_tf.training.strategy import configure_cpu_replicas
 
     configure_cpu_replicas(config.train.cpu_replicas)
@@ -49,7 +76,22 @@ def run(args) -> int:
     trainer = Trainer(config)
     result = trainer.train(resume=args.resume)
     val = result["val"]
-    print(f"done: step {result['step']}, validation mIoU {100 * val['miou']:.2f}, boundary F "
-          f"@{val['tolerance_px']}px {100 * val['boundary_f']:.2f} (run dir "
-          f"{config.train.run_dir})")
+    run_dir = config.train.run_dir
+    print(f"done: step {result['step']}, validation mIoU {100 * val['miou']:.2f}, boundary "
+          f"{val['tolerance_label']} {100 * val['boundary_f']:.2f} (run dir {run_dir})")
+    pictures = trainer.write_pictures()
+    if pictures:
+        print(f"pictures of validation images (input, prediction, ground truth, boundary, "
+              f"gates): {pictures}/")
+        print(next_commands(run_dir))
     return 0
+
+
+def next_commands(run_dir: str) -> str:
+    """What a user runs next on a finished run: evaluate it, predict an image, export it."""
+    return "\n".join([
+        "next:",
+        f"  gscnn-tf evaluate {run_dir}                           # mIoU, boundary F, crops",
+        f"  gscnn-tf predict {run_dir} your_image.png -o predictions/",
+        f"  gscnn-tf export {run_dir} --format saved_model --output exports",
+    ])

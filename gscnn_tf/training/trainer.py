@@ -23,9 +23,9 @@ import tensorflow as tf
 
 from gscnn_tf.config import save_config
 from gscnn_tf.data.pipeline import build_dataset, dataset_info, list_examples
-from gscnn_tf.errors import NonFiniteLossError, RunDirError
+from gscnn_tf.errors import NonFiniteLossError
 from gscnn_tf.losses import GSCNNLoss
-from gscnn_tf.training.checkpoints import RunCheckpoints
+from gscnn_tf.training.checkpoints import RunCheckpoints, check_new_run_dir
 from gscnn_tf.training.optimizers import build_optimizer, learning_rate_schedule
 from gscnn_tf.training.progress import Progress
 from gscnn_tf.training.step import TERMS, make_train_step
@@ -40,10 +40,14 @@ def _default_builder(model_config, num_classes):
     return build_model(model_config, num_classes)
 
 
-def _gate_model(model):
-    from gscnn_tf.models.gscnn import gate_model
+def _gates(model, images) -> dict:
+    """{"gate1".."gate3": [B, h, w, 1] alpha in [0, 1]} of `model` on `images`; {} for a
+    model without a shape stream (the DeepLab v3+ baseline)."""
+    from gscnn_tf.models.gscnn import GATE_ALPHAS, gate_model
 
-    return gate_model(model)
+    if not all(name in {layer.name for layer in model.layers} for name in GATE_ALPHAS):
+        return {}
+    return dict(gate_model(model)(images, training=False))
 
 
 class Trainer:
@@ -88,9 +92,8 @@ class Trainer:
         c = self.config.train
         if resume and self.checkpoints.restore_latest() is not None:
             self._load_history()
-        elif self.checkpoints.latest is not None:
-            raise RunDirError(f"{c.run_dir} already holds checkpoints: pass --resume to "
-                              "continue that run, or choose another train.run_dir")
+        else:
+            check_new_run_dir(c.run_dir)
         if self.chief:
             save_config(self.config, os.path.join(c.run_dir, "config.yaml"))
         start = int(self.step.numpy())
@@ -149,8 +152,8 @@ class Trainer:
                                       "boundary_f": result["boundary_f"]}, prefix="val")
         self.history.append({"step": step, "train": dict(train_values or {}), "val": result})
         if self.chief:
-            print(f"validation at step {step}: mIoU {100 * result['miou']:.2f}, boundary F "
-                  f"@{result['tolerance_px']}px {100 * result['boundary_f']:.2f}", flush=True)
+            print(f"validation at step {step}: mIoU {100 * result['miou']:.2f}, boundary "
+                  f"{result['tolerance_label']} {100 * result['boundary_f']:.2f}", flush=True)
             self._write_metrics()
         return result
 
@@ -160,10 +163,35 @@ class Trainer:
         local = self.strategy.experimental_local_results
         images, targets = local(images)[0], {k: local(v)[0] for k, v in targets.items()}
         outputs = self.model(images, training=False)
-        gates = _gate_model(self.model)(images, training=False)
-        gates = [gates[k] for k in sorted(gates)] if isinstance(gates, dict) else list(gates)
-        self.summaries.images(step, image_panels(images, targets, outputs, gates,
+        gates = _gates(self.model, images)
+        self.summaries.images(step, image_panels(images, targets, outputs,
+                                                 [gates[k] for k in sorted(gates)],
                                                  self.info.palette))
+
+    def write_pictures(self, count: int = 4) -> str | None:
+        """Writes `<run_dir>/pictures/val_<i>.png` for the first `count` validation images:
+        input, prediction overlay, ground truth, boundary map and the gates side by side.
+        Returns the folder (None on workers other than the chief)."""
+        if not self.chief or count < 1:
+            return None
+        from gscnn_tf.viz import prediction_sheet, write_png
+
+        folder = os.path.join(self.config.train.run_dir, "pictures")
+        dataset = build_dataset(self.config, self.config.data.val_split, False, count)
+        images, targets = next(iter(dataset.take(1)))
+        outputs = self.model(images, training=False)
+        gates = _gates(self.model, images)
+        prediction = tf.argmax(outputs["seg_logits"], axis=-1).numpy()
+        boundary = tf.sigmoid(tf.cast(outputs["edge_logits"], tf.float32)).numpy()
+        has_boundary = self.config.model.shape_stream
+        for i in range(int(images.shape[0])):
+            sheet = prediction_sheet(images[i].numpy(), prediction[i], self.info.palette,
+                                     boundary[i] if has_boundary else None,
+                                     targets["labels"][i].numpy(),
+                                     {k: v[i].numpy() for k, v in gates.items()},
+                                     self.config.data.ignore_label)
+            write_png(os.path.join(folder, f"val_{i}.png"), sheet)
+        return folder
 
     def _metrics_path(self) -> str:
         return os.path.join(self.config.train.run_dir, "metrics.json")
