@@ -219,7 +219,21 @@ def test_cli_trains_resumes_and_reports(data_root, tmp_path, monkeypatch, capsys
     assert "done: step 2, validation mIoU" in capsys.readouterr().out
     assert run("--resume", "--set", "train.steps=3", "--strategy", "one_device") == 0
     out = capsys.readouterr().out
-    assert "done: step 3" in out and "boundary F" in out
+    assert "done: step 3" in out and "boundary F@3px@1024rows = 1 px at 32 rows" in out
+    assert "next:\n  gscnn-tf evaluate " in out
+    assert sorted(os.listdir(tmp_path / "run" / "pictures")) == [f"val_{i}.png" for i in range(4)]
+
+    # The same command again: the config's run dir is a default, so a new folder is chosen.
+    assert run() == 0
+    out = capsys.readouterr().out
+    second = f"{tmp_path / 'run'}-2"
+    assert f"{tmp_path / 'run'} already holds a run; this one writes to {second}" in out
+    assert f"(run dir {second})" in out and os.path.isdir(os.path.join(second, "checkpoints"))
+    # A run dir named on the command line is used as given: an error before any work.
+    from gscnn_tf.errors import RunDirError
+
+    with pytest.raises(RunDirError, match=f"{second} already holds checkpoints: pass --resume"):
+        run("--set", f"train.run_dir={second}")
 
 
 def test_real_model_trains_with_image_summaries(data_root, tmp_path, mirrored):
