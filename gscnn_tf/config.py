@@ -49,8 +49,9 @@ class ModelConfig:
     resolution, the paper), 2 or 4. gate: "reference" (normalised gate network) or "paper".
     image_gradients: "canny" or "none" (zeros). canny_max_steps: 0 runs hysteresis to
     convergence; N > 0 unrolls N steps (no WHILE op, for GPU delegates). canny_step_form:
-    "bool" / "bits" (fast in TF), "pool" (fast in TFLite) or "mask" (float masks only, every
-    op on the TFLite GPU delegate); all give the same edges.
+    "fused" (the default: XLA-compiled, fastest; SavedModel export stores "bits"), "bool" /
+    "bits" (TF ops only), "pool" (fast in TFLite) or "mask" (float masks only, every op on
+    the TFLite GPU delegate); all give the same edges.
     aspp_rates are given at output stride 16 and doubled at 8. compat: "none" or "reference"
     (the reference PyTorch code's numerics, for its converted checkpoint; wrn38 only; see
     gscnn_tf.models.compat and `gscnn-tf import-reference`).
@@ -64,7 +65,7 @@ class ModelConfig:
     canny_low: float = 10.0
     canny_high: float = 100.0
     canny_max_steps: int = 0
-    canny_step_form: str = "bool"
+    canny_step_form: str = "fused"
     aspp_channels: int = 256
     aspp_rates: list[int] = field(default_factory=lambda: [6, 12, 18])
     decoder_channels: int = 256

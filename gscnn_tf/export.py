@@ -194,7 +194,7 @@ def export_saved_model(model, export_dir: str, model_name: str, version: int,
         classes_file = os.path.join(work, CLASSES_ASSET)
         with open(classes_file, "w", encoding="utf-8") as f:
             json.dump(metadata, f, indent=1)
-        module = _serving_module(model, classes_file)
+        module = _serving_module(_without_xla_canny(model), classes_file)
         staged = os.path.join(work, "saved_model")
         tf.saved_model.save(module, staged, signatures={
             name: getattr(module, name) for name in SIGNATURES})
@@ -269,6 +269,16 @@ def with_canny(model, max_steps: int, step_form: str):
     rebuilt = keras.models.clone_model(model, clone_function=clone)
     rebuilt.set_weights(model.get_weights())
     return rebuilt
+
+
+def _without_xla_canny(model):
+    """`model` with Canny's XLA-compiled "fused" form swapped for "bits" (same edges, plain
+    TF ops): TF Serving runs no XLA by default."""
+    from gscnn_tf.ops.canny import Canny
+
+    fused = [layer for layer in model.layers
+             if isinstance(layer, Canny) and layer.step_form == "fused"]
+    return with_canny(model, fused[0].max_steps, "bits") if fused else model
 
 
 def frozen_function(model, height: int, width: int):

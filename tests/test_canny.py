@@ -24,6 +24,8 @@ _GRAY1 = _compiled(1)
 _POOL3 = _compiled(3, step_form="pool")
 _BITS1 = _compiled(1, step_form="bits")
 _MAX3 = _compiled(3, channels="max")
+_FUSED3 = _compiled(3, step_form="fused")
+_FUSED1 = _compiled(1, step_form="fused")
 
 
 def _photo(name):
@@ -62,6 +64,7 @@ def test_photos_exact(name):
     assert ref.sum() > 10000
     assert int((ours != ref).sum()) == 0
     assert _agreement(ours, ref) == (1.0, 0.0)
+    np.testing.assert_array_equal(_edges(_FUSED3, rgb), ref)
 
 
 def test_gray_input_and_pool_form_equal_opencv():
@@ -229,3 +232,30 @@ def test_mask_form_rounds_floats_half_to_even_without_round():
     fn = tf.function(lambda v: canny(v, max_steps=4, step_form="mask"))
     ops = {op.type for op in fn.get_concrete_function(x).graph.get_operations()}
     assert "Round" not in ops and not ops & {"Select", "SelectV2", "LogicalAnd", "While"}
+
+
+def test_fused_form_equals_the_other_forms():
+    """The XLA-compiled form: noise at odd sizes (batched, with the H/W-edge words of the
+    bit packing), the multi-channel rule with ties, float input, other thresholds and
+    bounded steps give the "bool" form's map; inside a Keras model with dynamic H, W."""
+    rng = np.random.default_rng(9)
+    for h, w in [(3, 5), (17, 31), (97, 131)]:
+        batch = np.stack([_noise(rng, h, w, b) for b in (False, True)])[..., None]
+        np.testing.assert_array_equal(_FUSED1(tf.constant(batch)), _GRAY1(tf.constant(batch)))
+    ties = (rng.integers(0, 3, (59, 63, 3)) * 20).astype(np.uint8)
+    np.testing.assert_array_equal(canny(ties[None], channels="max", step_form="fused"),
+                                  _MAX3(tf.constant(ties[None])))
+    x = rng.uniform(-30, 290, (1, 40, 56, 3)).astype(np.float32)
+    np.testing.assert_array_equal(canny(x, step_form="fused"), canny(x))
+    gray = _noise(rng, 61, 83, blurred=True)[None, ..., None]
+    for low, high in [(100, 10), (30.5, 70.5)]:
+        np.testing.assert_array_equal(canny(gray, low, high, step_form="fused"),
+                                      canny(gray, low, high))
+    rgb = _photo("astronaut")[None]
+    np.testing.assert_array_equal(canny(rgb, max_steps=8, step_form="fused"),
+                                  canny(rgb, max_steps=8, step_form="bits"))
+    inp = keras.Input(shape=(None, None, 3))
+    model = keras.Model(inp, Canny(step_form="fused")(inp))
+    img = cv2.GaussianBlur(rng.integers(0, 256, (37, 53, 3)).astype(np.uint8), (3, 3), 1.0)
+    np.testing.assert_array_equal(model.predict(img[None].astype(np.float32), verbose=0)
+                                  [0, ..., 0] > 0.5, _reference(img))

@@ -8,6 +8,11 @@ image), strict thresholds and 8-connected hysteresis run to convergence in a `tf
 Everything is TF ops with dynamic height and width, so it runs inside `tf.function`, a Keras
 functional model (through the `Canny` layer), SavedModel and TFLite (builtin ops only).
 
+Step form "fused" (`canny_fused`) is the fastest on CPUs and GPUs: the whole detector in one
+XLA-compiled function (Sobel by shifted adds, which XLA fuses with the rest; the bit-packed
+hysteresis loop compiled into one kernel per growth step instead of ~18 TF ops);
+benchmarks/results/canny.md has the per-stage profile.
+
 Step form "mask" (`canny_masks`) is the same computation written for the TFLite GPU delegate:
 every map is a float32 `[B, H, W, 1]` tensor, boolean logic is arithmetic on {0, 1} masks
 (MUL, ADD, SUB, ABS), each comparison feeds exactly one CAST to float32 (the only way the
@@ -27,7 +32,7 @@ _GRAY_WEIGHTS = (9798.0, 19235.0, 3735.0)
 _Q15 = 32768.0
 _TG22_Q15 = 13573.0  # round(tan(22.5 deg) * 2^15)
 
-STEP_FORMS = ("bool", "pool", "bits", "mask")
+STEP_FORMS = ("bool", "pool", "bits", "mask", "fused")
 CHANNEL_MODES = ("gray", "max")
 
 
@@ -51,17 +56,33 @@ def rgb_to_gray(image: tf.Tensor) -> tf.Tensor:
     return tf.floor(q / _Q15)
 
 
-def _gradients(image: tf.Tensor, channels: str) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
-    """Returns (dx, dy, L1 magnitude), each `[B, H, W]` float32."""
+def _sobel_shifts(x: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    """`filters.sobel(x, "replicate")` as shifted adds of a replicate-padded copy: the same
+    integer values (float32 `[B, H, W, C]` in, two of the same shape out) in elementwise ops
+    that XLA fuses with their consumers (XLA's CPU depthwise convolution is slow)."""
+    p = tf.concat([x[:, :1], x, x[:, -1:]], 1)
+    p = tf.concat([p[:, :, :1], p, p[:, :, -1:]], 2)
+    cols = p[:, :, 2:] - p[:, :, :-2]
+    rows = p[:, 2:] - p[:, :-2]
+    dx = cols[:, :-2] + 2.0 * cols[:, 1:-1] + cols[:, 2:]
+    dy = rows[:, :, :-2] + 2.0 * rows[:, :, 1:-1] + rows[:, :, 2:]
+    return dx, dy
+
+
+def _gradients(image: tf.Tensor, channels: str,
+               sobel_fn=None) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+    """Returns (dx, dy, L1 magnitude), each `[B, H, W]` float32. `sobel_fn`: the 3x3 Sobel
+    on `[B, H, W, C]` (default `filters.sobel` with replicate padding)."""
+    sobel_fn = sobel_fn or (lambda v: sobel(v, padding="replicate"))
     c = image.shape[-1]
     if channels == "gray":
         x = rgb_to_gray(image) if c == 3 else image
-        dx, dy = sobel(x, padding="replicate")
+        dx, dy = sobel_fn(x)
         dx, dy = tf.squeeze(dx, -1), tf.squeeze(dy, -1)
         return dx, dy, tf.abs(dx) + tf.abs(dy)
     # "max": OpenCV's multi-channel rule, per pixel the channel with the largest magnitude,
     # the first (lowest-index) channel winning ties.
-    dxs, dys = (tf.unstack(d, axis=-1) for d in sobel(image, padding="replicate"))
+    dxs, dys = (tf.unstack(d, axis=-1) for d in sobel_fn(image))
     mags = [tf.abs(a) + tf.abs(b) for a, b in zip(dxs, dys)]
     dx, dy, mag = dxs[0], dys[0], mags[0]
     for k in range(1, c):
@@ -185,7 +206,9 @@ def canny(image, low: float = 10.0, high: float = 100.0, max_steps: int = 0,
         that reject it); edges farther than `max_steps` pixels along a chain from a strong
         pixel are then missed (benchmarks/results/canny.md gives the agreement figures).
       step_form: "bool" (shifted-slice boolean OR), "bits" (the same on 32 pixels packed
-        per uint32 word: fastest in TF, not for TFLite), "pool" (3x3 float max-pool,
+        per uint32 word: fastest in TF without XLA, not for TFLite), "fused" (the whole
+        detector with the "bits" step compiled by XLA, `canny_fused`: fastest, 6-10x "bits"
+        at 1024x2048; needs a TensorFlow with XLA, so SavedModel export stores "bits"), "pool" (3x3 float max-pool,
         fastest in TFLite) or "mask" (the whole detector on float masks, `canny_masks`:
         with max_steps > 0 every op runs in the TFLite GPU delegate). All give identical
         results.
@@ -210,6 +233,8 @@ def canny(image, low: float = 10.0, high: float = 100.0, max_steps: int = 0,
     low, high = sorted((float(low), float(high)))
     if step_form == "mask":
         return canny_masks(image, low, high, int(max_steps), channels, int(check_every))
+    if step_form == "fused":
+        return canny_fused(image, low, high, int(max_steps), channels, int(check_every))
     x = to_uint8_values(image)
     dx, dy, mag = _gradients(x, channels)
     local_max = _non_max_suppression(dx, dy, mag)
@@ -217,6 +242,36 @@ def canny(image, low: float = 10.0, high: float = 100.0, max_steps: int = 0,
     strong = tf.logical_and(local_max, mag > high)
     edges = _hysteresis(strong, candidate, int(max_steps), step_form, int(check_every))
     return tf.expand_dims(tf.cast(edges, tf.float32), -1)
+
+
+def _canny_bits(image, low, high, max_steps, channels, check_every, sobel_fn=None):
+    x = to_uint8_values(image)
+    dx, dy, mag = _gradients(x, channels, sobel_fn)
+    local_max = _non_max_suppression(dx, dy, mag)
+    candidate = tf.logical_and(local_max, mag > low)
+    strong = tf.logical_and(local_max, mag > high)
+    edges = _hysteresis(strong, candidate, max_steps, "bits", check_every)
+    return tf.expand_dims(tf.cast(edges, tf.float32), -1)
+
+
+@tf.function(jit_compile=True, autograph=False)
+def _canny_compiled(image, low, high, max_steps, channels, check_every):
+    return _canny_bits(image, low, high, max_steps, channels, check_every, _sobel_shifts)
+
+
+def canny_fused(image, low: float = 10.0, high: float = 100.0, max_steps: int = 0,
+                channels: str = "gray", check_every: int = 4) -> tf.Tensor:
+    """`canny(..., step_form="fused")`: the "bits" computation compiled by XLA as one
+    function (compiled once per input shape, ~0.5 s; dynamic shapes work). Without XLA
+    each of the ~114 growth steps a 1024x2048 photo needs runs ~18 small TF ops, which is
+    where "bits" spends two thirds of its time; compiled, each step is one fused loop.
+
+    Args and result as `canny`: image uint8 or float `[B, H, W, 1 or 3]` 0..255 ->
+    float32 `[B, H, W, 1]` in {0, 1}; no gradient (the edges are constants for training).
+    """
+    image = tf.stop_gradient(tf.convert_to_tensor(image))
+    low, high = sorted((float(low), float(high)))
+    return _canny_compiled(image, low, high, int(max_steps), channels, int(check_every))
 
 
 # tan(22.5 deg) in Q15 over 2^15: exact in float32, and `ax * _TG22` is exact for |dx| <= 1020
