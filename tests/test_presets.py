@@ -48,7 +48,8 @@ _CHILD = textwrap.dedent("""
         results[f"edge{i}"] = out["edge_logits"].numpy()
         results[f"names{i}"] = np.array(model.class_names)
         results[f"palette{i}"] = np.array(model.palette)
-    np.savez(sys.argv[2], **results)
+    registered = sorted(k for k in keras.saving.get_custom_objects() if k.startswith("gscnn_tf>"))
+    np.savez(sys.argv[2], registered=np.array(registered), **results)
 """)
 
 
@@ -84,6 +85,15 @@ def test_keras_files_and_presets_round_trip_in_a_fresh_process(tmp_path, rng):
     assert list(got["names1"]) == ["class_0", "class_1", "class_2"]
     assert np.all(got["edge1"] == 0)              # the baseline's stand-in edge map
     assert baseline.get_config()["ignore_label"] == 0
+    # `import gscnn_tf` alone registered every Keras class the package defines.
+    import importlib
+    import pkgutil
+
+    for module in pkgutil.walk_packages(gscnn_tf.__path__, "gscnn_tf."):
+        importlib.import_module(module.name)
+    everything = sorted(k for k in keras.saving.get_custom_objects() if k.startswith("gscnn_tf>"))
+    assert "gscnn_tf>GSCNN" in everything and "gscnn_tf>Canny" in everything
+    assert list(got["registered"]) == everything
 
 
 def test_get_config_is_the_constructor_arguments():
