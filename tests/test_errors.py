@@ -206,14 +206,17 @@ def _no_mask(ctx):
 
 def _sizes_differ(ctx):
     root = ctx.data_copy()
-    cv2.imwrite(os.path.join(root, "masks", "train", "001.png"), np.zeros((SIZE, 24), np.uint8))
-    return _train_on(root, ctx, "--set", "data.deterministic=true")
+    for i in range(4):  # every pair: the first batch meets one (no training step first)
+        cv2.imwrite(os.path.join(root, "masks", "train", f"{i:03d}.png"),
+                    np.zeros((SIZE, 24), np.uint8))
+    return _train_on(root, ctx)
 
 
 def _corrupt_image(ctx):
     root = ctx.data_copy()
-    with open(os.path.join(root, "images", "train", "002.png"), "wb") as f:
-        f.write(b"\x89PNG\r\n\x1a\n but the rest is gone")
+    for i in range(4):  # every image: the first batch meets one (no training step first)
+        with open(os.path.join(root, "images", "train", f"{i:03d}.png"), "wb") as f:
+            f.write(b"\x89PNG\r\n\x1a\n but the rest is gone")
     return _train_on(root, ctx)
 
 
@@ -285,10 +288,11 @@ CATALOGUE = [
     Case("image without mask", "data", _no_mask,
          lambda c: ["no mask for image", os.path.join("images", "train", "001.png")]),
     Case("image and mask sizes differ", "data", _sizes_differ,
-         lambda c: ["image and label sizes differ", os.path.join("train", "001.png") + " is 32x32",
-                    "is 32x24"]),
+         lambda c: ["image and label sizes differ: ", os.path.join("images", "train", "00"),
+                    ".png is 32x32, ", os.path.join("masks", "train", "00"), ".png is 32x24"]),
     Case("corrupt image, no skip_corrupt", "data", _corrupt_image,
-         lambda c: ["corrupt or unreadable image file", os.path.join("train", "002.png")]),
+         lambda c: ["corrupt or unreadable image file: ", os.path.join("images", "train", "00"),
+                    ".png (expected a PNG or JPEG image)"]),
     Case("folder dataset without root", "data",
          lambda c: ["train", "--set", "data.dataset=folder"], lambda c: ["needs data.root"]),
     Case("evaluate, every image corrupt, skip_corrupt", "data", _corrupt_val_evaluate,
