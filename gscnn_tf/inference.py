@@ -83,6 +83,11 @@ class Predictor:
             config = gscnn_tf.load_config(path, overrides) if path else None
         self.config = config
         self.model = self._signature = None
+        if checkpoint not in (None, "") and (source.endswith(".keras") or is_preset(source)
+                                             or os.path.isfile(os.path.join(source,
+                                                                            "saved_model.pb"))):
+            raise UsageError(f"--checkpoint {checkpoint}: {source} is a single model, not a run "
+                             "directory or checkpoint folder to choose from")
         if source.endswith(".keras"):
             if not os.path.isfile(source):
                 raise FileNotFoundError(f"model file not found: {source}")
@@ -93,7 +98,6 @@ class Predictor:
             if not zipfile.is_zipfile(source):  # Keras would call it "File not found"
                 raise CheckpointError(f"{source}: not a readable .keras file (expected the zip "
                                       "archive model.save writes; it may be truncated)")
-
             self.model = keras.saving.load_model(source, compile=False)
         elif is_preset(source):
             self.model = load_preset(source)

@@ -336,6 +336,9 @@ CATALOGUE = [
     Case("--checkpoint that is not there", "checkpoints",
          lambda c: ["predict", c.run, image_file(c.tmp), "--checkpoint", "7"],
          lambda c: ["--checkpoint 7", "ckpt-4, ckpt-2"]),
+    Case("--checkpoint with a SavedModel", "usage",
+         lambda c: ["predict", c.saved_model, image_file(c.tmp), "--checkpoint", "2"],
+         lambda c: ["--checkpoint 2", "is a single model, not a run directory"]),
     Case("resume, every checkpoint damaged", "checkpoints",
          lambda c: ["train", "--resume", *sets(run_settings(c.data)), "--set",
                     f"train.run_dir={damaged_copy(c.run, c.tmp, files=(DATA_FILE, 'ckpt-2.data-00000-of-00001'))}"],  # noqa: E501
