@@ -229,6 +229,13 @@ def _corrupt_val_evaluate(ctx):
             "data.skip_corrupt=true", "--output", str(ctx.tmp / "eval")]
 
 
+def _corrupt_mask_evaluate(ctx):
+    root = ctx.data_copy()
+    with open(os.path.join(root, "masks", "val", "001.png"), "wb") as f:
+        f.write(b"not a png")
+    return ["evaluate", ctx.run, "--set", f"data.root={root}", "--output", str(ctx.tmp / "e")]
+
+
 def _run_dir_taken(ctx):
     return ["train", *sets(run_settings(ctx.data)), "--set", f"train.run_dir={ctx.run}"]
 
@@ -293,6 +300,9 @@ CATALOGUE = [
     Case("corrupt image, no skip_corrupt", "data", _corrupt_image,
          lambda c: ["corrupt or unreadable image file: ", os.path.join("images", "train", "00"),
                     ".png (expected a PNG or JPEG image)"]),
+    Case("evaluate, corrupt mask", "data", _corrupt_mask_evaluate,
+         lambda c: ["corrupt or unreadable label file: ", os.path.join("masks", "val", "001.png"),
+                    "(expected an 8-bit single-channel PNG)"]),
     Case("folder dataset without root", "data",
          lambda c: ["train", "--set", "data.dataset=folder"], lambda c: ["needs data.root"]),
     Case("evaluate, every image corrupt, skip_corrupt", "data", _corrupt_val_evaluate,
