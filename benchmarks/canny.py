@@ -1,10 +1,15 @@
 """Speed and agreement of gscnn_tf.ops.canny against cv2.Canny(gray, 10, 100).
 
-Times the TF bool and pool step forms and OpenCV at 1024x2048 on this CPU, measures the
-bounded-steps agreement on scikit-image's photos, and converts a tf.function wrapping canny
-to TFLite with builtin ops only (checking it stays exact). Writes
-benchmarks/results/canny.json and canny.md.  Run: python benchmarks/canny.py
+Times every TF step form, the TFLite file as `gscnn-tf export` writes it and OpenCV at
+1024x2048 on this CPU, round-robin in one process; profiles the stages (gradient, non-maximum
+suppression, hysteresis) as plain TF ops and XLA-compiled; measures the bounded-steps
+agreement on scikit-image's photos, and converts a tf.function wrapping canny to TFLite with
+builtin ops only (checking it stays exact). Writes benchmarks/results/canny.json and
+canny.md.  Run: python benchmarks/canny.py [--reps 5]
 """
+
+import argparse
+import importlib
 
 import json
 import os
@@ -17,8 +22,12 @@ import skimage.data  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from ai_edge_litert.interpreter import Interpreter  # noqa: E402
 
-from gscnn_tf.benchmark import cpu_model, time_call  # noqa: E402
+from gscnn_tf.benchmark import (machine_info, machine_line, time_call,  # noqa: E402
+                                time_interleaved)
 from gscnn_tf.ops import canny  # noqa: E402
+
+# The module itself (its stages); `gscnn_tf.ops.canny` names the function.
+C = importlib.import_module("gscnn_tf.ops.canny")
 
 PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "camera")
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
@@ -43,17 +52,67 @@ def _mosaic():
     return np.concatenate([np.concatenate(tiles[:4], 1), np.concatenate(tiles[4:], 1)], 0)
 
 
-def speed(result):
+def _stages(sobel_fn, jit):
+    """tf.functions of the detector's cumulative prefixes on the bits form: gradient,
+    + non-maximum suppression and thresholds, + hysteresis; each returns a scalar (so no
+    output copy is timed)."""
+    def gradient(x):
+        dx, dy, mag = C._gradients(C.to_uint8_values(x), "gray", sobel_fn)
+        return tf.reduce_sum(dx) + tf.reduce_sum(dy) + tf.reduce_sum(mag)
+
+    def nms(x):
+        dx, dy, mag = C._gradients(C.to_uint8_values(x), "gray", sobel_fn)
+        keep = C._non_max_suppression(dx, dy, mag)
+        return (tf.reduce_sum(tf.cast(tf.logical_and(keep, mag > 10.0), tf.int32))
+                + tf.reduce_sum(tf.cast(tf.logical_and(keep, mag > 100.0), tf.int32)))
+
+    def full(x):
+        return tf.reduce_sum(C._canny_bits(x, 10.0, 100.0, 0, "gray", 4, sobel_fn))
+
+    return {name: tf.function(fn, jit_compile=jit, autograph=False)
+            for name, fn in (("gradient", gradient), ("nms", nms), ("full", full))}
+
+
+def _tflite_1024(rgb, form, steps):
+    """LiteRT CPU (2 threads) interpreter running canny as `export` writes it."""
+    spec = tf.TensorSpec([1, *rgb.shape], tf.uint8)
+    fn = tf.function(lambda x: canny(x, step_form=form, max_steps=steps), input_signature=[spec])
+    conv = tf.lite.TFLiteConverter.from_concrete_functions([fn.get_concrete_function()], fn)
+    conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+    it = Interpreter(model_content=conv.convert(), num_threads=2)
+    it.allocate_tensors()
+    inp, out = it.get_input_details()[0]["index"], it.get_output_details()[0]["index"]
+    it.set_tensor(inp, rgb[None])
+    return it, out
+
+
+def speed(result, reps):
     img = _mosaic()
     x = tf.constant(img[None])
     ref = _ref(img)
-    for form, reps in (("bool", 3), ("bits", 3), ("pool", 1)):
+    fns = {}
+    for form in ("bool", "bits", "fused", "pool"):
         fn = tf.function(lambda x, f=form: canny(x, step_form=f))
         out = fn(x).numpy()[0, ..., 0] > 0.5
-        result[f"tf_{form}_ms"] = _timed(lambda: fn(x).numpy(), reps)
         result[f"tf_{form}_mismatched_px"] = int((out != ref).sum())
+        fns[f"tf_{form}"] = lambda fn=fn: fn(x).numpy()
+    for form, steps in (("pool", 64), ("mask", 64)):
+        it, out = _tflite_1024(img, form, steps)
+        it.invoke()
+        edges = it.get_tensor(out)[0, ..., 0] > 0.5
+        result[f"tflite_{form}{steps}_found"] = float((edges & ref).sum() / ref.sum())
+        result[f"tflite_{form}{steps}_extra_px"] = int((edges & ~ref).sum())
+        fns[f"tflite_{form}{steps}"] = it.invoke
     gray = cv2.cvtColor(img, cv2.COLOR_RGB2GRAY)
-    result["opencv_ms"] = _timed(lambda: cv2.Canny(gray, 10, 100), 10)
+    fns["opencv"] = lambda: cv2.Canny(gray, 10, 100)
+    for jit, sobel_fn, tag in ((False, None, "ops"), (True, C._sobel_shifts, "xla")):
+        for stage, fn in _stages(sobel_fn, jit).items():
+            fns[f"stage_{tag}_{stage}"] = lambda fn=fn: fn(x).numpy()
+    timing = time_interleaved(fns, warmup=1, reps=reps)
+    result["timing"] = timing
+    for key, t in timing.items():
+        result[f"{key}_ms"] = 1000.0 * t["median_s"]
+        result[f"{key}_min_ms"] = 1000.0 * t["min_s"]
 
 
 def bounded(result):
@@ -104,14 +163,36 @@ def tflite(result):
 
 
 def _markdown(r):
+    def ms(key):
+        return f"{r[key + '_ms']:.1f} (min {r[key + '_min_ms']:.1f})"
+
+    def stage(tag):
+        g, n, f = (r[f"stage_{tag}_{s}_ms"] for s in ("gradient", "nms", "full"))
+        return f"{g:.1f} | {n - g:.1f} | {f - n:.1f} | {f:.1f}"
+
+    reps = r["timing"]["opencv"]["reps"]
     lines = [
         "# Canny benchmark", "",
-        f"Machine: {r['cpu']}, {r['cores']} cores; TF {r['tf']}, OpenCV {r['opencv']}.", "",
+        machine_line(r["machine"]) + f" OpenCV {r['opencv']}.", "",
         "## 1024x2048 (photo mosaic), ms per image", "",
-        "| OpenCV | TF bool form | TF bits form | TF pool form |", "|---|---|---|---|",
-        f"| {r['opencv_ms']:.1f} | {r['tf_bool_ms']:.1f} | {r['tf_bits_ms']:.1f} | {r['tf_pool_ms']:.1f} |", "",
-        f"Mismatched pixels vs cv2.Canny: bool {r['tf_bool_mismatched_px']}, "
-        f"bits {r['tf_bits_mismatched_px']}, pool {r['tf_pool_mismatched_px']}.", "",
+        f"Median of {reps} round-robin runs in one process (min in brackets); every form "
+        "gives cv2.Canny's edges.", "",
+        "| form | ms | mismatched px vs cv2.Canny |", "|---|---|---|",
+        f"| OpenCV `cv2.Canny` | {ms('opencv')} | - |"]
+    for form in ("fused", "bits", "bool", "pool"):
+        lines.append(f"| TF `{form}` | {ms('tf_' + form)} | "
+                     f"{r['tf_' + form + '_mismatched_px']} |")
+    for key in ("pool64", "mask64"):
+        lines.append(f"| TFLite `{key[:-2]}`, 64 steps (LiteRT CPU, 2 threads) | "
+                     f"{ms('tflite_' + key)} | found {r['tflite_' + key + '_found']:.4f} of "
+                     f"OpenCV's edges, {r['tflite_' + key + '_extra_px']} extra px |")
+    lines += [
+        "", "Stages (ms, medians; differences of cumulative prefixes of the detector, each "
+        "reduced to a scalar so no output copy is timed):", "",
+        "| graph | gradient | + NMS and thresholds | + hysteresis (bits, to convergence) | "
+        "whole |", "|---|---|---|---|---|",
+        f"| TF ops (depthwise Sobel) | {stage('ops')} |",
+        f"| XLA (`fused`: Sobel by shifted adds) | {stage('xla')} |", "",
         "## Bounded hysteresis (`max_steps`, no WHILE op): found share of OpenCV edges "
         "(extra is always 0)", "",
         "| steps | " + " | ".join(PHOTOS) + " |", "|---" * (len(PHOTOS) + 1) + "|"]
@@ -131,9 +212,11 @@ def _markdown(r):
 
 
 def main():
-    r = {"cpu": cpu_model(), "cores": os.cpu_count(), "tf": tf.__version__,
-         "opencv": cv2.__version__}
-    speed(r)
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--reps", type=int, default=5)
+    args = parser.parse_args()
+    r = {"machine": machine_info(), "opencv": cv2.__version__}
+    speed(r, args.reps)
     bounded(r)
     tflite(r)
     os.makedirs(RESULTS, exist_ok=True)
