@@ -459,10 +459,11 @@ def test_error_classes_keep_their_builtin_bases():
 
 
 def test_skip_corrupt_over_an_all_corrupt_split_stops_within_seconds(tmp_path):
-    """Every training image corrupt: each file warned about once, then one error line; it
-    used to wait forever, printing the warnings again on every pass (82 MB in 120 s)."""
-    root = write_folder_dataset(str(tmp_path / "data"), train=6, val=2)
-    for i in range(6):
+    """Every training image corrupt: the first 20 files named once each, the other 10
+    counted, then one error line; it used to wait forever, printing the warnings again on
+    every pass (82 MB in 120 s)."""
+    root = write_folder_dataset(str(tmp_path / "data"), train=30, val=2, size=(8, 8))
+    for i in range(30):
         with open(os.path.join(root, "images", "train", f"{i:03d}.png"), "wb") as f:
             f.write(b"corrupt")
     args = ["train", *sets(run_settings(root)), "--set", "data.skip_corrupt=true",
@@ -471,10 +472,13 @@ def test_skip_corrupt_over_an_all_corrupt_split_stops_within_seconds(tmp_path):
     result = run_subprocess(args, timeout=120)
     seconds = time.perf_counter() - start
     assert_one_line(result.returncode, result.stderr, "train",
-                    ["data.skip_corrupt: split 'train' has no valid example", "6 files"])
+                    ["data.skip_corrupt: split 'train' has no valid example", "30 files"])
     assert len(result.stderr.encode()) < 10_000, len(result.stderr)
-    for i in range(6):
-        assert result.stderr.count(f"images/train/{i:03d}.png") == 1, result.stderr
+    named = [i for i in range(30) if f"images/train/{i:03d}.png" in result.stderr]
+    assert len(named) == 20, result.stderr
+    assert all(result.stderr.count(f"images/train/{i:03d}.png") == 1 for i in named)
+    assert ("skipping 10 more corrupt or unreadable files of split 'train' (30 of its 30 "
+            "files in all)") in result.stderr
     assert seconds < 60, seconds  # mostly TensorFlow's import and the model build
     assert not os.path.exists(tmp_path / "run" / "checkpoints")
 

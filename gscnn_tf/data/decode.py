@@ -25,6 +25,7 @@ _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 # How the messages of the data checks start (see `data_error_message`).
 CHECK_MESSAGES = ("corrupt or unreadable ", "label file ", "image and label sizes differ",
                   "data.skip_corrupt: ")
+SKIP_WARNING = "gscnn_tf.data WARNING: skipping "
 
 
 @dataclass(frozen=True)
@@ -71,15 +72,16 @@ def _try_decode(path, decode_fn, empty):
     return good.concatenate(bad).take(1)
 
 
-def _fail_or_warn(ok, path, what, skip_corrupt, warn=True):
+def _problem(ok, path, what):
+    """"" when the file could be read, else the message naming it and what was expected."""
     expected = "a PNG or JPEG image" if what == "image" else "an 8-bit single-channel PNG"
-    message = tf.strings.join([f"corrupt or unreadable {what} file: ", path,
-                               f" (expected {expected})"])
-    if skip_corrupt:
-        quiet = tf.logical_or(ok, tf.logical_not(warn))
-        return tf.cond(quiet, tf.no_op, lambda: tf.print(
-            tf.strings.join(["gscnn_tf.data WARNING: skipping ", message])))
-    return tf.debugging.Assert(ok, [message])
+    return tf.where(ok, tf.constant(""), tf.strings.join([
+        f"corrupt or unreadable {what} file: ", path, f" (expected {expected})"]))
+
+
+def skip_warning(problem):
+    """Prints the `skip_corrupt` warning for a pair's problem message (stderr)."""
+    return tf.print(tf.strings.join([SKIP_WARNING, problem]))
 
 
 def data_error_message(error) -> str | None:
@@ -130,9 +132,10 @@ def _map_labels(raw, table, path, ignore_label):
 
 def decode_pair_checked(image_path, label_path, table, skip_corrupt=False, ignore_label=255,
                         warn=True):
-    """A dataset of exactly one element (image uint8 [H, W, 3], labels int32 [H, W], ok bool)
-    for one pair: ok is False, with empty image and labels, when a file is corrupt and
-    `skip_corrupt` is set (a warning naming the file is printed when `warn`, a bool scalar).
+    """A dataset of exactly one element (image uint8 [H, W, 3], labels int32 [H, W], problem
+    string) for one pair: problem is "" when both files were read, else (with `skip_corrupt`)
+    the message naming the corrupt file, with empty image and labels; the message is printed
+    as a warning when `warn` (a bool scalar).
 
     table: int32 [256] raw label value -> train id (see `lookup_table`). Raises
     InvalidArgumentError naming the file for a corrupt file (without `skip_corrupt`), a label
@@ -144,12 +147,16 @@ def decode_pair_checked(image_path, label_path, table, skip_corrupt=False, ignor
     def check(image_item, label_item):
         image, _, image_ok = image_item
         raw, header, label_ok = label_item
-        checks = [_fail_or_warn(image_ok, image_path, "image", skip_corrupt, warn),
-                  _fail_or_warn(label_ok, label_path, "label", skip_corrupt, warn)]
-        ok = tf.logical_and(image_ok, label_ok)
-        with tf.control_dependencies(checks):
-            ok = tf.identity(ok)
-        return image, raw, header, ok
+        problem = tf.where(image_ok, _problem(label_ok, label_path, "label"),
+                           _problem(image_ok, image_path, "image"))
+        ok = tf.equal(problem, "")
+        if skip_corrupt:
+            report = tf.cond(tf.logical_or(ok, tf.logical_not(warn)), tf.no_op,
+                             lambda: skip_warning(problem))
+        else:
+            report = tf.debugging.Assert(ok, [problem])
+        with tf.control_dependencies([report]):
+            return image, raw, header, tf.identity(problem)
 
     def finish(image, raw, header):
         image_hw, label_hw = tf.shape(image)[:2], tf.shape(raw)
@@ -163,10 +170,10 @@ def decode_pair_checked(image_path, label_path, table, skip_corrupt=False, ignor
         with tf.control_dependencies(checks):
             return tf.identity(image), _map_labels(raw, table, label_path, ignore_label)
 
-    def finish_if_ok(image, raw, header, ok):
-        image, labels = tf.cond(ok, lambda: finish(image, raw, header),
+    def finish_if_ok(image, raw, header, problem):
+        image, labels = tf.cond(tf.equal(problem, ""), lambda: finish(image, raw, header),
                                 lambda: (image, tf.zeros([0, 0], tf.int32)))
-        return image, labels, ok
+        return image, labels, problem
 
     return tf.data.Dataset.zip((images, labels)).map(check).map(finish_if_ok)
 
@@ -178,8 +185,8 @@ def load_example(image_path, label_path, table, ignore_label: int = 255,
     (eagerly only) it returns None, after a warning naming the file, when a file is corrupt."""
     dataset = decode_pair_checked(image_path, label_path, tf.constant(table, tf.int32),
                                   skip_corrupt, ignore_label)
-    image, labels, ok = dataset.get_single_element()
-    if skip_corrupt and not bool(ok):
+    image, labels, problem = dataset.get_single_element()
+    if skip_corrupt and problem.numpy():
         return None
     return tf.cast(image, tf.float32), labels
 

@@ -13,9 +13,9 @@ deterministic too. Edges (`label_edges`, `data.edge_radius`) are computed from t
 after augmentation.
 
 Corrupt files stop the pipeline with an error naming the file; with `data.skip_corrupt` they
-are left out instead, with one warning per file (training warns in its first pass over the
-files only), and a pass over the split in which every file was skipped is an error: the
-pipeline never waits on a split that holds nothing it can read.
+are left out instead, with one warning per file in the first pass over the files (the first
+SKIP_WARNINGS by name, then a count), and a pass over the split in which every file was
+skipped is an error: the pipeline never waits on a split that holds nothing it can read.
 """
 
 from __future__ import annotations
@@ -26,10 +26,13 @@ import numpy as np
 import tensorflow as tf
 
 from gscnn_tf.data import augment, cityscapes, folder, synthetic
-from gscnn_tf.data.decode import DataError, DatasetInfo, decode_pair_checked, load_image
+from gscnn_tf.data.decode import (DataError, DatasetInfo, decode_pair_checked, load_image,
+                                  skip_warning)
 from gscnn_tf.data.decode import load_example as _load_example
 
 DATASETS = ("synthetic", "folder", "cityscapes")
+# With data.skip_corrupt, the corrupt files of a split named one by one; the rest are counted.
+SKIP_WARNINGS = 20
 
 __all__ = ["DataError", "DatasetInfo", "build_dataset", "dataset_info", "label_tables",
            "list_examples", "load_example", "load_image"]
@@ -93,23 +96,39 @@ def load_example(config, image_path: str, label_path: str):
                          config.data.ignore_label, config.data.skip_corrupt)
 
 
-def _require_a_valid_example_per_pass(dataset, count: int, split: str):
-    """Passes on (k, image, labels, ok) elements in file order (k: the file's position in
-    the stream, `count` files a pass); fails at the end of a pass in which no file was ok."""
+def _watch_skipped(dataset, count: int, split: str):
+    """Passes on (k, image, labels, problem) elements in file order (k: the file's position
+    in the stream, `count` files a pass). In the first pass, warns about the first
+    SKIP_WARNINGS skipped files one by one and counts the rest; fails at the end of any pass
+    in which every file was skipped."""
     message = (f"data.skip_corrupt: split '{split}' has no valid example in a whole pass over "
                f"its {count} files: every one was skipped as corrupt or unreadable (see the "
                "warnings naming them)")
 
-    def step(valid, element):
-        k, ok = element[0], element[-1]
-        valid = valid + tf.cast(ok, tf.int64)
-        end = tf.equal(k % count, count - 1)
+    def step(state, element):
+        valid, skipped = state
+        k, problem = element[0], element[-1]
+        ok = tf.equal(problem, "")
+        first_pass, end = k < count, tf.equal(k % count, count - 1)
+        skip = tf.logical_and(first_pass, tf.logical_not(ok))
+        warn = tf.cond(tf.logical_and(skip, skipped < SKIP_WARNINGS),
+                       lambda: skip_warning(problem), tf.no_op)
+        skipped += tf.cast(skip, tf.int64)
+        more = tf.cond(
+            tf.logical_and(tf.logical_and(first_pass, end), skipped > SKIP_WARNINGS),
+            lambda: skip_warning(tf.strings.join([
+                tf.strings.as_string(skipped - SKIP_WARNINGS), " more corrupt or unreadable ",
+                f"files of split '{split}' (", tf.strings.as_string(skipped),
+                f" of its {count} files in all)"])),
+            tf.no_op)
+        valid += tf.cast(ok, tf.int64)
         check = tf.debugging.Assert(tf.logical_or(tf.logical_not(end), valid > 0), [message])
-        with tf.control_dependencies([check]):
+        with tf.control_dependencies([warn, more, check]):
             valid = tf.where(end, tf.constant(0, tf.int64), valid)
-        return valid, element
+        return (valid, skipped), element
 
-    return dataset.scan(tf.constant(0, tf.int64), step)
+    zero = tf.constant(0, tf.int64)
+    return dataset.scan((zero, zero), step)
 
 
 def _base_seed(data_config) -> int:
@@ -158,22 +177,22 @@ def build_dataset(config, split: str, training: bool, batch_size: int, input_con
 
     def decoded(files, deterministic):
         """(k, image, labels) of the readable pairs, k numbering the files of the stream; in
-        file order when `deterministic` (`data.skip_corrupt` needs that to see whole passes).
-        A skipped file is warned about in the first pass only (k < count)."""
+        file order when `deterministic` (`data.skip_corrupt` needs that to see whole passes,
+        and `_watch_skipped` warns about the skipped files)."""
 
         def decode(k, item):
             image_path, label_path, row = item
             pair = decode_pair_checked(image_path, label_path, tf.gather(tables, row),
-                                       data.skip_corrupt, data.ignore_label, warn=k < count)
-            return pair.map(lambda image, labels, ok: (k, image, labels, ok))
+                                       data.skip_corrupt, data.ignore_label, warn=False)
+            return pair.map(lambda image, labels, problem: (k, image, labels, problem))
 
         dataset = files.enumerate().interleave(
             decode, num_parallel_calls=tf.data.AUTOTUNE,
             deterministic=deterministic or data.skip_corrupt)
         if data.skip_corrupt:
-            dataset = _require_a_valid_example_per_pass(dataset, count, split)
-        return dataset.filter(lambda k, image, labels, ok: ok).map(
-            lambda k, image, labels, ok: (k, image, labels))
+            dataset = _watch_skipped(dataset, count, split)
+        return dataset.filter(lambda k, image, labels, problem: tf.equal(problem, "")).map(
+            lambda k, image, labels, problem: (k, image, labels))
 
     if not training:
         dataset = decoded(files, True)
