@@ -221,9 +221,9 @@ def _corrupt_image(ctx):
 
 
 def _corrupt_val_evaluate(ctx):
-    root = ctx.data_copy()
-    for name in ("000.png", "001.png"):
-        with open(os.path.join(root, "images", "val", name), "wb") as f:
+    root = ctx.data_copy(val=23, size=(8, 8))
+    for i in range(23):
+        with open(os.path.join(root, "images", "val", f"{i:03d}.png"), "wb") as f:
             f.write(b"not an image")
     return ["evaluate", ctx.run, "--set", f"data.root={root}", "--set",
             "data.skip_corrupt=true", "--output", str(ctx.tmp / "eval")]
@@ -306,7 +306,7 @@ CATALOGUE = [
     Case("folder dataset without root", "data",
          lambda c: ["train", "--set", "data.dataset=folder"], lambda c: ["needs data.root"]),
     Case("evaluate, every image corrupt, skip_corrupt", "data", _corrupt_val_evaluate,
-         lambda c: ["data.skip_corrupt: split 'val' has no valid example", "2 files"]),
+         lambda c: ["data.skip_corrupt: split 'val' has no valid example", "23 files"]),
     # files: models, inputs and outputs
     Case("model file missing", "files",
          lambda c: ["predict", str(c.tmp / "none.keras"), image_file(c.tmp)],
@@ -385,6 +385,9 @@ def test_catalogue(case, tmp_path, request, capsys):
     assert_one_line(rc, err, args[0], case.expect(ctx))
     if case.id.startswith("!!python"):
         assert not os.path.exists(tmp_path / "executed")
+    if case.id.startswith("evaluate, every image corrupt"):  # 20 named, 3 counted
+        assert err.count("gscnn_tf.data WARNING: skipping 3 more corrupt or unreadable files "
+                         "of split 'val' (23 of its 23 files in all)") == 1, err
     if case.id == "export version exists":
         assert os.listdir(tmp_path / "exports" / "gscnn" / "1") == []
         assert os.listdir(tmp_path / "exports" / "gscnn") == ["1"]

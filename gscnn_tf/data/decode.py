@@ -179,12 +179,13 @@ def decode_pair_checked(image_path, label_path, table, skip_corrupt=False, ignor
 
 
 def load_example(image_path, label_path, table, ignore_label: int = 255,
-                 skip_corrupt: bool = False):
+                 skip_corrupt: bool = False, warn: bool = True):
     """(image float32 [H, W, 3] RGB 0..255, labels int32 [H, W]) for one pair; errors name the
     file. Works eagerly (evaluation, prediction) and inside tf.data; with `skip_corrupt`
-    (eagerly only) it returns None, after a warning naming the file, when a file is corrupt."""
+    (eagerly only) it returns None, after a warning naming the file (when `warn`), when a file
+    is corrupt."""
     dataset = decode_pair_checked(image_path, label_path, tf.constant(table, tf.int32),
-                                  skip_corrupt, ignore_label)
+                                  skip_corrupt, ignore_label, warn)
     image, labels, problem = dataset.get_single_element()
     if skip_corrupt and problem.numpy():
         return None

@@ -87,13 +87,13 @@ def list_examples(config, split: str) -> list[tuple[str, str]]:
     return [(image, label) for image, label, _ in _examples(config, split)]
 
 
-def load_example(config, image_path: str, label_path: str):
+def load_example(config, image_path: str, label_path: str, warn: bool = True):
     """(image float32 [H, W, 3] RGB 0..255, labels int32 [H, W] train ids) of one pair, the
     pipeline's decode and label mapping; errors name the file. With `data.skip_corrupt`,
-    None (after a warning naming the file) when a file is corrupt."""
+    None (after a warning naming the file, when `warn`) when a file is corrupt."""
     row = cityscapes.table_row(label_path) if _dataset_name(config) == "cityscapes" else 0
     return _load_example(image_path, label_path, label_tables(config)[row],
-                         config.data.ignore_label, config.data.skip_corrupt)
+                         config.data.ignore_label, config.data.skip_corrupt, warn)
 
 
 def _watch_skipped(dataset, count: int, split: str):

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 
 import cv2
 import numpy as np
@@ -158,7 +159,8 @@ class Evaluator:
             limit: int = 0, progress: bool = True) -> dict:
         """Evaluates every image of `split` (the first `limit` when > 0); optionally writes
         the predicted label PNGs (see `prediction_path`). Returns `results()`."""
-        from gscnn_tf.data.pipeline import list_examples, load_example
+        from gscnn_tf.data.decode import SKIP_WARNING
+        from gscnn_tf.data.pipeline import SKIP_WARNINGS, list_examples, load_example
         from gscnn_tf.inference import label_id_table
         from gscnn_tf.viz import write_png
 
@@ -171,10 +173,12 @@ class Evaluator:
             import keras
 
             bar = keras.utils.Progbar(len(examples), unit_name="image")
-        evaluated = 0
+        evaluated = skipped = 0
         for i, (image_path, label_path) in enumerate(examples):
-            example = load_example(self.config, image_path, label_path)
-            if example is None:  # data.skip_corrupt: warned about, left out
+            example = load_example(self.config, image_path, label_path,
+                                   warn=skipped < SKIP_WARNINGS)
+            if example is None:  # data.skip_corrupt: left out (the first ones named)
+                skipped += 1
                 continue
             image, label = example
             evaluated += 1
@@ -185,6 +189,10 @@ class Evaluator:
                 write_png(prediction_path(save_dir, image_path, save_format), ids)
             if bar is not None:
                 bar.update(i + 1)
+        if skipped > SKIP_WARNINGS:
+            print(f"{SKIP_WARNING}{skipped - SKIP_WARNINGS} more corrupt or unreadable files of "
+                  f"split '{split}' ({skipped} of its {len(examples)} files in all)",
+                  file=sys.stderr, flush=True)
         if examples and not evaluated:
             raise DataError(f"data.skip_corrupt: split '{split}' has no valid example: all "
                             f"{len(examples)} files were skipped as corrupt or unreadable (see "
