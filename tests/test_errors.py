@@ -546,15 +546,26 @@ def _toy_trainer(root, run_dir, *overrides):
     return Trainer(tiny_config(root, run_dir, *overrides), model_builder=toy_model)
 
 
+@pytest.fixture(scope="module")
+def toy_root(tmp_path_factory):
+    return str(tmp_path_factory.mktemp("toy_synthetic"))
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(toy_root, tmp_path_factory):
+    """The toy model's weights after 8 uninterrupted steps."""
+    straight = _toy_trainer(toy_root, tmp_path_factory.mktemp("straight"), "train.steps=8")
+    straight.train()
+    return [w.numpy() for w in straight.model.weights]
+
+
 @pytest.mark.parametrize("how", ["truncate", "zero"])
-def test_resume_past_a_damaged_latest_checkpoint(tmp_path, capfd, monkeypatch, how):
+def test_resume_past_a_damaged_latest_checkpoint(toy_root, uninterrupted, tmp_path, capfd,
+                                                 monkeypatch, how):
     """A run stopped after its step-6 checkpoint, which is then damaged: --resume warns
     naming its data file, resumes from step 4 and ends with the weights of an uninterrupted
     run."""
-    root = str(tmp_path / "synthetic")
-    straight = _toy_trainer(root, tmp_path / "a", "train.steps=8")
-    straight.train()
-
+    root = toy_root
     run = tmp_path / "b"
     crashing = _toy_trainer(root, run, "train.steps=8")
     save = crashing.checkpoints.save
@@ -578,8 +589,8 @@ def test_resume_past_a_damaged_latest_checkpoint(tmp_path, capfd, monkeypatch, h
     assert "resuming from" in err and "ckpt-4 (step 4)" in err
     resumed.train(resume=True)
     assert int(resumed.step.numpy()) == 8
-    for a, b in zip(straight.model.weights, resumed.model.weights):
-        np.testing.assert_allclose(a.numpy(), b.numpy(), atol=1e-6, err_msg=a.name)
+    for a, b in zip(uninterrupted, resumed.model.weights):
+        np.testing.assert_allclose(a, b.numpy(), atol=1e-6, err_msg=b.name)
     assert damaged_files(str(run / "checkpoints" / "ckpt-6")) == []  # saved again
 
 
