@@ -23,7 +23,6 @@ ids with `label_ids=True`), `<name>_overlay.png` (palette colours over the image
 from __future__ import annotations
 
 import argparse
-import copy
 import os
 
 import numpy as np

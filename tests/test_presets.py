@@ -11,7 +11,6 @@ import textwrap
 import keras
 import numpy as np
 import pytest
-import tensorflow as tf
 
 import gscnn_tf
 from gscnn_tf import viz
