@@ -8,6 +8,7 @@ setup(
     description="Gated Shape CNNs for semantic segmentation in TensorFlow 2 / Keras 3",
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
+    license="Apache-2.0",
     python_requires=">=3.10",
     packages=find_packages(include=["gscnn_tf", "gscnn_tf.*"]),
     install_requires=[
