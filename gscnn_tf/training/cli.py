@@ -4,6 +4,9 @@
     gscnn-tf train --config configs/cityscapes_resnet50.yaml --set train.batch_size=8
     gscnn-tf train --resume                          # continue the run in train.run_dir
     gscnn-tf train --cpu-replicas 2                  # MirroredStrategy over 2 CPU devices
+
+A SIGTERM saves a checkpoint at the step reached and ends with exit code 143
+(`gscnn_tf.training.preemption`); `--resume` continues from it.
 """
 
 from __future__ import annotations
@@ -71,10 +74,14 @@ def run(args) -> int:
         from gscnn_tf.data.synthetic import ensure_synthetic
 
         ensure_synthetic(config)
+    from gscnn_tf.training.preemption import PREEMPTED_EXIT_CODE, Preempted
     from gscnn_tf.training.trainer import Trainer
 
     trainer = Trainer(config)
-    result = trainer.train(resume=args.resume)
+    try:
+        result = trainer.train(resume=args.resume)
+    except Preempted:
+        return PREEMPTED_EXIT_CODE
     val = result["val"]
     run_dir = config.train.run_dir
     print(f"done: step {result['step']}, validation mIoU {100 * val['miou']:.2f}, boundary "

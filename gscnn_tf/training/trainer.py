@@ -27,6 +27,7 @@ from gscnn_tf.errors import NonFiniteLossError
 from gscnn_tf.losses import GSCNNLoss
 from gscnn_tf.training.checkpoints import RunCheckpoints, check_new_run_dir
 from gscnn_tf.training.optimizers import build_optimizer, learning_rate_schedule
+from gscnn_tf.training.preemption import Preempted, PreemptionWatch
 from gscnn_tf.training.progress import Progress
 from gscnn_tf.training.step import TERMS, make_train_step
 from gscnn_tf.training.strategy import is_chief, make_strategy
@@ -102,24 +103,49 @@ class Trainer:
         steps_per_epoch = max(1, math.ceil(num_train / c.batch_size))
         progress = Progress(c.steps, start, c.batch_size, steps_per_epoch, self.chief)
         values, val = {}, self.history[-1]["val"] if self.history else {}
-        for step in range(start + 1, c.steps + 1):
-            images, targets = next(iterator)
-            values = {k: float(v) for k, v in self.train_step(images, targets).items()}
-            if not math.isfinite(values["total"]):
-                terms = ", ".join(f"{k}={values[k]:.4g}" for k in TERMS)
-                raise NonFiniteLossError(f"non-finite loss at step {step}: {terms}; the last "
-                                         f"good checkpoint is {self.checkpoints.latest}")
-            rate = progress.update(step, values)
-            if step % c.log_every == 0 or step == c.steps:
-                self.summaries.scalars(step, {**values, "images_per_second": rate})
-            if c.image_every and step % c.image_every == 0:
-                self._image_summary(step, images, targets)
-            if step % c.checkpoint_every == 0 or step == c.steps:
-                self.checkpoints.save(step)
-            if (c.val_every and step % c.val_every == 0) or step == c.steps:
-                val = self.validate(step, values)
+        watch = PreemptionWatch(self.strategy, self._preemption_save, c.run_dir)
+        try:
+            for step in range(start + 1, c.steps + 1):
+                images, targets = next(iterator)
+                values = {k: float(v) for k, v in watch.run(self.train_step, images,
+                                                             targets).items()}
+                val = self._after_step(step, values, images, targets, progress, val)
+        except Preempted as stop:
+            self.summaries.flush()
+            print(stop, flush=True)
+            raise
+        finally:
+            watch.close()
         self.summaries.flush()
         return {"step": int(self.step.numpy()), "train": values, "val": val}
+
+    def _after_step(self, step, values, images, targets, progress, val) -> dict:
+        """Checks the loss, logs, saves and validates after training step `step`; returns
+        the latest validation."""
+        c = self.config.train
+        if not math.isfinite(values["total"]):
+            terms = ", ".join(f"{k}={values[k]:.4g}" for k in TERMS)
+            raise NonFiniteLossError(f"non-finite loss at step {step}: {terms}; the last "
+                                     f"good checkpoint is {self.checkpoints.latest}")
+        rate = progress.update(step, values)
+        if step % c.log_every == 0 or step == c.steps:
+            self.summaries.scalars(step, {**values, "images_per_second": rate})
+        if c.image_every and step % c.image_every == 0:
+            self._image_summary(step, images, targets)
+        if step % c.checkpoint_every == 0 or step == c.steps:
+            self.checkpoints.save(step)
+        if (c.val_every and step % c.val_every == 0) or step == c.steps:
+            val = self.validate(step, values)
+        return val
+
+    def _preemption_save(self) -> tuple[int, str]:
+        """Saves the checkpoint of a preempted run at the step reached (every worker calls
+        it at the same step; a step the loop has just saved is not saved again); returns the
+        step and the run's checkpoint prefix."""
+        c, step = self.config.train, int(self.step.numpy())
+        if step % c.checkpoint_every != 0:
+            self.checkpoints.save(step)
+        return step, os.path.join(c.run_dir, "checkpoints", f"ckpt-{step}")
 
     def _train_data(self, start: int):
         """The distributed training data; with `data.deterministic`, past the `start` steps
