@@ -132,3 +132,21 @@ def test_default_schedule_needs_the_number_of_steps(config, batch):
     with pytest.raises(ValueError, match="compile"):
         gscnn_tf.GSCNN.from_run_config(config).evaluate(
             tf.data.Dataset.from_tensors(batch), verbose=0)
+
+
+def test_a_saved_compiled_model_loads_compiled_and_trains_on_alike(config, batch, tmp_path):
+    keras.utils.set_random_seed(2)
+    model = gscnn_tf.GSCNN.from_run_config(config)
+    model.compile(steps=6)
+    data = tf.data.Dataset.from_tensors(batch).repeat()
+    model.fit(data, steps_per_epoch=2, epochs=1, verbose=0)
+    model.save(tmp_path / "m.keras")
+    loaded = keras.saving.load_model(tmp_path / "m.keras")
+    assert loaded.compiled and int(loaded.optimizer.iterations.numpy()) == 2
+    for a, b in zip(model.optimizer.variables, loaded.optimizer.variables):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())      # momentum kept
+    for m in (model, loaded):
+        m.fit(data, steps_per_epoch=1, epochs=1, verbose=0)
+    for a, b in zip(model.weights, loaded.weights):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), atol=1e-5, err_msg=a.path)
+    assert float(loaded.optimizer.learning_rate) == pytest.approx(0.01 * (1 - 3 / 6))

@@ -342,9 +342,20 @@ class GSCNN(keras.Model):
         return metrics
 
     def get_compile_config(self):
-        """None: a loaded model comes back uncompiled (call `compile()` again); the training
-        recipe holds Python callables a config cannot carry."""
-        return None
+        """What `keras.saving.load_model` needs to compile the loaded model as this one
+        (optimizer with its schedule, loss config, metrics, weight decay, seed), so training
+        goes on with the saved optimizer state. None when uncompiled, or compiled with a
+        loss other than a `GSCNNLoss` or a schedule still waiting for `fit`'s steps (the
+        loaded model is then uncompiled: call `compile()`)."""
+        from gscnn_tf.models.task import compile_config
+
+        task = getattr(self, "_task", None)
+        return None if task is None else compile_config(task)
+
+    def compile_from_config(self, config):
+        from gscnn_tf.models.task import compile_arguments
+
+        self.compile(**compile_arguments(self, config))
 
     def _require_task(self):
         if getattr(self, "_task", None) is None:

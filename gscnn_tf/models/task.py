@@ -105,3 +105,29 @@ def fit_steps(arguments: dict) -> int:
                          "or has unknown length), or compile(steps=N)")
     epochs = arguments["epochs"] - arguments["initial_epoch"]
     return max(1, int(steps) * int(epochs))
+
+
+def compile_config(task: Task) -> dict | None:
+    """The serialisable form of `task` (`GSCNN.get_compile_config`), or None."""
+    from gscnn_tf.losses import GSCNNLoss
+
+    if task.pending_schedule is not None or type(task.loss) is not GSCNNLoss:
+        return None
+    return {"optimizer": keras.saving.serialize_keras_object(task.optimizer),
+            "loss_config": dataclasses.asdict(task.loss.config),
+            "ignore_label": int(task.loss.ignore_label),
+            "metrics": [keras.saving.serialize_keras_object(m) for m in task.metrics],
+            "weight_decay": task.weight_decay, "seed": task.seed}
+
+
+def compile_arguments(model, config: dict) -> dict:
+    """`GSCNN.compile` keyword arguments from `compile_config`'s output."""
+    from gscnn_tf.config import config_from_dict
+    from gscnn_tf.losses import GSCNNLoss
+
+    loss_config = config_from_dict({"loss": config["loss_config"]}, "compile config").loss
+    return {"optimizer": keras.saving.deserialize_keras_object(config["optimizer"]),
+            "loss": GSCNNLoss(loss_config, config["ignore_label"]),
+            "metrics": [keras.saving.deserialize_keras_object(m) for m in config["metrics"]],
+            "weight_decay": config["weight_decay"], "seed": config["seed"]}
+
