@@ -12,6 +12,11 @@
 stream, no edge branch; its `edge_logits` is a constant zero map (documented stand-in) so every
 consumer sees the same output dict. `model.compat: reference` builds the same graph with the
 reference implementation's numerics (gscnn_tf.models.compat).
+
+`GSCNN` is that graph as a Keras model built from explicit arguments, with the task half
+(`compile` / `fit`: gscnn_tf.models.task) and presets (gscnn_tf.models.presets), in the shape
+of keras-hub's models and tasks without depending on keras-hub. `build_model(model_config,
+num_classes)` is `GSCNN.from_model_config`.
 """
 
 from __future__ import annotations
