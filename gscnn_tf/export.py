@@ -490,6 +490,7 @@ def parse_size(text: str) -> tuple[int, int]:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from gscnn_tf.inference import add_checkpoint_argument
+    from gscnn_tf.precision import add_precision_argument
 
     parser.add_argument("model", help=".keras file, preset folder or run directory / "
                                       "checkpoint")
@@ -514,6 +515,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="TFLite: cpu = uint8 in, labels out, any interpreter (GPU "
                              "delegates take part of it); gpu = float32 in, probabilities "
                              "out, every op on the TFLite GPU delegate (gscnn_tf.tflite_gpu)")
+    add_precision_argument(parser)
     parser.add_argument("--verify", type=int, default=0, metavar="N",
                         help="TFLite: report label agreement with the Keras model on N "
                              "validation images")
@@ -521,8 +523,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args) -> int:
     from gscnn_tf.inference import Predictor
+    from gscnn_tf.precision import apply_precision
 
     predictor = Predictor(args.model, args.config, args.set, args.checkpoint)
+    if args.precision != "fp32" and args.format != "saved_model":
+        raise ExportError(f"--precision {args.precision}: for --format saved_model (TFLite "
+                          "exports choose their precision with --quantize)")
+    predictor = apply_precision(predictor, args.precision)
     model, config = predictor.model, predictor.config
     if model is None:
         raise ExportError(f"{args.model}: export needs a Keras model (.keras file or a run "

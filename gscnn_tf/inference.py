@@ -29,6 +29,7 @@ import numpy as np
 
 from gscnn_tf import viz
 from gscnn_tf.errors import CheckpointError, ConfigError, UsageError
+from gscnn_tf.precision import add_precision_argument, apply_precision
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 PICTURES = ("labels", "overlay", "edges")
@@ -278,6 +279,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--label-ids", action="store_true",
                         help="label PNGs in the dataset's label ids (Cityscapes labelIds)")
     parser.add_argument("--alpha", type=float, default=0.5, help="overlay opacity")
+    add_precision_argument(parser)
 
 
 def add_checkpoint_argument(parser: argparse.ArgumentParser) -> None:
@@ -287,7 +289,8 @@ def add_checkpoint_argument(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args) -> int:
-    predictor = Predictor(args.model, args.config, args.set, args.checkpoint)
+    predictor = apply_precision(Predictor(args.model, args.config, args.set, args.checkpoint),
+                                args.precision)
     options = {"gates": args.gates, "label_ids": args.label_ids, "alpha": args.alpha}
     if os.path.isdir(args.inputs):
         written = predictor.predict_folder(args.inputs, args.output, **options)

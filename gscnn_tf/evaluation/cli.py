@@ -12,6 +12,7 @@ import argparse
 import os
 
 from gscnn_tf.inference import add_checkpoint_argument
+from gscnn_tf.precision import add_precision_argument, apply_precision
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -37,6 +38,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workers", type=int, default=0,
                         help="processes for the boundary F-score beside inference")
     parser.add_argument("--step", type=int, default=0, help="TensorBoard step")
+    add_precision_argument(parser)
 
 
 def run(args) -> int:
@@ -59,8 +61,9 @@ def run(args) -> int:
     output = args.output or os.path.join(
         os.path.dirname(config_path) if config_path and not args.config else ".",
         f"eval_{split}")
-    evaluator = Evaluator(Predictor(args.model, config, checkpoint=args.checkpoint), config,
-                          args.workers)
+    predictor = apply_precision(Predictor(args.model, config, checkpoint=args.checkpoint),
+                                args.precision)
+    evaluator = Evaluator(predictor, config, args.workers)
     results = evaluator.run(split, args.save_predictions or None, args.format, args.limit)
     paths = write_reports(results, output, args.step)
     labels = tolerance_labels(results, with_pixels=True)
