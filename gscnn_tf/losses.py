@@ -197,8 +197,12 @@ def gumbel_softmax(logits, tau: float = 1.0, seed=None, example_offset=0) -> tf.
                                               minval=tiny, maxval=1.0)
         return -tf.math.log(-tf.math.log(uniform))
 
-    gumbel = tf.map_fn(noise, tf.range(tf.shape(logits, out_type=tf.int64)[0]),
-                       fn_output_signature=tf.float32)
+    batch = logits.shape[0]
+    if batch is not None:  # a static batch: one draw per example, no while loop
+        gumbel = tf.stack([noise(tf.constant(b, tf.int64)) for b in range(batch)])
+    else:
+        gumbel = tf.map_fn(noise, tf.range(tf.shape(logits, out_type=tf.int64)[0]),
+                           fn_output_signature=tf.float32)
     return tf.nn.softmax((logits + gumbel) / tau, axis=-1)
 
 
@@ -291,18 +295,30 @@ class GSCNNLoss:
         if seed is not None and context is not None and context.num_replicas_in_sync > 1:
             offset = context.replica_id_in_sync_group * tf.shape(labels)[0]
 
+        weights = {"seg": c.lambda_seg, "edge": c.lambda_edge, "att": c.lambda_att,
+                   "dual": c.lambda_dual}
+
+        def logits(name, x):
+            # A term weighted 0 is still reported, but no gradient is built through it.
+            return tf.stop_gradient(x) if weights[name] == 0.0 else x
+
         ce, valid = _pixel_cross_entropy(seg_logits, labels, self.ignore_label)
         attended = valid & _attention_mask(edge_logits, c.attention_threshold, labels)
         weighted = (c.class_weighting, c.class_weights, cross_replica_sum)
         terms = {
-            "seg": _weighted_mean(ce, labels, valid, num_classes, *weighted),
-            "edge": edge_loss(edge_logits, edges, cross_replica_sum),
-            "att": _weighted_mean(ce, labels, attended, num_classes, *weighted),
-            "dual": dual_task_loss(seg_logits, labels, c.dual_tau, c.dual_sigma, seed, offset,
-                                   self.ignore_label, cross_replica_sum),
+            "seg": _weighted_mean(logits("seg", ce), labels, valid, num_classes, *weighted),
+            "edge": edge_loss(logits("edge", edge_logits), edges, cross_replica_sum),
+            "att": _weighted_mean(logits("att", ce), labels, attended, num_classes,
+                                  *weighted),
+            "dual": dual_task_loss(logits("dual", seg_logits), labels, c.dual_tau,
+                                   c.dual_sigma, seed, offset, self.ignore_label,
+                                   cross_replica_sum),
         }
-        terms["total"] = (c.lambda_seg * terms["seg"] + c.lambda_edge * terms["edge"]
-                          + c.lambda_att * terms["att"] + c.lambda_dual * terms["dual"])
+        total = tf.constant(0.0)
+        for name, weight in weights.items():  # seg, edge, att, dual: the same sum as ever
+            if weight != 0.0:
+                total = total + weight * terms[name]
+        terms["total"] = total
         return terms
 
 

@@ -330,3 +330,89 @@ def test_bad_inputs_are_named(rng):
         losses.edge_loss(edge[..., 0], edges)
     with pytest.raises(ValueError, match="does not match labels"):
         losses.GSCNNLoss()(targets, {**outputs, "edge_logits": outputs["edge_logits"][:, 1:]})
+
+
+# ---- frozen values: the loss must not move when its implementation is made faster ----
+
+# GSCNNLoss terms and gradient L1 norms on `_frozen_batch`, computed with the straightforward
+# implementation (per-example Gumbel map_fn, Gaussian then Sobel depthwise convolutions on
+# every class at full resolution) before it was reshaped for speed.
+FROZEN = {
+    ("none", None): dict(seg=3.065139055252075, edge=0.49302834272384644,
+                         att=3.103618621826172, dual=0.32729142904281616,
+                         total=16.35661506652832, grad_seg_l1=3.3522050380706787,
+                         grad_edge_l1=4.63166618347168),
+    ("none", (3, 7)): dict(seg=3.065139055252075, edge=0.49302834272384644,
+                           att=3.103618621826172, dual=0.34279781579971313,
+                           total=16.372121810913086, grad_seg_l1=3.3604896068573,
+                           grad_edge_l1=4.63166618347168),
+    ("image", None): dict(seg=3.0620152950286865, edge=0.49302834272384644,
+                          att=3.096214532852173, dual=0.32729142904281616,
+                          total=16.346088409423828, grad_seg_l1=3.3492255210876465,
+                          grad_edge_l1=4.63166618347168),
+    ("image", (3, 7)): dict(seg=3.0620152950286865, edge=0.49302834272384644,
+                            att=3.096214532852173, dual=0.34279781579971313,
+                            total=16.361595153808594, grad_seg_l1=3.357358694076538,
+                            grad_edge_l1=4.63166618347168),
+}
+
+
+def _frozen_batch():
+    """3 examples of 40x56 with 6 classes: rectangles of classes, an ignore patch, normal
+    logits (numpy's generator, seed 19); edges from `label_edges`."""
+    from gscnn_tf.data.edges import label_edges
+
+    rng = np.random.default_rng(19)
+    b, h, w, c = 3, 40, 56, 6
+    labels = np.zeros((b, h, w), np.int32)
+    for i in range(b):
+        for _ in range(6):
+            y, x = rng.integers(0, h - 6), rng.integers(0, w - 6)
+            labels[i, y:y + rng.integers(6, 20), x:x + rng.integers(6, 20)] = rng.integers(c)
+        labels[i, -5:, :7] = 255
+    seg = rng.normal(0, 2, (b, h, w, c)).astype(np.float32)
+    edge = rng.normal(0, 2, (b, h, w, 1)).astype(np.float32)
+    targets = {"labels": tf.constant(labels), "edges": label_edges(tf.constant(labels))}
+    return targets, tf.constant(seg), tf.constant(edge)
+
+
+@pytest.mark.parametrize("weighting, seed", list(FROZEN))
+@pytest.mark.parametrize("compiled", [False, True])
+def test_loss_values_are_frozen(weighting, seed, compiled):
+    """Every term (with and without the Gumbel noise, both weightings) and the gradients'
+    size equal the frozen numbers to 1e-5, eagerly and under tf.function."""
+    targets, seg, edge = _frozen_batch()
+    loss_fn = losses.GSCNNLoss(LossConfig(class_weighting=weighting))
+
+    def run(seg, edge):
+        with tf.GradientTape() as tape:
+            tape.watch([seg, edge])
+            terms = loss_fn(targets, {"seg_logits": seg, "edge_logits": edge}, seed=seed)
+        grad_seg, grad_edge = tape.gradient(terms["total"], [seg, edge])
+        return {**terms, "grad_seg_l1": tf.reduce_sum(tf.abs(grad_seg)),
+                "grad_edge_l1": tf.reduce_sum(tf.abs(grad_edge))}
+
+    values = (tf.function(run) if compiled else run)(seg, edge)
+    for key, expected in FROZEN[(weighting, seed)].items():
+        np.testing.assert_allclose(float(values[key]), expected, rtol=1e-5, atol=1e-6,
+                                   err_msg=key)
+
+
+def test_zero_weighted_terms_are_reported_without_a_gradient():
+    """The DeepLab v3+ configs weight edge, att and dual 0: their values are still reported
+    (the frozen numbers), the total is the segmentation term, and no gradient flows through
+    the others (the edge logits get none, the class logits exactly the seg term's)."""
+    targets, seg, edge = _frozen_batch()
+    config = LossConfig(lambda_edge=0.0, lambda_att=0.0, lambda_dual=0.0)
+    with tf.GradientTape(persistent=True) as tape:
+        tape.watch([seg, edge])
+        terms = losses.GSCNNLoss(config)(targets, {"seg_logits": seg, "edge_logits": edge},
+                                         seed=(3, 7))
+        alone = losses.segmentation_loss(seg, targets["labels"])
+    for key in ("seg", "edge", "att", "dual"):
+        np.testing.assert_allclose(float(terms[key]), FROZEN[("none", (3, 7))][key],
+                                   rtol=1e-5, err_msg=key)
+    assert float(terms["total"]) == float(terms["seg"])
+    assert tape.gradient(terms["total"], edge) is None
+    np.testing.assert_array_equal(tape.gradient(terms["total"], seg),
+                                  tape.gradient(alone, seg))
