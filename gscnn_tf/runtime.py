@@ -5,20 +5,30 @@ machines most of our users start on. `quiet_cuda_probe` imports TensorFlow and l
 devices with the process's stderr (file descriptor 2, where TensorFlow's C++ logging writes)
 sent to a temporary file, then writes back every line but the probe's.
 
+TensorFlow's INFO-level start-up lines (`I0000 ...`: oneDNN and CPU-feature notes) are left
+out of that window too, so a failing command's one error line is the only thing it prints.
+Warnings and errors other than the probe's still show. (`TF_CPP_MIN_LOG_LEVEL` cannot do
+this: TensorFlow 2.21 writes these lines before absl's logging reads it.)
+
 Nothing is hidden on a machine with a driver (`/dev/nvidiactl` or `/proc/driver/nvidia`),
-where a CUDA error is news, or when TensorFlow is already imported.
+where a CUDA error is news and the INFO lines name the devices, or when TensorFlow is
+already imported.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import sys
 import tempfile
 
-# Lines of the CUDA probe on a machine without a driver (and absl's note that precedes them).
+# Lines of the CUDA probe on a machine without a driver (and absl's note that precedes them),
+# and the continuation line of the CPU-feature INFO note.
 PROBE_NOISE = ("cuInit", "cuda drivers", "cudart_stub", "cuda_platform", "cuda_dnn",
                "cuda_fft", "cuda_blas", "All log messages before absl::InitializeLog()",
-               "Unable to register cu")
+               "Unable to register cu", "To enable the following instructions:")
+INFO_LINE = re.compile(r"^I\d{4} \d\d:\d\d:\d\d")  # absl's INFO prefix, e.g. 'I0000 00:00:17...'
+
 
 
 def has_nvidia_driver() -> bool:
@@ -26,9 +36,10 @@ def has_nvidia_driver() -> bool:
 
 
 def filter_probe_noise(text: str) -> str:
-    """`text` without the lines of TensorFlow's CUDA probe."""
+    """`text` without the lines of TensorFlow's CUDA probe and its INFO start-up notes."""
     return "".join(line for line in text.splitlines(keepends=True)
-                   if not any(marker in line for marker in PROBE_NOISE))
+                   if not INFO_LINE.match(line)
+                   and not any(marker in line for marker in PROBE_NOISE))
 
 
 def quiet_cuda_probe() -> None:
