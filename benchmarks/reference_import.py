@@ -3,28 +3,25 @@
 Writes a random checkpoint with the reference's key names and shapes (`module.` prefixes, as
 DataParallel saves it), converts it (timed: read, build, map, save), loads the `.keras` file,
 and compares the compat model with the independent PyTorch forward pass of
-tests/reference_torch.py on one image at 256x512: max abs differences of the seg and edge
+gscnn_tf.reference_torch on one image at 256x512: max abs differences of the seg and edge
 logits, label agreement, and both forward times. Writes benchmarks/results/reference_import.json
 and .md.  Run: python benchmarks/reference_import.py [--size 256x512]
 """
 
 import argparse
 import os
-import sys
 import tempfile
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.join(HERE, "..", "tests"))
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
-import reference_torch  # noqa: E402
 import tensorflow as tf  # noqa: E402
 import torch  # noqa: E402
 
-from gscnn_tf import reference_import  # noqa: E402
+from gscnn_tf import reference_import, reference_torch  # noqa: E402
 from gscnn_tf.benchmark import cpu_model, load_average, write_results  # noqa: E402
 
 RESULTS = os.path.join(HERE, "results")
