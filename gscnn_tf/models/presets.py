@@ -213,13 +213,9 @@ def read_training_config(preset_dir: str):
 def run_checkpoint(run_dir: str) -> str | None:
     """The checkpoint prefix a run directory's model is restored from when it has no saved
     best model: its best checkpoint, else its latest one; None when it has neither."""
-    import tensorflow as tf
+    from gscnn_tf.training.checkpoints import find_checkpoint
 
-    for folder in (BEST_DIR, "checkpoints"):
-        latest = tf.train.latest_checkpoint(os.path.join(run_dir, folder))
-        if latest:
-            return latest
-    return None
+    return find_checkpoint(os.path.join(run_dir, BEST_DIR)) or find_checkpoint(run_dir)
 
 
 def load_run_model(run_dir: str):
@@ -228,6 +224,7 @@ def load_run_model(run_dir: str):
     import tensorflow as tf
 
     from gscnn_tf.models.gscnn import GSCNN
+    from gscnn_tf.training.checkpoints import restore_checkpoint
 
     best = os.path.join(run_dir, BEST_DIR)
     if is_preset(os.path.join(best, BEST_PRESET)):
@@ -242,7 +239,7 @@ def load_run_model(run_dir: str):
                                 "with a checkpoint to rebuild one from")
     # The checkpoint holds every weight: the backbone's initial weights are not read.
     model = GSCNN.from_yaml(config_path, ["model.backbone.weights="])
-    tf.train.Checkpoint(model=model).restore(prefix).expect_partial()
+    restore_checkpoint(tf.train.Checkpoint(model=model), prefix)
     return model
 
 
