@@ -30,6 +30,8 @@ import keras
 import numpy as np
 from keras.src.saving import saving_lib
 
+from gscnn_tf.errors import CheckpointError
+
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.weights.h5"
 METADATA_FILE = "metadata.json"
@@ -173,16 +175,17 @@ def load_preset(path):
             raise FileNotFoundError(f"model file not found: {path}")
         model = keras.saving.load_model(path, compile=False)
         if not isinstance(model, GSCNN):
-            raise ValueError(f"{path}: a {type(model).__name__}, not a gscnn_tf.GSCNN (a file "
-                             "saved by an older gscnn_tf: load it with keras.saving.load_model)")
+            raise CheckpointError(f"{path}: a {type(model).__name__}, not a gscnn_tf.GSCNN (a "
+                                  "file saved by an older gscnn_tf: load it with "
+                                  "keras.saving.load_model)")
         return model
     if os.path.isdir(path) and is_preset(path):
         with open(os.path.join(path, CONFIG_FILE), encoding="utf-8") as f:
             config = json.load(f)
         model = keras.saving.deserialize_keras_object(config)
         if not isinstance(model, GSCNN):
-            raise ValueError(f"{path}/{CONFIG_FILE}: describes a {type(model).__name__}, not "
-                             "a gscnn_tf.GSCNN")
+            raise CheckpointError(f"{path}/{CONFIG_FILE}: describes a "
+                                  f"{type(model).__name__}, not a gscnn_tf.GSCNN")
         model.load_weights(os.path.join(path, WEIGHTS_FILE))
         metadata = read_metadata(path)
         model.training_metrics = metadata.get("metrics")
