@@ -177,8 +177,13 @@ def test_a_run_without_saved_model_loads_from_config_and_checkpoint(run, rng, tm
 
 def test_presets_replace_atomically_and_keep_metrics(tmp_path):
     model = gscnn_tf.GSCNN(3, **TINY)
+    model.compile(steps=2)                               # its optimizer stays out
     target = tmp_path / "p"
     model.save_to_preset(target, metrics={"miou": 0.5})
+    import h5py
+
+    with h5py.File(target / "model.weights.h5", "r") as f:
+        assert sorted(f) == ["layers", "vars"]
     model.save_to_preset(target, metrics={"miou": 0.25})
     assert sorted(os.listdir(tmp_path)) == ["p"]         # no staging folder left behind
     assert sorted(os.listdir(target)) == ["README.md", "config.json", "metadata.json",

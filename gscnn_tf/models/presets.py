@@ -28,7 +28,6 @@ import shutil
 
 import keras
 import numpy as np
-from keras.src.saving import saving_lib
 
 from gscnn_tf.errors import CheckpointError
 
@@ -140,10 +139,7 @@ def save_preset(model, preset_dir, metrics=None, training_config=None) -> str:
         config.pop("compile_config", None)
         config.pop("build_config", None)
         _write_text(os.path.join(staged, CONFIG_FILE), json.dumps(config, indent=1))
-        # Keras' own weights writer, told to leave out the optimizer's state
-        # (`Model.save_weights` has no such option).
-        saving_lib.save_weights_only(model, os.path.join(staged, WEIGHTS_FILE),
-                                     objects_to_skip=_optimizer_of(model))
+        _save_weights(model, os.path.join(staged, WEIGHTS_FILE))
         metadata = preset_metadata(model, metrics)
         _write_text(os.path.join(staged, METADATA_FILE), json.dumps(metadata, indent=1))
         if training_config is None:
@@ -158,9 +154,19 @@ def save_preset(model, preset_dir, metrics=None, training_config=None) -> str:
     return preset_dir
 
 
-def _optimizer_of(model) -> list:
+def _save_weights(model, path: str) -> None:
+    """The model's weights without the optimizer's state: Keras' own weights writer told to
+    skip the optimizer (`Model.save_weights` has no such option; keras >= 3.15 has the
+    internal one), else `save_weights` (the optimizer's state is then kept and ignored when
+    loading)."""
     optimizer = getattr(model, "optimizer", None)
-    return [optimizer] if optimizer is not None else None
+    try:
+        from keras.src.saving import saving_lib
+
+        saving_lib.save_weights_only(model, path,
+                                     objects_to_skip=[optimizer] if optimizer else None)
+    except (ImportError, TypeError, AttributeError):
+        model.save_weights(path)
 
 
 def load_preset(path):
