@@ -5,10 +5,11 @@ machines most of our users start on. `quiet_cuda_probe` imports TensorFlow and l
 devices with the process's stderr (file descriptor 2, where TensorFlow's C++ logging writes)
 sent to a temporary file, then writes back every line but the probe's.
 
-TensorFlow's INFO-level start-up lines (`I0000 ...`: oneDNN and CPU-feature notes) are left
-out of that window too, so a failing command's one error line is the only thing it prints.
-Warnings and errors other than the probe's still show. (`TF_CPP_MIN_LOG_LEVEL` cannot do
-this: TensorFlow 2.21 writes these lines before absl's logging reads it.)
+TensorFlow's INFO-level lines are left out too: those written at start-up (`I0000 ...`:
+oneDNN and CPU-feature notes), which TensorFlow 2.21 prints before absl's logging reads
+`TF_CPP_MIN_LOG_LEVEL`, by the same filter, and the later ones (XLA's compiler notes, say) by
+`TF_CPP_MIN_LOG_LEVEL=1`, set unless the user set it. A failing command's one error line is
+then the only thing it prints; TensorFlow's warnings and errors still show.
 
 Nothing is hidden on a machine with a driver (`/dev/nvidiactl` or `/proc/driver/nvidia`),
 where a CUDA error is news and the INFO lines name the devices, or when TensorFlow is
@@ -50,6 +51,7 @@ def quiet_cuda_probe() -> None:
     if "tensorflow" in sys.modules or has_nvidia_driver():
         return
     os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")  # INFO lines after start-up
     sys.stderr.flush()
     saved = os.dup(2)
     with tempfile.TemporaryFile(mode="w+b") as captured:

@@ -43,6 +43,9 @@ def test_importing_gscnn_tf_prints_no_cuda_error_on_a_cpu_machine():
     quiet = _stderr("import gscnn_tf; " + probe + "; import sys; print('after', file=sys.stderr)")
     assert "cuInit" not in quiet and "cuda drivers" not in quiet
     assert "oneDNN custom operations" not in quiet  # INFO start-up notes
+    jit = _stderr("import gscnn_tf, tensorflow as tf; tf.function(lambda x: x * 2, "
+                  "jit_compile=True)(tf.ones(3))")
+    assert "XLA service" not in jit and "I0000" not in jit  # INFO lines after start-up
     assert "after" in quiet  # stderr works as before once TensorFlow is up
     # logical CPU devices can still be configured after the import
     split = _stderr("import gscnn_tf, tensorflow as tf; cpu = tf.config.list_physical_devices("
