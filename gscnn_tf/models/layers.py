@@ -113,6 +113,11 @@ class GateMultiply(layers.Layer):
 
 
 def batch_norm(x, name, bn_kwargs):
+    """The one BatchNormalization of every model and backbone: channels last, named `name`.
+
+    `bn_kwargs` carries `synchronized`, `epsilon` and `momentum` (see `models.compat` and each
+    backbone's defaults); the layer's name is the weight name checkpoints and converters use.
+    """
     return layers.BatchNormalization(name=name, **bn_kwargs)(x)
 
 

@@ -24,6 +24,7 @@ from keras import layers
 
 from gscnn_tf.errors import ConfigError
 from gscnn_tf.models.backbones.pretrained import load_pretrained
+from gscnn_tf.models.layers import batch_norm
 
 PREPROCESSING = "tf"
 
@@ -56,10 +57,6 @@ def block_layout(output_stride: int) -> list[tuple[int, int]]:
     return layout
 
 
-def _batch_norm(x, name, bn_kwargs):
-    return layers.BatchNormalization(axis=-1, name=name, **bn_kwargs)(x)
-
-
 def _inverted_residual(x, block_id, filters, stride, dilation, expansion, trained_stride, alpha,
                        bn_kwargs):
     """keras.applications' `_inverted_res_block` with a dilated depthwise conv."""
@@ -69,14 +66,14 @@ def _inverted_residual(x, block_id, filters, stride, dilation, expansion, traine
     inputs = x
     if block_id:
         x = layers.Conv2D(expansion * in_channels, 1, use_bias=False, name=f"{prefix}expand")(x)
-        x = _batch_norm(x, f"{prefix}expand_BN", bn_kwargs)
+        x = batch_norm(x, f"{prefix}expand_BN", bn_kwargs)
         x = layers.ReLU(6.0, name=f"{prefix}expand_relu")(x)
     x = layers.DepthwiseConv2D(3, strides=stride, padding="same", dilation_rate=dilation,
                                use_bias=False, name=f"{prefix}depthwise")(x)
-    x = _batch_norm(x, f"{prefix}depthwise_BN", bn_kwargs)
+    x = batch_norm(x, f"{prefix}depthwise_BN", bn_kwargs)
     x = layers.ReLU(6.0, name=f"{prefix}depthwise_relu")(x)
     x = layers.Conv2D(out_channels, 1, use_bias=False, name=f"{prefix}project")(x)
-    x = _batch_norm(x, f"{prefix}project_BN", bn_kwargs)
+    x = batch_norm(x, f"{prefix}project_BN", bn_kwargs)
     if in_channels == out_channels and trained_stride == 1:
         x = layers.Add(name=f"{prefix}add")([inputs, x])
     return x
@@ -101,7 +98,7 @@ def build(config, x, bn_kwargs):
     inputs = x
     x = layers.Conv2D(make_divisible(32 * alpha), 3, strides=2, padding="same", use_bias=False,
                       name="Conv1")(x)
-    x = _batch_norm(x, "bn_Conv1", bn_kwargs)
+    x = batch_norm(x, "bn_Conv1", bn_kwargs)
     taps = {"stem": layers.ReLU(6.0, name="Conv1_relu")(x)}
     x = taps["stem"]
     for block_id, ((filters, trained_stride, expansion), (stride, dilation)) in enumerate(

@@ -11,7 +11,7 @@ from __future__ import annotations
 from keras import layers
 
 from gscnn_tf.errors import ConfigError
-from gscnn_tf.models.layers import conv_bn_relu
+from gscnn_tf.models.layers import batch_norm, conv_bn_relu
 
 PREPROCESSING = "torch"
 
@@ -30,7 +30,7 @@ def build(config, x, bn_kwargs):
         x = layers.Conv2D(filters, 3, strides=stride, padding="same", use_bias=False,
                           dilation_rate=rate if stride == 1 else 1,
                           name=f"small_stage{i}_down_conv")(x)
-        x = layers.BatchNormalization(name=f"small_stage{i}_down_bn", **bn_kwargs)(x)
+        x = batch_norm(x, f"small_stage{i}_down_bn", bn_kwargs)
         x = layers.ReLU(name=f"small_stage{i}_down_relu")(x)
         x = conv_bn_relu(x, filters, 3, f"small_stage{i}_conv", bn_kwargs,
                          dilation=max(rate, 1))

@@ -39,6 +39,7 @@ import keras
 from keras import layers
 
 from gscnn_tf.errors import ConfigError
+from gscnn_tf.models.layers import batch_norm
 
 PREPROCESSING = "torch"
 
@@ -58,7 +59,7 @@ def module_layout(output_stride: int) -> dict[int, tuple[int, int]]:
 
 
 def _bn_relu(x, name, bn_kwargs):
-    x = layers.BatchNormalization(axis=-1, name=name, **bn_kwargs)(x)
+    x = batch_norm(x, name, bn_kwargs)
     return layers.ReLU(name=f"{name}_relu")(x)
 
 
