@@ -16,6 +16,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from gscnn_tf.benchmark import (  # noqa: E402
     load_average, matmul_peak, peak_rss_mb, rss_mb, time_call, time_interleaved)
+from gscnn_tf.models.parts import part_graphs  # noqa: E402
 
 EXPORT_FORMATS = ("saved_model", "tflite_fp32", "tflite_fp16", "tflite_int8")
 QUANTIZE = {"tflite_fp32": "none", "tflite_fp16": "fp16", "tflite_int8": "int8"}
@@ -162,34 +163,6 @@ def _tflite_latency(model, config, image_u8, name, job):
     timing = time_call(lambda: runner(images=image_u8), job["warmup"], job["reps"])
     return {**timing, "convert_s": convert_s, "bytes": len(content),
             "canny": f"{e.tflite_canny_step_form} form, {e.tflite_canny_max_steps} steps"}
-
-
-def _tensor(model, layer, kind="output", index=None):
-    value = getattr(model.get_layer(layer), kind)
-    return value[index] if index is not None else value
-
-
-def part_graphs(model):
-    """{part: (inputs, outputs)} KerasTensors of `model` splitting its forward pass into
-    backbone, shape stream, Canny, fusion + ASPP (ASPP for the baseline) and decoder."""
-    image = model.input
-    out = _tensor(model, "aspp_1x1_conv", "input")
-    skip = _tensor(model, "decoder_skip_proj", "input")
-    aspp_out = _tensor(model, "decoder_aspp_proj", "input")
-    seg = _tensor(model, "seg_logits")
-    if any(layer.name == "shape_output_resize" for layer in model.layers):
-        stem = _tensor(model, "shape_stem_resize", "input", 0)
-        gates = [_tensor(model, f"gate{i}_dsn", "input") for i in (1, 2, 3)]
-        edge = _tensor(model, "shape_output_resize")
-        canny = _tensor(model, "canny")
-        parts = {"backbone": ([image], [out, skip, stem, *gates]),
-                 "shape_stream": ([image, stem, *gates], [edge]),
-                 "canny": ([image], [canny]),
-                 "fusion_aspp": ([out, edge, canny], [aspp_out])}
-    else:
-        parts = {"backbone": ([image], [out, skip]), "aspp": ([out], [aspp_out])}
-    parts["decoder"] = ([aspp_out, skip, image], [seg])
-    return parts
 
 
 def _part_functions(model, image):

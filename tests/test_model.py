@@ -143,3 +143,54 @@ def test_flop_count_matches_an_analytic_conv(rng):
     # 2 x (H x W x k x k x Cin x Cout) multiply-adds.
     from gscnn_tf.models.summary import count_flops
     assert count_flops(model, 10, 12) == 2 * 10 * 12 * 3 * 3 * 3 * 4
+
+
+def test_layer_name_contract_finds_each_part(rng):
+    """Every name of gscnn_tf.models.parts finds what it should on the GSCNN and on the
+    baseline, so renaming a layer in the builder fails here rather than in a summary."""
+    from gscnn_tf.models import parts as contract
+    from gscnn_tf.models.backbones import build_backbone, preprocessing_mode
+    from gscnn_tf.models.layers import Normalize
+    from gscnn_tf.models.shape_stream import shape_stream
+
+    config = tiny_config()
+    gscnn = gscnn_tf.build_model(config, num_classes=4)
+    baseline = gscnn_tf.build_model(tiny_config(shape_stream=False), num_classes=4)
+    # The backbone and the shape stream built on their own are independent references for
+    # the parameter counts the prefixes assign.
+    image = keras.Input((None, None, 3))
+    bn = {"synchronized": config.sync_batch_norm}
+    taps = build_backbone(config.backbone, Normalize(preprocessing_mode(config.backbone))(image),
+                          bn)
+    backbone_params = keras.Model(image, taps).count_params()
+    boundary, _ = shape_stream(image, taps, config, bn)
+    fusion_conv = 2  # 1x1 conv without bias over concat(edge prob, Canny) -> 1 channel
+    shape_params = keras.Model(image, boundary).count_params() - backbone_params + fusion_conv
+    x = images(rng, 1, 40, 56)
+    for model, has_shape_stream in ((gscnn, True), (baseline, False)):
+        names = {layer.name for layer in model.layers}
+        boundaries = {contract.BACKBONE_OUT, contract.DECODER_SKIP, contract.DECODER_ASPP,
+                      contract.SEG_LOGITS}
+        shape_names = {contract.SHAPE_STEM, contract.SHAPE_OUTPUT, contract.CANNY,
+                       *contract.GATE_DSNS, *contract.GATE_ALPHAS}
+        assert boundaries <= names
+        assert (shape_names <= names) if has_shape_stream else not (shape_names & names)
+        breakdown = parameter_breakdown(model)
+        assert breakdown["backbone"] == backbone_params
+        assert breakdown["shape_stream"] == (shape_params if has_shape_stream else 0)
+        assert breakdown["total"] == model.count_params()
+        # The parts, run one after another on each other's outputs, are the whole model.
+        graphs = contract.part_graphs(model)
+        assert list(graphs) == (["backbone", "shape_stream", "canny", "fusion_aspp", "decoder"]
+                                if has_shape_stream else ["backbone", "aspp", "decoder"])
+        values = {id(model.input): tf.constant(x)}
+        for inputs, outputs in graphs.values():
+            result = keras.Model(inputs, outputs)([values[id(t)] for t in inputs])
+            result = result if isinstance(result, (list, tuple)) else [result]
+            values.update({id(t): v for t, v in zip(outputs, result)})
+        np.testing.assert_allclose(values[id(graphs["decoder"][1][0])],
+                                   model(x, training=False)["seg_logits"], atol=1e-4)
+    gates = gate_model(gscnn)(x)
+    assert sorted(gates) == ["gate1", "gate2", "gate3"]
+    np.testing.assert_array_equal(gates["gate2"], keras.Model(
+        gscnn.input, gscnn.get_layer(contract.GATE_ALPHAS[1]).output)(x))

@@ -35,11 +35,11 @@ from gscnn_tf.models.backbones import build_backbone, preprocessing_mode
 from gscnn_tf.models.compat import batch_norm_kwargs, is_reference, reference_canny
 from gscnn_tf.models.layers import (
     Normalize, ResizeLike, ZerosMap, aspp, conv_bn_relu)
+from gscnn_tf.models.parts import GATE_ALPHAS
 from gscnn_tf.models.shape_stream import shape_stream
 from gscnn_tf.models import task as _task  # noqa: F401  (registers the metric)
 from gscnn_tf.ops.canny import Canny
 
-GATE_ALPHAS = ("gate1_alpha", "gate2_alpha", "gate3_alpha")
 IMAGE_GRADIENTS = ("canny", "none")
 
 

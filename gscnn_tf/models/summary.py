@@ -1,8 +1,9 @@
 """`gscnn-tf summary`: parameter counts by part and FLOPs at an input size.
 
-Parts are found by layer-name prefix (the model's naming contract): the shape stream is every
-`shape_*`, `gate*` and `fusion_*` layer (gate projections of the regular-stream taps
-included), fusion/decoder every `aspp_*` and `decoder_*` layer, the backbone the rest.
+Parts are found by layer-name prefix (the model's naming contract, `gscnn_tf.models.parts`):
+the shape stream is every `shape_*`, `gate*` and `fusion_*` layer (gate projections of the
+regular-stream taps included), fusion/decoder every `aspp_*` and `decoder_*` layer, the
+backbone the rest.
 FLOPs come from TensorFlow's graph profiler on the traced forward pass at batch 1 (multiply
 and add counted separately, so FLOPs = 2 x MACs for convolutions).
 """
@@ -14,9 +15,7 @@ import tensorflow as tf
 
 from gscnn_tf.config import load_config
 from gscnn_tf.errors import UsageError
-
-SHAPE_PREFIXES = ("shape_", "gate", "fusion_")
-HEAD_PREFIXES = ("aspp_", "decoder_")
+from gscnn_tf.models.parts import part_of
 
 
 def parameter_breakdown(model: keras.Model) -> dict[str, int]:
@@ -24,13 +23,7 @@ def parameter_breakdown(model: keras.Model) -> dict[str, int]:
     from `gscnn_tf.build_model` (trainable and BN statistics alike)."""
     parts = {"backbone": 0, "shape_stream": 0, "fusion_decoder": 0}
     for layer in model.layers:
-        count = sum(int(tf.size(w)) for w in layer.weights)
-        if layer.name.startswith(SHAPE_PREFIXES):
-            parts["shape_stream"] += count
-        elif layer.name.startswith(HEAD_PREFIXES):
-            parts["fusion_decoder"] += count
-        else:
-            parts["backbone"] += count
+        parts[part_of(layer.name)] += sum(int(tf.size(w)) for w in layer.weights)
     parts["total"] = sum(parts.values())
     return parts
 
