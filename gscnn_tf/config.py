@@ -143,6 +143,9 @@ class TrainConfig:
 
     strategy: auto | one_device | mirrored | multi_worker (see gscnn_tf.training.strategy);
     cpu_replicas: split the CPU into this many logical devices (tests; no GPU needed).
+    worker_timeout: seconds a multi-worker collective waits for the other workers before the
+    run stops with WorkerLostError (0: no limit); a worker whose process died is noticed
+    within about 10 s by the coordination service's heartbeats (docs/cluster.md).
     batch_size is the global batch. With data.deterministic, a resumed run skips the batches
     already seen, so it sees exactly the batches an uninterrupted run would.
     """
@@ -150,6 +153,7 @@ class TrainConfig:
     run_dir: str = "runs/synthetic"
     strategy: str = "auto"
     cpu_replicas: int = 0
+    worker_timeout: float = 600.0
     batch_size: int = 8
     steps: int = 1500
     optimizer: str = "sgd"

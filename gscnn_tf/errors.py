@@ -15,6 +15,7 @@ Every class derives from `GSCNNError` and from the built-in error it refines, so
       StrategyError        a tf.distribute set-up that cannot be made (RuntimeError)
       UsageError           options the chosen model cannot serve (ValueError)
       NonFiniteLossError   training reached a NaN / infinite loss (FloatingPointError)
+      WorkerLostError      a worker of a multi-worker run died or stopped answering (RuntimeError)
 
 Anything else that escapes a command is a defect and keeps its traceback.
 """
@@ -62,3 +63,9 @@ class UsageError(GSCNNError, ValueError):
 
 class NonFiniteLossError(GSCNNError, FloatingPointError):
     """Training produced a NaN or infinite loss; no checkpoint was written after it."""
+
+
+class WorkerLostError(GSCNNError, RuntimeError):
+    """Another worker of a multi-worker run died (no heartbeat) or did not reach a collective
+    within `train.worker_timeout`; every worker restarted with --resume continues from the
+    last checkpoint."""

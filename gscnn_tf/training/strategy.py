@@ -61,14 +61,21 @@ def _local_devices(cpu_replicas: int) -> list[str]:
     return [d.name for d in cpus[:max(cpu_replicas, 1)]]
 
 
-def make_strategy(name: str = "auto", cpu_replicas: int = 0) -> tf.distribute.Strategy:
-    """The strategy named by `train.strategy` (see the module docstring)."""
+def make_strategy(name: str = "auto", cpu_replicas: int = 0,
+                  worker_timeout: float = 0) -> tf.distribute.Strategy:
+    """The strategy named by `train.strategy` (see the module docstring). Under
+    MultiWorkerMirroredStrategy, `worker_timeout` (seconds, `train.worker_timeout`; 0: no
+    limit) bounds each collective (gradient all-reduce, sync batch norm): a worker that
+    waits longer for its peers stops with DeadlineExceededError. A peer whose process has
+    died is noticed sooner, by the coordination service's heartbeats (10 s)."""
     if name not in STRATEGIES:
         raise StrategyError(f"train.strategy '{name}': expected one of {', '.join(STRATEGIES)}")
     if name == "multi_worker" or (name == "auto" and cluster_size() > 1):
         if not os.environ.get("TF_CONFIG"):
             raise StrategyError("train.strategy 'multi_worker' needs TF_CONFIG (cluster, task)")
-        return tf.distribute.MultiWorkerMirroredStrategy()
+        options = tf.distribute.experimental.CommunicationOptions(
+            timeout_seconds=worker_timeout if worker_timeout > 0 else None)
+        return tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
     if name == "one_device":
         return tf.distribute.get_strategy()
     devices = _local_devices(cpu_replicas)

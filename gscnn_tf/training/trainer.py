@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import time
 
 import keras
@@ -23,7 +24,7 @@ import tensorflow as tf
 
 from gscnn_tf.config import save_config
 from gscnn_tf.data.pipeline import build_dataset, dataset_info, list_examples
-from gscnn_tf.errors import NonFiniteLossError
+from gscnn_tf.errors import NonFiniteLossError, WorkerLostError
 from gscnn_tf.losses import GSCNNLoss
 from gscnn_tf.training.checkpoints import RunCheckpoints, check_new_run_dir
 from gscnn_tf.training.optimizers import build_optimizer, learning_rate_schedule
@@ -51,6 +52,34 @@ def _gates(model, images) -> dict:
     return dict(gate_model(model)(images, training=False))
 
 
+# What a collective raises under MultiWorkerMirroredStrategy when a peer is gone: the
+# coordination service's "tasks are unhealthy (stopped sending heartbeats)" (Unavailable,
+# or Aborted on the task told by the service) and CommunicationOptions' timeout.
+PEER_ERRORS = (tf.errors.UnavailableError, tf.errors.AbortedError,
+               tf.errors.DeadlineExceededError)
+
+
+def _worker_lost_text(step: int, error, timeout: float, latest: str | None) -> str:
+    message = " ".join(str(getattr(error, "message", None) or error).split())
+    dead = re.search(r"stopped sending heartbeats\)?:?\s*(/job:[^\s;,]+)", message)
+    closed = re.search(r"(?:Socket closed|Connection refused|failed to connect).*?remote "
+                       r"target (/job:[^\s;,]+)|remote target (/job:[^\s;,]+).*?(?:Socket "
+                       r"closed|Connection refused|failed to connect)", message)
+    gone = "its process died or its machine is unreachable"
+    if dead:
+        reason = f"worker {dead[1]} stopped sending heartbeats ({gone})"
+    elif closed:
+        reason = f"worker {closed[1] or closed[2]} closed its connection ({gone})"
+    elif isinstance(error, tf.errors.DeadlineExceededError):
+        reason = (f"the other workers did not reach a collective within train.worker_timeout="
+                  f"{timeout:g} s")
+    else:
+        reason = message.split("aborted by: ")[-1].split(" The error could be")[0][:300]
+    resume = f"continue from {latest}" if latest else "start again (no checkpoint yet)"
+    return (f"multi-worker training stopped at step {step}: {reason}; restart every worker "
+            f"with --resume to {resume}")
+
+
 class Trainer:
     """Builds the strategy, model, optimizer, datasets and checkpoints of a config.
 
@@ -61,7 +90,8 @@ class Trainer:
     def __init__(self, config, strategy=None, model_builder=None, loss_fn=None):
         self.config = config
         c = config.train
-        self.strategy = strategy or make_strategy(c.strategy, c.cpu_replicas)
+        self.strategy = strategy or make_strategy(c.strategy, c.cpu_replicas,
+                                                     c.worker_timeout)
         self.chief = is_chief(self.strategy)
         self.info = dataset_info(config)
         keras.utils.set_random_seed(c.seed)
@@ -91,8 +121,11 @@ class Trainer:
         """Trains to `train.steps` (continuing from the latest checkpoint when `resume`);
         returns {"step", "train": last terms, "val": last validation}."""
         c = self.config.train
-        if resume and self.checkpoints.restore_latest() is not None:
+        restored = self.checkpoints.restore_latest() if resume else None
+        if restored is not None:
             self._load_history()
+            if self.chief:
+                print(f"resuming {c.run_dir} from step {restored}", flush=True)
         else:
             check_new_run_dir(c.run_dir)
         if self.chief:
@@ -114,6 +147,11 @@ class Trainer:
             self.summaries.flush()
             print(stop, flush=True)
             raise
+        except PEER_ERRORS as e:
+            if not isinstance(self.strategy, tf.distribute.MultiWorkerMirroredStrategy):
+                raise
+            raise WorkerLostError(_worker_lost_text(step, e, c.worker_timeout,
+                                                    self.checkpoints.latest)) from e
         finally:
             watch.close()
         self.summaries.flush()
