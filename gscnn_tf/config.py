@@ -18,6 +18,7 @@ from typing import Any, Optional
 
 import yaml
 
+from gscnn_tf import files
 from gscnn_tf.errors import ConfigError
 
 __all__ = ["Config", "ConfigError", "config_from_dict", "load_config", "save_config"]
@@ -311,13 +312,12 @@ def load_config(path: Optional[str | os.PathLike] = None, overrides=()) -> Confi
     config = Config()
     if path:
         path = os.fspath(path)
-        if not os.path.isfile(path):
+        if not files.isfile(path):
             raise ConfigError(f"config file not found: {path}")
-        with open(path, encoding="utf-8") as f:
-            try:
-                values = yaml.safe_load(f)
-            except yaml.YAMLError as e:
-                raise ConfigError(f"{path}: not valid YAML: {e}") from e
+        try:
+            values = yaml.safe_load(files.read_text(path))
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path}: not valid YAML: {e}") from e
         _apply(config, values or {}, "", path)
     for text in overrides:
         _apply(config, _parse_override(text), "", f"override '{text}'")
@@ -326,9 +326,4 @@ def load_config(path: Optional[str | os.PathLike] = None, overrides=()) -> Confi
 
 def save_config(config: Config, path: str | os.PathLike) -> None:
     """Writes the full config as YAML, atomically (a temporary file, then rename)."""
-    path = os.fspath(path)
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    tmp = f"{path}.tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(config.to_yaml())
-    os.replace(tmp, path)
+    files.atomic_write_text(os.fspath(path), config.to_yaml())
