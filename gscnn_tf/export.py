@@ -90,6 +90,8 @@ def _serving_module(model, classes_file: str):
     """A tf.Module holding `model`, the classes asset and the three signature functions."""
     import tensorflow as tf
 
+    from gscnn_tf.models.postprocess import postprocess
+
     def checked_images(images, name):
         rule = f"{name}: `images` must be uint8 [batch, height, width, 3] RGB"
         rank = tf.debugging.assert_rank(images, 4, message=rule)
@@ -141,31 +143,25 @@ def _serving_module(model, classes_file: str):
             self.model = model
             self.classes = tf.saved_model.Asset(classes_file)
 
-        def _run(self, images):
+        def _run(self, images, probabilities=False):
             # A batch of 0 runs the model on one zero image (the model's layers need a
             # batch) and returns none of it: empty outputs of the right layout.
             count = tf.shape(images)[0]
             padded = tf.pad(images, [[0, tf.maximum(1 - count, 0)], [0, 0], [0, 0], [0, 0]])
             out = self.model(tf.cast(padded, tf.float32), training=False)
-            return out["seg_logits"][:count], tf.sigmoid(out["edge_logits"])[:count]
-
-        def _labels(self, images):
-            logits, edge_prob = self._run(images)
-            return {"labels": tf.argmax(logits, -1, output_type=tf.int32),
-                    "edge_prob": edge_prob}
+            return postprocess({k: v[:count] for k, v in out.items()}, probabilities)
 
         @tf.function(input_signature=[tf.TensorSpec(None, tf.uint8, name="images")])
         def serving_default(self, images):
-            return self._labels(checked_images(images, "serving_default"))
+            return self._run(checked_images(images, "serving_default"))
 
         @tf.function(input_signature=[tf.TensorSpec(None, tf.uint8, name="images")])
         def probabilities(self, images):
-            logits, edge_prob = self._run(checked_images(images, "probabilities"))
-            return {"probabilities": tf.nn.softmax(logits), "edge_prob": edge_prob}
+            return self._run(checked_images(images, "probabilities"), probabilities=True)
 
         @tf.function(input_signature=[tf.TensorSpec(None, tf.string, name="image_bytes")])
         def serve_bytes(self, image_bytes):
-            return self._labels(decode_batch(image_bytes))
+            return self._run(decode_batch(image_bytes))
 
     return ServingModule()
 
@@ -286,13 +282,13 @@ def frozen_function(model, height: int, width: int):
     (its variables captured; `convert_tflite` freezes them into constants)."""
     import tensorflow as tf
 
+    from gscnn_tf.models.postprocess import postprocess
+
     spec = [tf.TensorSpec([1, height, width, 3], tf.uint8, name="images")]
 
     @tf.function(input_signature=spec)
     def predict(images):
-        out = model(tf.cast(images, tf.float32), training=False)
-        return {"edge_prob": tf.sigmoid(out["edge_logits"]),
-                "labels": tf.argmax(out["seg_logits"], -1, output_type=tf.int32)}
+        return postprocess(model(tf.cast(images, tf.float32), training=False))
 
     return predict.get_concrete_function()
 
@@ -408,9 +404,11 @@ def keras_labels(model, images: np.ndarray) -> np.ndarray:
     """int32 `[N, H, W]` argmax of the Keras model on uint8 images `[N, H, W, 3]`."""
     import tensorflow as tf
 
-    out = [model(tf.constant(image[None], tf.float32), training=False)["seg_logits"]
-           for image in images]
-    return np.concatenate([tf.argmax(o, -1, output_type=tf.int32).numpy() for o in out])
+    from gscnn_tf.models.postprocess import postprocess
+
+    return np.concatenate([
+        postprocess(model(tf.constant(image[None], tf.float32), training=False))["labels"]
+        for image in images])
 
 
 def _to_uint8(images) -> np.ndarray:

@@ -167,6 +167,8 @@ class Predictor:
         """
         import tensorflow as tf
 
+        from gscnn_tf.models.postprocess import postprocess
+
         images = np.asarray(images)
         if images.ndim == 3:
             images = images[None]
@@ -181,11 +183,8 @@ class Predictor:
             return {"labels": out["labels"].numpy().astype(np.int32),
                     "edge_prob": out["edge_prob"].numpy()[..., 0]}
         x = tf.constant(images.astype(np.float32))
-        out = self._forward(x)
-        result = {
-            "labels": tf.argmax(out["seg_logits"], -1, output_type=tf.int32).numpy(),
-            "edge_prob": tf.sigmoid(out["edge_logits"])[..., 0].numpy(),
-        }
+        out = postprocess(self._forward(x))
+        result = {"labels": out["labels"].numpy(), "edge_prob": out["edge_prob"][..., 0].numpy()}
         if gates:
             result["gates"] = {k: v.numpy()[..., 0] for k, v in self._gate_fn()(x).items()}
         return result
@@ -196,12 +195,14 @@ class Predictor:
         them is how test-time augmentation combines predictions)."""
         import tensorflow as tf
 
+        from gscnn_tf.models.postprocess import postprocess
+
         if self.model is None:
             raise UsageError(f"{self.source}: a SavedModel returns labels only; flip, "
                              "multi-scale and sliding-window inference need a Keras source")
-        out = self._forward(tf.constant(np.asarray(images, np.float32)))
-        return tf.concat([tf.nn.softmax(out["seg_logits"]), tf.sigmoid(out["edge_logits"])],
-                         -1).numpy()
+        out = postprocess(self._forward(tf.constant(np.asarray(images, np.float32))),
+                          probabilities=True)
+        return tf.concat([out["probabilities"], out["edge_prob"]], -1).numpy()
 
     def _gate_fn(self):
         if self._gates is None:

@@ -36,13 +36,13 @@ def gpu_function(model, height: int, width: int):
     [1, H, W, C], "edge_prob" float32 [1, H, W, 1]} of `model` (variables captured)."""
     import tensorflow as tf
 
+    from gscnn_tf.models.postprocess import postprocess
+
     spec = [tf.TensorSpec([1, height, width, 3], tf.float32, name="images")]
 
     @tf.function(input_signature=spec)
     def predict(images):
-        out = model(images, training=False)
-        return {"edge_prob": tf.sigmoid(out["edge_logits"]),
-                "probabilities": tf.nn.softmax(out["seg_logits"])}
+        return postprocess(model(images, training=False), probabilities=True)
 
     return predict.get_concrete_function()
 

@@ -194,3 +194,22 @@ def test_layer_name_contract_finds_each_part(rng):
     assert sorted(gates) == ["gate1", "gate2", "gate3"]
     np.testing.assert_array_equal(gates["gate2"], keras.Model(
         gscnn.input, gscnn.get_layer(contract.GATE_ALPHAS[1]).output)(x))
+
+
+def test_postprocess_against_numpy(rng):
+    from gscnn_tf.models.postprocess import postprocess
+
+    seg = rng.normal(0, 3, (2, 5, 7, 4)).astype("float32")
+    seg[0, 0, 0] = [1.0, 2.0, 2.0, 0.0]  # a tie goes to the lower class
+    edge = rng.normal(0, 3, (2, 5, 7, 1)).astype("float32")
+    out = postprocess({"seg_logits": seg, "edge_logits": edge})
+    assert out["labels"].dtype == tf.int32 and out["edge_prob"].dtype == tf.float32
+    np.testing.assert_array_equal(out["labels"], np.argmax(seg, -1))
+    assert out["labels"][0, 0, 0] == 1
+    np.testing.assert_allclose(out["edge_prob"], 1 / (1 + np.exp(-edge)), rtol=1e-6)
+    probs = postprocess({"seg_logits": seg, "edge_logits": edge}, probabilities=True)
+    expected = np.exp(seg - seg.max(-1, keepdims=True))
+    np.testing.assert_allclose(probs["probabilities"], expected / expected.sum(-1, keepdims=True),
+                               rtol=1e-5)
+    assert set(probs) == {"probabilities", "edge_prob"}
+    assert set(postprocess({"seg_logits": seg})) == {"labels"}

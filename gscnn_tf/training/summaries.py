@@ -9,6 +9,8 @@ import os
 import numpy as np
 import tensorflow as tf
 
+from gscnn_tf.models.postprocess import postprocess
+
 
 def colorize(labels: tf.Tensor, palette: np.ndarray) -> tf.Tensor:
     """int labels [B, H, W] -> uint8 RGB [B, H, W, 3]; the ignore label and any id past the
@@ -30,15 +32,15 @@ def image_panels(images, targets, outputs, gates, palette) -> dict[str, tf.Tenso
     gate alpha maps (each [B, h, w, 1] in 0..1)."""
     size = tf.shape(images)[1:3]
     image = tf.cast(tf.clip_by_value(images, 0, 255), tf.uint8)
-    prediction = tf.argmax(outputs["seg_logits"], axis=-1, output_type=tf.int32)
+    predicted = postprocess(outputs)
+    prediction = predicted["labels"]
     overlay = 0.5 * tf.cast(image, tf.float32) + 0.5 * tf.cast(colorize(prediction, palette),
                                                                tf.float32)
     panels = {
         "input": image,
         "ground_truth": colorize(targets["labels"], palette),
         "prediction_overlay": tf.cast(overlay, tf.uint8),
-        "edge_probability": _grey(tf.sigmoid(tf.cast(outputs["edge_logits"], tf.float32)),
-                                  size),
+        "edge_probability": _grey(predicted["edge_prob"], size),
         "ground_truth_edges": _grey(targets["edges"][..., None], size),
     }
     for i, alpha in enumerate(gates, start=1):

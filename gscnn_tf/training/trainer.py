@@ -26,6 +26,7 @@ from gscnn_tf.config import save_config
 from gscnn_tf.data.pipeline import build_dataset, dataset_info, list_examples
 from gscnn_tf.errors import NonFiniteLossError, WorkerLostError
 from gscnn_tf.losses import GSCNNLoss
+from gscnn_tf.models.postprocess import postprocess
 from gscnn_tf.training.checkpoints import RunCheckpoints, check_new_run_dir
 from gscnn_tf.training.optimizers import build_optimizer, learning_rate_schedule
 from gscnn_tf.training.preemption import Preempted, PreemptionWatch
@@ -245,8 +246,8 @@ class Trainer:
         images, targets = next(iter(dataset.take(1)))
         outputs = self.model(images, training=False)
         gates = _gates(self.model, images)
-        prediction = tf.argmax(outputs["seg_logits"], axis=-1).numpy()
-        boundary = tf.sigmoid(tf.cast(outputs["edge_logits"], tf.float32)).numpy()
+        predicted = postprocess(outputs)
+        prediction, boundary = predicted["labels"].numpy(), predicted["edge_prob"].numpy()
         has_boundary = self.config.model.shape_stream
         for i in range(int(images.shape[0])):
             sheet = prediction_sheet(images[i].numpy(), prediction[i], self.info.palette,

@@ -8,6 +8,7 @@ import tensorflow as tf
 
 from gscnn_tf.errors import DataError
 from gscnn_tf.evaluation import metrics
+from gscnn_tf.models.postprocess import postprocess
 
 
 def pixel_tolerances(eval_config, height: int) -> list[int]:
@@ -28,8 +29,7 @@ def validate(model, dataset, num_classes: int, eval_config, ignore_label: int = 
 
     @tf.function
     def predict(images):
-        return tf.argmax(model(images, training=False)["seg_logits"], axis=-1,
-                         output_type=tf.int32)
+        return postprocess(model(images, training=False))["labels"]
 
     confusion, boundary, radii, height = None, None, None, None
     for images, targets in dataset:
