@@ -12,11 +12,11 @@ otherwise the `_gtFine_labelIds.png` is mapped through the official 19-class tab
 
 from __future__ import annotations
 
-import glob
 import os
 
 import numpy as np
 
+from gscnn_tf import files
 from gscnn_tf.data.decode import DataError, DatasetInfo, lookup_table
 
 SPLITS = ("train", "val", "test")
@@ -77,34 +77,35 @@ def examples(root: str, split: str) -> list[tuple[str, str, int]]:
     if split not in SPLITS:
         raise DataError(f"Cityscapes split '{split}': expected one of {', '.join(SPLITS)}")
     root = resolve_root(root)
-    image_dir = os.path.join(root, "leftImg8bit", split)
-    label_dir = os.path.join(root, "gtFine", split)
+    image_dir = files.join(root, "leftImg8bit", split)
+    label_dir = files.join(root, "gtFine", split)
     for folder in (image_dir, label_dir):
-        if not os.path.isdir(folder):
+        if not files.isdir(folder):
             raise DataError(f"Cityscapes root {root}: missing folder {folder} (expected "
                             f"leftImg8bit/{split}/<city>/*{IMAGE_SUFFIX} and "
                             f"gtFine/{split}/<city>/*{LABEL_IDS_SUFFIX})")
-    images = sorted(glob.glob(os.path.join(image_dir, "*", "*" + IMAGE_SUFFIX)))
+    images = files.glob(files.join(image_dir, "*", "*" + IMAGE_SUFFIX))
     if not images:
         raise DataError(f"Cityscapes: no *{IMAGE_SUFFIX} files under {image_dir}/<city>/")
+    # Two listings instead of a file test per image (each one a request on gs://).
+    labels = {suffix: set(files.glob(files.join(label_dir, "*", "*" + suffix)))
+              for suffix in (LABEL_IDS_SUFFIX, TRAIN_IDS_SUFFIX)}
     found = []
     for image in images:
-        stem = os.path.relpath(image, image_dir)[: -len(IMAGE_SUFFIX)]
-        train_ids = os.path.join(label_dir, stem + TRAIN_IDS_SUFFIX)
-        label_ids = os.path.join(label_dir, stem + LABEL_IDS_SUFFIX)
-        label = train_ids if os.path.isfile(train_ids) else label_ids
-        if os.path.isfile(label):
+        stem = image[len(image_dir) + 1: -len(IMAGE_SUFFIX)]
+        train_ids = files.join(label_dir, stem + TRAIN_IDS_SUFFIX)
+        label_ids = files.join(label_dir, stem + LABEL_IDS_SUFFIX)
+        label = train_ids if train_ids in labels[TRAIN_IDS_SUFFIX] else label_ids
+        if label in labels[LABEL_IDS_SUFFIX] or label == train_ids:
             found.append((image, label, table_row(label)))
         else:
             raise DataError(f"Cityscapes: no label for image {image}: expected {label_ids}")
-    labelled = {os.path.relpath(label, label_dir).rsplit("_gtFine_", 1)[0]
-                for suffix in (LABEL_IDS_SUFFIX, TRAIN_IDS_SUFFIX)
-                for label in glob.glob(os.path.join(label_dir, "*", "*" + suffix))}
-    extra = sorted(labelled - {os.path.relpath(i, image_dir)[: -len(IMAGE_SUFFIX)]
-                               for i in images})
+    labelled = {label[len(label_dir) + 1:].rsplit("_gtFine_", 1)[0]
+                for paths in labels.values() for label in paths}
+    extra = sorted(labelled - {i[len(image_dir) + 1: -len(IMAGE_SUFFIX)] for i in images})
     if extra:
         raise DataError(f"Cityscapes: label without image: "
-                        f"{os.path.join(label_dir, extra[0])}_gtFine_* (expected "
-                        f"{os.path.join(image_dir, extra[0])}{IMAGE_SUFFIX}); "
+                        f"{files.join(label_dir, extra[0])}_gtFine_* (expected "
+                        f"{files.join(image_dir, extra[0])}{IMAGE_SUFFIX}); "
                         f"{len(extra)} such label(s)")
     return found

@@ -21,6 +21,7 @@ import os
 import numpy as np
 import yaml
 
+from gscnn_tf import files
 from gscnn_tf.data.decode import DataError, DatasetInfo, lookup_table
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
@@ -42,16 +43,15 @@ def default_palette(num_classes: int) -> np.ndarray:
 
 def read_classes(root: str) -> dict:
     """{names, colors, ignore_label} from `<root>/classes.yaml`, checked."""
-    path = os.path.join(root, CLASSES_FILE)
-    if not os.path.isdir(root):
+    path = files.join(root, CLASSES_FILE)
+    if not files.isdir(root):
         raise DataError(f"dataset root {root!r} is not a folder (expected {CLASSES_FILE}, "
                         "images/<split>/ and masks/<split>/ inside)")
-    if not os.path.isfile(path):
+    if not files.isfile(path):
         raise DataError(f"{path} not found: a folder dataset needs {CLASSES_FILE} "
                         "(names: [...], optional colors and ignore_label) beside images/ "
                         "and masks/")
-    with open(path, encoding="utf-8") as f:
-        values = yaml.safe_load(f) or {}
+    values = yaml.safe_load(files.read_text(path)) or {}
     names = values.get("names")
     if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
         raise DataError(f"{path}: 'names' must be a non-empty list of class names")
@@ -90,23 +90,23 @@ def label_tables(root: str, ignore_label: int = 255) -> np.ndarray:
 
 def _stems(folder: str, extensions) -> dict:
     out = {}
-    for name in sorted(os.listdir(folder)):
+    for name in files.listdir(folder):
         stem, ext = os.path.splitext(name)
         if ext.lower() in extensions:
             if stem in out:
                 raise DataError(f"{folder}: two files with stem '{stem}': {out[stem]} and "
-                                f"{os.path.join(folder, name)}")
-            out[stem] = os.path.join(folder, name)
+                                f"{files.join(folder, name)}")
+            out[stem] = files.join(folder, name)
     return out
 
 
 def examples(root: str, split: str) -> list[tuple[str, str, int]]:
     """Sorted (image path, mask path, table row 0) pairs of `split`, matched by stem."""
     read_classes(root)
-    image_dir = os.path.join(root, "images", split)
-    mask_dir = os.path.join(root, "masks", split)
+    image_dir = files.join(root, "images", split)
+    mask_dir = files.join(root, "masks", split)
     for folder in (image_dir, mask_dir):
-        if not os.path.isdir(folder):
+        if not files.isdir(folder):
             raise DataError(f"dataset root {root}: missing folder {folder} (expected "
                             f"images/{split}/<stem>.png|jpg and masks/{split}/<stem>.png)")
     images = _stems(image_dir, IMAGE_EXTENSIONS)
@@ -116,11 +116,11 @@ def examples(root: str, split: str) -> list[tuple[str, str, int]]:
     missing = sorted(set(images) - set(masks))
     if missing:
         raise DataError(f"no mask for image {images[missing[0]]}: expected "
-                        f"{os.path.join(mask_dir, missing[0] + '.png')} "
+                        f"{files.join(mask_dir, missing[0] + '.png')} "
                         f"({len(missing)} image(s) without mask)")
     extra = sorted(set(masks) - set(images))
     if extra:
         raise DataError(f"mask without image: {masks[extra[0]]} (expected "
-                        f"{os.path.join(image_dir, extra[0])}.png|.jpg; {len(extra)} such "
+                        f"{files.join(image_dir, extra[0])}.png|.jpg; {len(extra)} such "
                         "mask(s))")
     return [(images[stem], masks[stem], 0) for stem in sorted(images)]

@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import shutil
 import time
 
 import cv2
 import numpy as np
 import yaml
 
+from gscnn_tf import files
 from gscnn_tf.config import SyntheticConfig, load_config
 from gscnn_tf.data.decode import DataError
 
@@ -168,35 +168,40 @@ def _settings(synthetic: SyntheticConfig) -> dict:
 
 def generate(out_dir: str, synthetic: SyntheticConfig) -> str:
     """Writes the dataset into `out_dir` (replacing a synthetic set there; refusing any other
-    non-empty folder). Written to a temporary folder first, then moved into place."""
-    if os.path.isdir(out_dir) and os.listdir(out_dir) \
-            and not os.path.isfile(os.path.join(out_dir, MARKER)):
+    non-empty folder). On a local disk it is written to a temporary folder first, then moved
+    into place; elsewhere (`gs://`, ...: no folder rename) the old set is deleted first and
+    `MARKER`, which `ensure_synthetic` looks for, is written last."""
+    if files.isdir(out_dir) and files.listdir(out_dir) \
+            and not files.isfile(files.join(out_dir, MARKER)):
         raise DataError(f"{out_dir} is not empty and holds no {MARKER}: not overwriting it; "
                         "give an empty or new folder for the synthetic dataset")
-    tmp = f"{out_dir.rstrip(os.sep)}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
+    local = files.is_local(out_dir)
+    tmp = f"{out_dir.rstrip('/' + os.sep)}.tmp-{os.getpid()}" if local else out_dir
+    files.rmtree(tmp)
     for split, count in (("train", synthetic.num_train), ("val", synthetic.num_val)):
         for sub in ("images", "masks"):
-            os.makedirs(os.path.join(tmp, sub, split))
+            files.makedirs(files.join(tmp, sub, split))
         for i in range(count):
             image, labels = render(synthetic.seed, split, i, synthetic.height, synthetic.width)
             name = f"{split}_{i:05d}.png"
-            cv2.imwrite(os.path.join(tmp, "images", split, name), image[:, :, ::-1])
-            cv2.imwrite(os.path.join(tmp, "masks", split, name), labels)
+            files.imwrite(files.join(tmp, "images", split, name), image[:, :, ::-1])
+            files.imwrite(files.join(tmp, "masks", split, name), labels)
     classes = {"names": [n for n, _ in CLASSES], "colors": [list(c) for _, c in CLASSES],
                "ignore_label": 255}
-    with open(os.path.join(tmp, "classes.yaml"), "w", encoding="utf-8") as f:
-        yaml.safe_dump(classes, f, default_flow_style=None, sort_keys=False)
-    with open(os.path.join(tmp, MARKER), "w", encoding="utf-8") as f:
-        yaml.safe_dump(_settings(synthetic), f, sort_keys=False)
-    if os.path.isdir(out_dir):
+    files.atomic_write_text(files.join(tmp, "classes.yaml"), yaml.safe_dump(
+        classes, default_flow_style=None, sort_keys=False))
+    files.atomic_write_text(files.join(tmp, MARKER),
+                            yaml.safe_dump(_settings(synthetic), sort_keys=False))
+    if not local:
+        return out_dir
+    if files.isdir(out_dir):
         old = f"{out_dir.rstrip(os.sep)}.old-{os.getpid()}"
-        os.replace(out_dir, old)
-        os.replace(tmp, out_dir)
-        shutil.rmtree(old)
+        files.rename(out_dir, old)
+        files.rename(tmp, out_dir)
+        files.rmtree(old)
     else:
-        os.makedirs(os.path.dirname(os.path.abspath(out_dir)), exist_ok=True)
-        os.replace(tmp, out_dir)
+        files.makedirs(os.path.dirname(os.path.abspath(out_dir)))
+        files.rename(tmp, out_dir)
     return out_dir
 
 
@@ -208,11 +213,10 @@ def ensure_synthetic(config) -> str:
     """The synthetic dataset's root (`data.root`, default data/synthetic), generated first if
     missing or made with other `data.synthetic` settings."""
     root = synthetic_root(config)
-    marker = os.path.join(root, MARKER)
-    if os.path.isfile(marker):
-        with open(marker, encoding="utf-8") as f:
-            if yaml.safe_load(f) == _settings(config.data.synthetic):
-                return root
+    marker = files.join(root, MARKER)
+    if files.isfile(marker) and \
+            yaml.safe_load(files.read_text(marker)) == _settings(config.data.synthetic):
+        return root
     return generate(root, config.data.synthetic)
 
 
