@@ -1,0 +1,168 @@
+"""bfloat16 inference on this CPU: latency and label agreement against float32, per
+backbone at 512x1024, batch 1, timed round-robin in one process.
+
+For each backbone: the Keras model in float32, the same weights under the `mixed_bfloat16`
+policy (`gscnn_tf.precision.with_precision`, what `--precision bf16` runs), and the
+SavedModel `gscnn-tf export --precision bf16` writes (its `serving_default`: uint8 in,
+labels out). Agreement: share of pixels whose label equals the float32 model's, on images
+from the synthetic dataset's generator (random weights: near-tied logits make this a harsh
+test). With `--profile`, TensorFlow's op profile of one float32 and one bfloat16 run: the
+time per op type, which says where bfloat16 does not help.
+
+Writes benchmarks/results/bf16.json and bf16.md.
+Run: python benchmarks/bf16.py [--backbones wrn38 resnet50 small] [--reps 2] [--profile]
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import os
+import sys
+import tempfile
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+from gscnn_tf import build_model, load_config  # noqa: E402
+from gscnn_tf.benchmark import (machine_info, machine_line, markdown_table,  # noqa: E402
+                                time_interleaved, write_results)
+from gscnn_tf.export import class_metadata, export_saved_model  # noqa: E402
+from gscnn_tf.precision import with_precision  # noqa: E402
+
+RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+# Profiler events that are not TensorFlow ops (executor phases).
+NOT_OPS = {"Process", "Start", "Execute", "ExecuteAsyncOnStream"}
+
+
+def images(height, width, count=2):
+    """uint8 [count, H, W, 3] scenes from the synthetic dataset's generator."""
+    from gscnn_tf.data import synthetic
+
+    return np.stack([synthetic.render(0, "val", i, height, width)[0] for i in range(count)])
+
+
+def op_profile(fn, steps=1):
+    """{op type: ms} of `fn()` from TensorFlow's profiler (host ops, self time)."""
+    logdir = tempfile.mkdtemp(prefix="bf16_profile_")
+    tf.profiler.experimental.start(logdir)
+    for _ in range(steps):
+        fn()
+    tf.profiler.experimental.stop()
+    return _parse_trace(logdir)
+
+
+def _parse_trace(logdir):
+    """Sums the TF op events of a profiler trace (xplane.pb) by op type, in ms."""
+    from tensorflow.tsl.profiler.protobuf import xplane_pb2
+
+    totals = collections.Counter()
+    for root, _, files in os.walk(logdir):
+        for name in files:
+            if not name.endswith(".xplane.pb"):
+                continue
+            space = xplane_pb2.XSpace()
+            with open(os.path.join(root, name), "rb") as f:
+                space.ParseFromString(f.read())
+            for plane in space.planes:
+                metadata = {k: v.name for k, v in plane.event_metadata.items()}
+                for line in plane.lines:
+                    if "TraceMe" not in line.name and "Executor" not in line.name \
+                            and "tf_" not in line.name.lower():
+                        continue
+                    for event in line.events:
+                        label = metadata.get(event.metadata_id, "")
+                        op = label.rsplit(":", 1)[1] if ":" in label else ""  # name:OpType
+                        if op and op not in NOT_OPS:
+                            totals[op] += event.duration_ps / 1e9
+    return dict(totals.most_common(12))
+
+
+def run_backbone(name, size, reps, profile):
+    config = load_config(None, [f"model.backbone.name={name}", "model.backbone.weights="])
+    tf.keras.utils.set_random_seed(0)
+    model = build_model(config.model, 19)
+    bf16 = with_precision(model, "bf16")
+    work = tempfile.mkdtemp(prefix="bf16_export_")
+    path = export_saved_model(bf16, work, "m", 1, class_metadata(config, 19, bf16))
+    serving = tf.saved_model.load(path).signatures["serving_default"]
+    pics = images(*size)
+    x = tf.constant(pics[:1], tf.float32)
+    spec = [tf.TensorSpec([None, None, None, 3], tf.float32)]
+    f32 = tf.function(lambda v: model(v, training=False)["seg_logits"], input_signature=spec)
+    b16 = tf.function(lambda v: bf16(v, training=False)["seg_logits"], input_signature=spec)
+    fns = {"fp32": lambda: f32(x).numpy(), "bf16": lambda: b16(x).numpy(),
+           "saved_model_bf16": lambda: serving(images=tf.constant(pics[:1]))["labels"].numpy()}
+    agree = {"bf16": [], "saved_model_bf16": []}
+    for pic in pics:
+        v = tf.constant(pic[None], tf.float32)
+        ref = tf.argmax(f32(v), -1).numpy()
+        agree["bf16"].append(float(np.mean(tf.argmax(b16(v), -1).numpy() == ref)))
+        labels = serving(images=tf.constant(pic[None]))["labels"].numpy()
+        agree["saved_model_bf16"].append(float(np.mean(labels == ref)))
+    timing = time_interleaved(fns, warmup=1, reps=reps)
+    record = {"backbone": name, "size": list(size), "timing": timing,
+              "agreement": {k: float(np.mean(v)) for k, v in agree.items()},
+              "ratio": {k: timing[k]["median_s"] / timing["fp32"]["median_s"]
+                        for k in ("bf16", "saved_model_bf16")},
+              "ratio_min": {k: timing[k]["min_s"] / timing["fp32"]["min_s"]
+                            for k in ("bf16", "saved_model_bf16")}}
+    if profile:
+        record["profile_ms"] = {"fp32": op_profile(fns["fp32"]), "bf16": op_profile(fns["bf16"])}
+    return record
+
+
+def markdown(record):
+    rows = []
+    for r in record["backbones"]:
+        t = r["timing"]
+        rows.append([r["backbone"], f"{r['size'][0]}x{r['size'][1]}",
+                     f"{1000 * t['fp32']['median_s']:.0f}",
+                     f"{1000 * t['bf16']['median_s']:.0f}",
+                     f"{r['ratio']['bf16']:.2f} (min {r['ratio_min']['bf16']:.2f})",
+                     f"{100 * r['agreement']['bf16']:.3f} %",
+                     f"{1000 * t['saved_model_bf16']['median_s']:.0f}",
+                     f"{r['ratio']['saved_model_bf16']:.2f}",
+                     f"{100 * r['agreement']['saved_model_bf16']:.3f} %"])
+    lines = ["# bfloat16 inference (CPU)", "", machine_line(record["machine"]), "",
+             f"Command: `{record['command']}`. Batch 1, random weights, 19 classes; medians "
+             f"of {record['reps']} round-robin runs after one warm-up, ms. Ratio = bfloat16 / "
+             "float32 latency (goal <= 0.6); agreement = pixels with the float32 model's "
+             "label on synthetic-generator scenes (goal >= 99.5 %).", "",
+             markdown_table(["backbone", "size", "fp32 Keras", "bf16 Keras", "ratio",
+                             "agreement", "bf16 SavedModel", "ratio", "agreement"], rows)]
+    for r in record["backbones"]:
+        if "profile_ms" in r:
+            lines += ["", f"Op profile, {r['backbone']} (ms of op self time, one run):", ""]
+            ops = sorted(set(r["profile_ms"]["fp32"]) | set(r["profile_ms"]["bf16"]),
+                         key=lambda o: -r["profile_ms"]["fp32"].get(o, 0))
+            lines.append(markdown_table(["op", "fp32", "bf16"], [
+                [op, f"{r['profile_ms']['fp32'].get(op, 0):.0f}",
+                 f"{r['profile_ms']['bf16'].get(op, 0):.0f}"] for op in ops]))
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--backbones", nargs="+", default=["wrn38", "resnet50", "small"])
+    parser.add_argument("--size", default="512x1024")
+    parser.add_argument("--reps", type=int, default=2)
+    parser.add_argument("--profile", action="store_true")
+    parser.add_argument("--name", default="bf16")
+    args = parser.parse_args(argv)
+    size = tuple(int(v) for v in args.size.lower().split("x"))
+    start = time.time()
+    record = {"machine": machine_info(), "reps": args.reps,
+              "command": "python benchmarks/bf16.py " + " ".join(sys.argv[1:]),
+              "backbones": [run_backbone(b, size, args.reps, args.profile)
+                            for b in args.backbones]}
+    record["wall_s"] = time.time() - start
+    write_results(RESULTS, args.name, record, markdown(record))
+    print(markdown(record))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,277 @@
+"""Our WRN-38 GSCNN against the reference PyTorch GSCNN on this CPU, round-robin.
+
+The reference is `gscnn_tf.reference_torch` (the published architecture as the import tests
+describe it, random weights; torch is the `convert` extra). Inference: the same random
+state dict converted by `gscnn-tf import-reference` and the PyTorch forward pass, both in
+one process, timed round-robin at --size (batch 1). Training: one step at --train-size,
+batch --batch, each framework in its own child process (its own peak memory: the two
+together do not fit a small machine), the children alternating ours / reference for --reps
+rounds; each child builds its model, runs one untimed step (tracing, allocation) and one
+timed step, and reports the step time and its peak RSS. Ours is the training step of
+`gscnn-tf train` (configs/cityscapes_wrn38.yaml, random weights, GSCNNLoss with all four
+terms, SGD); the reference's is `reference_torch.make_train_step` (the four terms, SGD).
+With --memory-parts, our training step's peak memory at --parts-size by variant (the full
+step, no dual-task loss, the shape stream at stride 2, the DeepLab v3+ baseline): where the
+peak comes from.
+
+Goals: inference <= 0.6, training step <= 0.8, training peak memory <= 0.75 of the reference.
+Writes benchmarks/results/reference.json and reference.md.
+Run: python benchmarks/reference.py [--reps 2] [--parts inference train memory]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RESULTS = os.path.join(ROOT, "benchmarks", "results")
+# Peak RSS seen for one 512x512 batch-2 training step (ours 12.3 GB, reference 8.4 GB):
+# a child starts only when the machine has this much available memory.
+NEEDS_GB = {"ours": 13.0, "reference": 9.0}
+
+
+def _size(text):
+    return tuple(int(v) for v in text.lower().split("x"))
+
+
+def _available_gb():
+    with open("/proc/meminfo", encoding="utf-8") as f:
+        for line in f:
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) / 2 ** 20
+    return float("inf")
+
+
+def _batch(height, width, n, classes=19, seed=0):
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    blocks = rng.integers(0, classes, (n, height // 32 + 1, width // 32 + 1))
+    labels = np.repeat(np.repeat(blocks, 32, 1), 32, 2)[:, :height, :width].astype(np.int32)
+    images = np.clip(rng.uniform(0, 255, (n, height, width, 3)) * 0.5
+                     + 12.0 * (labels[..., None] % 8), 0, 255).astype(np.float32)
+    edges = np.zeros(labels.shape, np.float32)
+    edges[:, 1:] += labels[:, 1:] != labels[:, :-1]
+    edges[:, :, 1:] += labels[:, :, 1:] != labels[:, :, :-1]
+    return images, labels, np.minimum(edges, 1.0)
+
+
+def child_train(who, height, width, n, overrides):
+    """One training step of `who` (ours / reference) timed after an untimed one; prints
+    {"step_s", "warmup_s", "peak_rss_mb", "loss"} as JSON."""
+    from gscnn_tf.benchmark import peak_rss_mb
+
+    images, labels, edges = _batch(height, width, n)
+    if who == "reference":
+        import torch
+
+        from gscnn_tf import reference_torch
+
+        torch.set_num_threads(os.cpu_count())
+        step = reference_torch.make_train_step(reference_torch.random_state_dict(19))
+
+        def run():
+            return step(images, labels, edges)
+    else:
+        import tensorflow as tf
+
+        from gscnn_tf import build_model, load_config
+        from gscnn_tf.losses import GSCNNLoss
+        from gscnn_tf.training.optimizers import build_optimizer, learning_rate_schedule
+        from gscnn_tf.training.step import make_train_step
+
+        config = load_config(os.path.join(ROOT, "configs", "cityscapes_wrn38.yaml"),
+                             ["model.backbone.weights=", "model.sync_batch_norm=false",
+                              *overrides])
+        model = build_model(config.model, 19)
+        variables = model.trainable_variables
+        optimizer = build_optimizer(config.train, variables)
+        step_var = tf.Variable(0, dtype=tf.int64, trainable=False)
+        step = make_train_step(tf.distribute.get_strategy(), model, optimizer,
+                               GSCNNLoss(config.loss), learning_rate_schedule(config.train),
+                               config.train, step_var)
+        x = tf.constant(images)
+        targets = {"labels": tf.constant(labels), "edges": tf.constant(edges)}
+
+        def run():
+            return float(step(x, targets)["total"])
+
+    start = time.perf_counter()
+    run()
+    warmup = time.perf_counter() - start
+    start = time.perf_counter()
+    loss = run()
+    print(json.dumps({"step_s": time.perf_counter() - start, "warmup_s": warmup,
+                      "peak_rss_mb": peak_rss_mb(), "loss": loss}))
+
+
+def inference(size, reps):
+    import numpy as np
+    import tensorflow as tf
+    import torch
+
+    import keras
+    from gscnn_tf import reference_import, reference_torch
+    from gscnn_tf.benchmark import time_interleaved
+
+    torch.set_num_threads(os.cpu_count())
+    state = reference_torch.random_state_dict(19, seed=0)
+    with tempfile.TemporaryDirectory() as tmp:
+        checkpoint, out = os.path.join(tmp, "ref.pth"), os.path.join(tmp, "ref.keras")
+        torch.save({"state_dict": state}, checkpoint)
+        reference_import.import_reference(checkpoint, out, preset=None)
+        model = keras.saving.load_model(out, compile=False)
+    images = _batch(*size, 1)[0]
+    x = tf.constant(images)
+    forward = tf.function(lambda v: model(v, training=False)["seg_logits"])
+    ours = forward(x).numpy()
+    ref = reference_torch.forward(state, images)[0]
+    timing = time_interleaved({"ours": lambda: forward(x).numpy(),
+                               "reference": lambda: reference_torch.forward(state, images)},
+                              warmup=1, reps=reps)
+    return {"size": list(size), "timing": timing,
+            "label_agreement": float(np.mean(ours.argmax(-1) == ref.argmax(-1))),
+            "ratio": timing["ours"]["median_s"] / timing["reference"]["median_s"],
+            "ratio_min": timing["ours"]["min_s"] / timing["reference"]["min_s"]}
+
+
+def _child(args_list, timeout):
+    from gscnn_tf.benchmark import run_child
+
+    return run_child([os.path.abspath(__file__), *args_list], timeout=timeout)
+
+
+def training(size, n, reps, overrides=()):
+    rounds = []
+    for _ in range(reps):
+        row = {}
+        for who in ("ours", "reference"):
+            available = _available_gb()
+            if available < NEEDS_GB[who]:
+                row[who] = {"error": f"not run: {available:.1f} GB available, about "
+                                     f"{NEEDS_GB[who]:.0f} GB needed"}
+                continue
+            row[who] = _child(["--child", who, "--train-size", f"{size[0]}x{size[1]}",
+                               "--batch", str(n), *[f"--set={o}" for o in overrides]], 1800)
+        rounds.append(row)
+    result = {"size": list(size), "batch": n, "rounds": rounds}
+    done = [r for r in rounds if all("step_s" in r.get(w, {}) for w in ("ours", "reference"))]
+    if done:
+        med = {w: sorted(r[w]["step_s"] for r in done)[len(done) // 2] for w in
+               ("ours", "reference")}
+        peak = {w: max(r[w]["peak_rss_mb"] for r in done) for w in ("ours", "reference")}
+        result.update(step_s=med, peak_rss_mb=peak, step_ratio=med["ours"] / med["reference"],
+                      memory_ratio=peak["ours"] / peak["reference"])
+    return result
+
+
+MEMORY_VARIANTS = {
+    "GSCNN (full resolution shape stream, four loss terms)": [],
+    "no dual-task loss (loss.lambda_dual=0)": ["loss.lambda_dual=0"],
+    "shape stream at stride 2": ["model.shape_stream_stride=2"],
+    "DeepLab v3+ baseline (segmentation loss only)": [
+        "model.shape_stream=false", "loss.lambda_edge=0", "loss.lambda_att=0",
+        "loss.lambda_dual=0"],
+}
+
+
+def memory_parts(size, n):
+    rows = {}
+    for name, overrides in MEMORY_VARIANTS.items():
+        rows[name] = _child(["--child", "ours", "--train-size", f"{size[0]}x{size[1]}",
+                             "--batch", str(n), *[f"--set={o}" for o in overrides]], 1800)
+    return {"size": list(size), "batch": n, "variants": rows}
+
+
+def markdown(r):
+    from gscnn_tf.benchmark import machine_line
+
+    lines = ["# Against the reference PyTorch GSCNN (WRN-38, random weights)", "",
+             machine_line(r["machine"]) + f" torch {r['torch']}.", "",
+             f"Command: `{r['command']}`.", ""]
+    if "inference" in r:
+        i, t = r["inference"], r["inference"]["timing"]
+        lines += [f"## Inference, {i['size'][0]}x{i['size'][1]}, batch 1", "",
+                  f"Round-robin in one process, {t['ours']['reps']} runs after one warm-up: "
+                  f"ours {t['ours']['median_s']:.1f} s, reference "
+                  f"{t['reference']['median_s']:.1f} s median: **ratio {i['ratio']:.2f}** "
+                  f"(fastest runs {i['ratio_min']:.2f}; goal <= 0.6). Same weights (converted "
+                  f"by import-reference): labels agree on {100 * i['label_agreement']:.3f} %.",
+                  ""]
+    if "train" in r:
+        tr = r["train"]
+        lines += [f"## Training step, {tr['size'][0]}x{tr['size'][1]}, batch {tr['batch']}",
+                  "", "Each framework in its own child process, alternating; one timed step "
+                  "after one untimed step.", ""]
+        rows = []
+        for k, row in enumerate(tr["rounds"], 1):
+            for who in ("ours", "reference"):
+                v = row.get(who, {})
+                rows.append([k, who, f"{v['step_s']:.1f}" if "step_s" in v else "-",
+                             f"{v['peak_rss_mb'] / 1024:.1f}" if "peak_rss_mb" in v else "-",
+                             v.get("error", "")[-200:]])
+        from gscnn_tf.benchmark import markdown_table
+
+        lines += [markdown_table(["round", "model", "step s", "peak RSS GiB", "note"], rows),
+                  ""]
+        if "step_ratio" in tr:
+            lines += [f"Step ratio **{tr['step_ratio']:.2f}** (goal <= 0.8), peak memory ratio "
+                      f"**{tr['memory_ratio']:.2f}** (goal <= 0.75).", ""]
+    if "memory" in r:
+        from gscnn_tf.benchmark import markdown_table
+
+        m = r["memory"]
+        rows = [[name, f"{v['peak_rss_mb'] / 1024:.2f}" if "peak_rss_mb" in v else "-",
+                 f"{v['step_s']:.1f}" if "step_s" in v else v.get("error", "")[-200:]]
+                for name, v in m["variants"].items()]
+        lines += [f"## Where our training peak comes from ({m['size'][0]}x{m['size'][1]}, "
+                  f"batch {m['batch']}, one child process per variant)", "",
+                  markdown_table(["variant", "peak RSS GiB", "step s"], rows)]
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--parts", nargs="+", default=["inference", "train", "memory"],
+                        choices=("inference", "train", "memory"))
+    parser.add_argument("--size", type=_size, default=(512, 1024))
+    parser.add_argument("--train-size", type=_size, default=(512, 512))
+    parser.add_argument("--parts-size", type=_size, default=(256, 256))
+    parser.add_argument("--batch", type=int, default=2)
+    parser.add_argument("--reps", type=int, default=2)
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="config override for our training step")
+    parser.add_argument("--name", default="reference")
+    parser.add_argument("--child", choices=("ours", "reference"), help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.child:
+        child_train(args.child, *args.train_size, args.batch, args.set)
+        return
+    import torch
+
+    from gscnn_tf.benchmark import machine_info, write_results
+
+    record = {"machine": machine_info(), "torch": torch.__version__,
+              "command": "python benchmarks/reference.py " + " ".join(sys.argv[1:])}
+    start = time.time()
+    if "inference" in args.parts:
+        record["inference"] = inference(args.size, args.reps)
+        write_results(RESULTS, args.name, record, markdown(record))
+    if "train" in args.parts:
+        record["train"] = training(args.train_size, args.batch, args.reps, args.set)
+        write_results(RESULTS, args.name, record, markdown(record))
+    if "memory" in args.parts:
+        record["memory"] = memory_parts(args.parts_size, args.batch)
+    record["wall_s"] = time.time() - start
+    write_results(RESULTS, args.name, record, markdown(record))
+    print(markdown(record))
+
+
+if __name__ == "__main__":
+    main()

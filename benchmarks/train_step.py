@@ -1,0 +1,199 @@
+"""Where a training step's time goes: forward, each loss term, backward, optimizer, for
+GSCNN and the DeepLab v3+ baseline on the same backbone, timed round-robin in one process.
+
+Cases: `synthetic` (configs/synthetic.yaml as `python train.py` runs it: small backbone,
+batch 8 at 128x128, shape stream at stride 2), `synthetic-s1` (the same at stride 1, the
+paper's full resolution) and `resnet50` (configs/cityscapes_resnet50.yaml, 512x512 batch 2,
+random weights). The baseline is the same config with `model.shape_stream=false` and the
+DeepLab v3+ configs' loss (lambda_edge = lambda_att = lambda_dual = 0).
+
+Items per model (each a tf.function, timed round-robin with every other item of the case):
+  forward      model(images, training=True)
+  loss.<term>  the term and its gradient with respect to the model outputs, on fixed outputs
+  loss         GSCNNLoss (every term) and its gradient, on fixed outputs
+  grad         forward + training loss + gradients of every trainable variable
+  step         the training step as `gscnn-tf train` runs it (`make_train_step`: + SGD)
+backward = grad - forward - loss, optimizer = step - grad. Goal: GSCNN step / baseline step
+at most 1.3x GSCNN forward / baseline forward.
+
+Writes benchmarks/results/train_step.json and train_step.md.
+Run: python benchmarks/train_step.py [--cases synthetic synthetic-s1 resnet50] [--reps 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+from gscnn_tf import build_model  # noqa: E402
+from gscnn_tf.benchmark import (machine_info, machine_line, markdown_table,  # noqa: E402
+                                time_interleaved, write_results)
+from gscnn_tf.config import load_config  # noqa: E402
+from gscnn_tf.data.edges import label_edges  # noqa: E402
+from gscnn_tf.data.pipeline import dataset_info  # noqa: E402
+from gscnn_tf.losses import (GSCNNLoss, attention_loss, dual_task_loss,  # noqa: E402
+                             edge_loss, segmentation_loss, training_loss)
+from gscnn_tf.training.optimizers import (build_optimizer, l2_coefficient,  # noqa: E402
+                                          learning_rate_schedule)
+from gscnn_tf.training.step import make_train_step  # noqa: E402
+
+RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BASELINE = ["model.shape_stream=false", "loss.lambda_edge=0", "loss.lambda_att=0",
+            "loss.lambda_dual=0"]
+CASES = {
+    # name: (config, overrides, batch, (H, W), classes)
+    "synthetic": ("configs/synthetic.yaml", [], 8, (128, 128), None),
+    "synthetic-s1": ("configs/synthetic.yaml", ["model.shape_stream_stride=1"], 8,
+                     (128, 128), None),
+    "resnet50": ("configs/cityscapes_resnet50.yaml", ["model.backbone.weights="], 2,
+                 (512, 512), 19),
+}
+
+
+def batch(num_classes, size, n, seed=0):
+    """A fixed batch: images float32 [n, H, W, 3] 0..255 with blocky labels (so the
+    boundary terms see real boundaries) and their edges."""
+    rng = np.random.default_rng(seed)
+    h, w = size
+    blocks = rng.integers(0, num_classes, (n, h // 16, w // 16))
+    labels = np.repeat(np.repeat(blocks, 16, 1), 16, 2).astype(np.int32)
+    labels[:, :4] = 255
+    images = rng.uniform(0, 255, (n, h, w, 3)).astype(np.float32)
+    images += 40.0 * (labels[..., None] % 5)
+    targets = {"labels": tf.constant(labels), "edges": label_edges(tf.constant(labels))}
+    return tf.constant(np.clip(images, 0, 255)), targets
+
+
+def model_items(config, num_classes, images, targets, tag):
+    """{item: callable} for one model (see the module docstring)."""
+    tf.keras.utils.set_random_seed(0)
+    model = build_model(config.model, num_classes)
+    loss_fn = GSCNNLoss(config.loss)
+    c, lc = config.train, config.loss
+    variables = model.trainable_variables
+    seed = tf.constant([c.seed, 1], tf.int64)
+    forward = tf.function(lambda: model(images, training=True))
+    outputs = {k: tf.constant(v) for k, v in forward().items()}
+    labels, edges = targets["labels"], targets["edges"]
+
+    def with_grad(term):
+        def fn():
+            seg, edge = tf.identity(outputs["seg_logits"]), tf.identity(outputs["edge_logits"])
+            with tf.GradientTape() as tape:
+                tape.watch([seg, edge])
+                value = term(seg, edge)
+            grads = tape.gradient(value, [seg, edge], unconnected_gradients="zero")
+            return value + tf.reduce_sum(grads[0]) + tf.reduce_sum(grads[1])
+        return tf.function(fn)
+
+    terms = {
+        "seg": lambda s, e: segmentation_loss(s, labels, lc.class_weighting, lc.class_weights),
+        "edge": lambda s, e: edge_loss(e, edges),
+        "att": lambda s, e: attention_loss(s, e, labels, lc.attention_threshold,
+                                           lc.class_weighting, lc.class_weights),
+        "dual": lambda s, e: dual_task_loss(s, labels, lc.dual_tau, lc.dual_sigma, seed),
+        "": lambda s, e: loss_fn(targets, {"seg_logits": s, "edge_logits": e}, seed)["total"],
+    }
+
+    @tf.function
+    def grad():
+        with tf.GradientTape() as tape:
+            out = model(images, training=True)
+            loss = training_loss(loss_fn, targets, out, variables, l2_coefficient(c),
+                                 seed)["total"]
+        grads = tape.gradient(loss, variables)
+        return tf.add_n([tf.reduce_sum(g) for g in grads if g is not None])
+
+    strategy = tf.distribute.get_strategy()
+    optimizer = build_optimizer(c, variables)
+    step_var = tf.Variable(0, dtype=tf.int64, trainable=False)
+    step = make_train_step(strategy, model, optimizer, loss_fn, learning_rate_schedule(c), c,
+                           step_var)
+    items = {f"{tag}.forward": lambda: forward()["seg_logits"].numpy()}
+    for name, term in terms.items():
+        fn = with_grad(term)
+        items[f"{tag}.loss" + (f".{name}" if name else "")] = lambda fn=fn: fn().numpy()
+    items[f"{tag}.grad"] = lambda: grad().numpy()
+    items[f"{tag}.step"] = lambda: step(images, targets)["total"].numpy()
+    return items
+
+
+def run_case(name, reps):
+    path, overrides, n, size, classes = CASES[name]
+    config = load_config(os.path.join(ROOT, path), overrides)
+    classes = classes or dataset_info(config).num_classes
+    images, targets = batch(classes, size, n)
+    items = {}
+    for tag, extra in (("gscnn", []), ("baseline", BASELINE)):
+        items.update(model_items(load_config(os.path.join(ROOT, path), overrides + extra),
+                                 classes, images, targets, tag))
+    start = time.time()
+    timing = time_interleaved(items, warmup=1, reps=reps)
+    ms = {k: 1000.0 * v["median_s"] for k, v in timing.items()}
+    parts = {}
+    for tag in ("gscnn", "baseline"):
+        parts[tag] = {"forward": ms[f"{tag}.forward"], "loss": ms[f"{tag}.loss"],
+                      "backward": ms[f"{tag}.grad"] - ms[f"{tag}.forward"] - ms[f"{tag}.loss"],
+                      "optimizer": ms[f"{tag}.step"] - ms[f"{tag}.grad"],
+                      "step": ms[f"{tag}.step"]}
+    forward_ratio = ms["gscnn.forward"] / ms["baseline.forward"]
+    step_ratio = ms["gscnn.step"] / ms["baseline.step"]
+    mins = {k: v["min_s"] for k, v in timing.items()}
+    return {"case": name, "config": path, "overrides": overrides, "batch": n,
+            "size": list(size), "classes": classes, "timing": timing, "ms": ms,
+            "parts": parts, "forward_ratio": forward_ratio, "step_ratio": step_ratio,
+            "step_over_forward": step_ratio / forward_ratio,
+            "step_over_forward_min": (mins["gscnn.step"] / mins["baseline.step"])
+            / (mins["gscnn.forward"] / mins["baseline.forward"]),
+            "wall_s": time.time() - start}
+
+
+def markdown(record):
+    lines = ["# Training step breakdown", "", machine_line(record["machine"]), "",
+             f"Command: `{record['command']}`. Medians of {record['reps']} round-robin runs "
+             "(GSCNN and baseline items interleaved in one process), ms. backward = grad - "
+             "forward - loss; optimizer = step - grad. Goal: step ratio <= 1.3x forward "
+             "ratio.", ""]
+    for r in record["cases"]:
+        ms = r["ms"]
+        lines += [f"## {r['case']}: {r['config']} {' '.join(r['overrides'])}, batch "
+                  f"{r['batch']} at {r['size'][0]}x{r['size'][1]}, {r['classes']} classes", ""]
+        rows = []
+        for item in ("forward", "loss.seg", "loss.edge", "loss.att", "loss.dual", "loss",
+                     "backward", "optimizer", "step"):
+            row = [item]
+            for tag in ("gscnn", "baseline"):
+                key = f"{tag}.{item}"
+                value = ms.get(key, r["parts"][tag].get(item))
+                row.append(f"{value:.0f}")
+            rows.append(row)
+        lines += [markdown_table(["item", "GSCNN", "baseline"], rows), "",
+                  f"Forward ratio {r['forward_ratio']:.2f}, step ratio {r['step_ratio']:.2f}: "
+                  f"step / forward ratio **{r['step_over_forward']:.2f}** (of the fastest "
+                  f"runs {r['step_over_forward_min']:.2f}).", ""]
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--cases", nargs="+", default=list(CASES), choices=list(CASES))
+    parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--name", default="train_step")
+    args = parser.parse_args(argv)
+    record = {"machine": machine_info(), "reps": args.reps,
+              "command": "python benchmarks/train_step.py " + " ".join(sys.argv[1:]),
+              "cases": [run_case(name, args.reps) for name in args.cases]}
+    write_results(RESULTS, args.name, record, markdown(record))
+    print(markdown(record))
+
+
+if __name__ == "__main__":
+    main()
