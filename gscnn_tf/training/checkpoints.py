@@ -6,7 +6,9 @@ the new `ckpt-<step>` files (through a `_temp` folder merged into place), and on
 rewrites the small `checkpoint` state file, itself through a temporary file and a rename.
 A crash at any point leaves `checkpoint` naming the last complete checkpoint, which is what
 `restore_latest` reads; stray files of an unfinished save are never consulted and get
-overwritten by the next save of the same step.
+overwritten by the next save of the same step. On an object store (`gs://`: no rename, see
+`gscnn_tf.files`) the files of a save appear one by one, and the same order keeps them safe:
+the state file names a checkpoint only once all of its files are there.
 
 Under MultiWorkerMirroredStrategy every worker must take part in a save; only the chief writes
 to `<run_dir>/checkpoints`, the others to a scratch folder that is deleted afterwards.
@@ -20,15 +22,14 @@ bad files and the intact checkpoints, one of which `--checkpoint` picks.
 
 from __future__ import annotations
 
-import glob
 import json
 import os
 import re
-import shutil
 import sys
 
 import tensorflow as tf
 
+from gscnn_tf import files
 from gscnn_tf.errors import CheckpointError, RunDirError
 
 # What restoring or reading a damaged checkpoint raises: IndexError for a truncated file
@@ -54,26 +55,26 @@ class RunCheckpoints:
         self.run_dir = run_dir
         self.chief = chief
         self.checkpoint = tf.train.Checkpoint(**objects)
-        self._scratch = None if chief else os.path.join(run_dir, f".worker{task_id}")
+        self._scratch = None if chief else files.join(run_dir, f".worker{task_id}")
         root = run_dir if chief else self._scratch
         self.manager = tf.train.CheckpointManager(self.checkpoint,
-                                                  os.path.join(root, "checkpoints"), keep)
+                                                  files.join(root, "checkpoints"), keep)
         best = {k: v for k, v in objects.items() if k in ("model", "step")}
         self.best_checkpoint = tf.train.Checkpoint(**best)
         self.best_manager = tf.train.CheckpointManager(self.best_checkpoint,
-                                                       os.path.join(root, "best"), 1)
-        self._best_file = os.path.join(run_dir, "best", "best.json")
+                                                       files.join(root, "best"), 1)
+        self._best_file = files.join(run_dir, "best", "best.json")
 
     @property
     def latest(self) -> str | None:
-        return tf.train.latest_checkpoint(os.path.join(self.run_dir, "checkpoints"))
+        return tf.train.latest_checkpoint(files.join(self.run_dir, "checkpoints"))
 
     def restore_latest(self) -> int | None:
         """Restores the newest intact checkpoint of the run; returns its step, or None if the
         run has none. A damaged one is skipped with a warning naming its bad files (the
         steps since the previous checkpoint are trained again); CheckpointError when none
         is intact."""
-        folder = os.path.join(self.run_dir, "checkpoints")
+        folder = files.join(self.run_dir, "checkpoints")
         candidates = listed_checkpoints(folder)
         for i, path in enumerate(candidates):
             try:
@@ -106,10 +107,9 @@ class RunCheckpoints:
 
     @property
     def best_miou(self) -> float:
-        if not os.path.isfile(self._best_file):
+        if not files.isfile(self._best_file):
             return float("-inf")
-        with open(self._best_file, encoding="utf-8") as f:
-            return float(json.load(f)["miou"])
+        return float(json.loads(files.read_text(self._best_file))["miou"])
 
     def save_best(self, step: int, miou: float) -> bool:
         """Saves the model as the best one when `miou` beats the recorded best."""
@@ -118,20 +118,21 @@ class RunCheckpoints:
         self.best_manager.save(checkpoint_number=step)
         self._clean_scratch()
         if self.chief:
-            tmp = f"{self._best_file}.tmp"
-            with open(tmp, "w", encoding="utf-8") as f:
-                json.dump({"step": int(step), "miou": float(miou)}, f)
-            os.replace(tmp, self._best_file)
+            files.atomic_write_text(self._best_file,
+                                    json.dumps({"step": int(step), "miou": float(miou)}))
         return True
 
     def _clean_scratch(self) -> None:
         if self._scratch is not None:
-            shutil.rmtree(self._scratch, ignore_errors=True)
+            try:
+                files.rmtree(self._scratch)
+            except OSError:
+                pass
 
 
 def holds_checkpoints(run_dir: str) -> bool:
     """True when `run_dir` already has a run's checkpoints (its `checkpoints/` index)."""
-    return tf.train.latest_checkpoint(os.path.join(run_dir, "checkpoints")) is not None
+    return tf.train.latest_checkpoint(files.join(run_dir, "checkpoints")) is not None
 
 
 def check_new_run_dir(run_dir: str) -> None:
@@ -161,11 +162,11 @@ def checkpoint_step(prefix: str) -> int | None:
 def listed_checkpoints(folder: str) -> list[str]:
     """The checkpoint prefixes of `folder`, newest first: those its `checkpoint` state file
     lists, or, without one, every `<name>.index` file there."""
-    state = tf.train.get_checkpoint_state(folder) if os.path.isdir(folder) else None
+    state = tf.train.get_checkpoint_state(folder) if files.isdir(folder) else None
     if state is not None and state.all_model_checkpoint_paths:
         # get_checkpoint_state has already joined relative entries to `folder`.
         return list(state.all_model_checkpoint_paths)[::-1]
-    paths = [p[: -len(".index")] for p in glob.glob(os.path.join(folder, "*.index"))]
+    paths = [p[: -len(".index")] for p in files.glob(files.join(folder, "*.index"))]
     return sorted(paths, key=lambda p: (checkpoint_step(p) or -1, p), reverse=True)
 
 
@@ -173,13 +174,13 @@ def damaged_files(prefix: str) -> list[str]:
     """The files of checkpoint `prefix` that cannot be read back (missing, truncated, failing
     their checksum); [] when every tensor reads. Reads the whole checkpoint."""
     index = f"{prefix}.index"
-    if not os.path.isfile(index):
+    if not files.isfile(index):
         return [index]
     try:
         reader = tf.train.load_checkpoint(prefix)
     except READ_ERRORS:
         return [index]
-    data = sorted(glob.glob(f"{glob.escape(prefix)}.data-*")) or [f"{prefix}.data-00000-of-00001"]
+    data = files.glob(f"{prefix}.data-*") or [f"{prefix}.data-00000-of-00001"]
     try:
         for name in reader.get_variable_to_shape_map():
             reader.get_tensor(name)
@@ -224,21 +225,21 @@ def find_checkpoint(source: str, choice: str | int | None = None) -> str | None:
     available ones when it is not there.
     """
     source = os.fspath(source)
-    if os.path.isfile(f"{source}.index") and choice in (None, ""):
+    if files.isfile(f"{source}.index") and choice in (None, ""):
         return source
-    folders = [f for f in (source, *(os.path.join(source, sub) for sub in CHECKPOINT_FOLDERS))
-               if os.path.isdir(f) and listed_checkpoints(f)]
-    if os.path.isfile(f"{source}.index"):
-        folders.insert(0, os.path.dirname(source) or ".")
+    folders = [f for f in (source, *(files.join(source, sub) for sub in CHECKPOINT_FOLDERS))
+               if files.isdir(f) and listed_checkpoints(f)]
+    if files.isfile(f"{source}.index"):
+        folders.insert(0, files.dirname(source) or ".")
     if choice in (None, ""):
         return listed_checkpoints(folders[0])[0] if folders else None
     choice = str(choice)
-    if os.path.isfile(f"{choice}.index"):
+    if files.isfile(f"{choice}.index"):
         return choice
     name = f"ckpt-{choice}" if choice.isdigit() else os.path.basename(choice)
     for folder in folders:
-        if os.path.isfile(os.path.join(folder, f"{name}.index")):
-            return os.path.join(folder, name)
+        if files.isfile(files.join(folder, f"{name}.index")):
+            return files.join(folder, name)
     available = [f"{folder}: {', '.join(_names(listed_checkpoints(folder)))}"
                  for folder in folders]
     raise CheckpointError(f"--checkpoint {choice}: no checkpoint {name} under {source} "
@@ -259,4 +260,4 @@ def restore_checkpoint(checkpoint: "tf.train.Checkpoint", prefix: str):
         if not bad:
             raise
         raise CheckpointError(f"checkpoint {prefix} is damaged: {_damage_text(bad, e)}; "
-                              f"{_intact_text(os.path.dirname(prefix) or '.', prefix)}") from e
+                              f"{_intact_text(files.dirname(prefix) or '.', prefix)}") from e
