@@ -87,6 +87,18 @@ def test_machine_info_fields():
     assert info["cpu_flags"] == [f for f in benchmark.VECTOR_FLAGS if f in flags]
 
 
+def test_machine_line_names_the_machine():
+    info = {"cpu": "Some CPU", "cpu_flags": ["avx2", "amx_tile"], "cores": 2, "gpus": 1,
+            "gpu_names": ["H200"], "tensorflow": "2.21.0", "keras": "3.15.1",
+            "python": "3.11.7", "load_average": [1.5, 1.0, 0.5]}
+    line = benchmark.machine_line(info)
+    assert line == ("Machine: Some CPU (avx2, amx_tile), 2 cores, 1 GPU (H200); TensorFlow "
+                    "2.21.0, Keras 3.15.1, Python 3.11.7; load average [1.5, 1.0, 0.5] at the "
+                    "start (other processes share the cores).")
+    info.update(cpu_flags=[], gpus=0, gpu_names=[])
+    assert benchmark.machine_line(info).startswith("Machine: Some CPU, 2 cores, 0 GPU; ")
+
+
 def test_peak_memory_follows_allocations():
     before = benchmark.rss_mb()
     block = np.ones(64 * 2**20 // 8 * 4, np.float64)  # 256 MiB, touched
