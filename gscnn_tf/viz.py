@@ -4,11 +4,11 @@ the paper's figure). `write_png` saves any of them (RGB in, OpenCV's BGR on disk
 
 from __future__ import annotations
 
-import os
 
 import cv2
 import numpy as np
 
+from gscnn_tf import files
 from gscnn_tf.errors import DataError
 
 
@@ -123,17 +123,21 @@ def prediction_sheet(image, prediction, palette, boundary, labels=None, gates=No
 
 def write_png(path: str, picture: np.ndarray) -> None:
     """Writes uint8 RGB `[H, W, 3]` or single-channel `[H, W]` (uint8 / uint16) as PNG."""
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     picture = np.asarray(picture)
     if picture.ndim == 3:
         picture = cv2.cvtColor(picture, cv2.COLOR_RGB2BGR)
-    if not cv2.imwrite(path, picture):
-        raise OSError(f"could not write {path}")
+    try:
+        files.imwrite(path, picture)
+    except ValueError as e:
+        raise OSError(f"could not write {path}: {e}") from e
 
 
 def read_rgb(path: str) -> np.ndarray:
     """uint8 RGB `[H, W, 3]` of an image file; a clear error when it cannot be decoded."""
-    picture = cv2.imread(path, cv2.IMREAD_COLOR)
+    try:
+        picture = files.imread(path, cv2.IMREAD_COLOR)
+    except OSError:         # missing, a folder, unreadable: as cv2.imread, no picture
+        picture = None
     if picture is None:
         raise DataError(f"{path}: not a readable image file (expected a PNG, JPEG, BMP, TIFF "
                         "or WebP image)")

@@ -24,11 +24,11 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 
 import keras
 import numpy as np
 
+from gscnn_tf import files
 from gscnn_tf.errors import CheckpointError
 
 CONFIG_FILE = "config.json"
@@ -43,14 +43,14 @@ BEST_PRESET = "preset"
 
 def is_preset(path: str) -> bool:
     """True for a folder holding a preset's config.json and weights."""
-    return (os.path.isfile(os.path.join(path, CONFIG_FILE))
-            and os.path.isfile(os.path.join(path, WEIGHTS_FILE)))
+    return (files.isfile(files.join(path, CONFIG_FILE))
+            and files.isfile(files.join(path, WEIGHTS_FILE)))
 
 
 def is_run_dir(path: str) -> bool:
     """True for a training run directory (config.yaml, checkpoints/ or best/)."""
-    return os.path.isdir(path) and any(
-        os.path.exists(os.path.join(path, name))
+    return files.isdir(path) and any(
+        files.exists(files.join(path, name))
         for name in ("config.yaml", "checkpoints", BEST_DIR))
 
 
@@ -95,31 +95,39 @@ def preset_metadata(model, metrics=None) -> dict:
 
 
 def _stage_folder(target: str) -> str:
+    """The folder to write `target`'s files into: on a local disk a temporary folder beside
+    it (`_swap_in` renames it into place); elsewhere (`gs://`, ...: no folder rename)
+    `target` itself, emptied first."""
+    if not files.is_local(target):
+        files.rmtree(target)
+        files.makedirs(target)
+        return target
     parent = os.path.dirname(os.path.abspath(target))
-    os.makedirs(parent, exist_ok=True)
+    files.makedirs(parent)
     staged = os.path.join(parent, f".{os.path.basename(os.path.abspath(target))}"
                                   f".tmp-{os.getpid()}")
-    shutil.rmtree(staged, ignore_errors=True)
-    os.makedirs(staged)
+    files.rmtree(staged)
+    files.makedirs(staged)
     return staged
 
 
 def _swap_in(staged: str, target: str) -> None:
     """Moves the folder `staged` to `target`, replacing a previous `target` (rename, rename,
     delete: `target` is always either the old or the new folder)."""
+    if staged == target:
+        return
     old = None
-    if os.path.exists(target):
+    if files.exists(target):
         old = f"{staged}.old"
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(target, old)
-    os.replace(staged, target)
+        files.rmtree(old)
+        files.rename(target, old)
+    files.rename(staged, target)
     if old:
-        shutil.rmtree(old, ignore_errors=True)
+        files.rmtree(old)
 
 
 def _write_text(path: str, text: str) -> None:
-    with open(path, "w", encoding="utf-8") as f:
-        f.write(text)
+    files.write_bytes(path, text.encode("utf-8"))
 
 
 def save_preset(model, preset_dir, metrics=None, training_config=None) -> str:
@@ -138,19 +146,20 @@ def save_preset(model, preset_dir, metrics=None, training_config=None) -> str:
         config = keras.saving.serialize_keras_object(model)
         config.pop("compile_config", None)
         config.pop("build_config", None)
-        _write_text(os.path.join(staged, CONFIG_FILE), json.dumps(config, indent=1))
-        _save_weights(model, os.path.join(staged, WEIGHTS_FILE))
+        _write_text(files.join(staged, CONFIG_FILE), json.dumps(config, indent=1))
+        _save_weights(model, files.join(staged, WEIGHTS_FILE))
         metadata = preset_metadata(model, metrics)
-        _write_text(os.path.join(staged, METADATA_FILE), json.dumps(metadata, indent=1))
+        _write_text(files.join(staged, METADATA_FILE), json.dumps(metadata, indent=1))
         if training_config is None:
             training_config = getattr(model, "training_config", None)
         if training_config is not None:
-            save_config(training_config, os.path.join(staged, TRAINING_CONFIG_FILE))
-        _write_text(os.path.join(staged, CARD_FILE),
+            save_config(training_config, files.join(staged, TRAINING_CONFIG_FILE))
+        _write_text(files.join(staged, CARD_FILE),
                     model_card(model, metadata, preset_dir, training_config))
         _swap_in(staged, preset_dir)
     finally:
-        shutil.rmtree(staged, ignore_errors=True)
+        if staged != preset_dir:
+            files.rmtree(staged)
     return preset_dir
 
 
@@ -177,7 +186,7 @@ def load_preset(path):
 
     path = os.fspath(path)
     if path.endswith(".keras"):
-        if not os.path.isfile(path):
+        if not files.isfile(path):
             raise FileNotFoundError(f"model file not found: {path}")
         model = keras.saving.load_model(path, compile=False)
         if not isinstance(model, GSCNN):
@@ -185,14 +194,13 @@ def load_preset(path):
                                   "file saved by an older gscnn_tf: load it with "
                                   "keras.saving.load_model)")
         return model
-    if os.path.isdir(path) and is_preset(path):
-        with open(os.path.join(path, CONFIG_FILE), encoding="utf-8") as f:
-            config = json.load(f)
+    if files.isdir(path) and is_preset(path):
+        config = json.loads(files.read_text(files.join(path, CONFIG_FILE)))
         model = keras.saving.deserialize_keras_object(config)
         if not isinstance(model, GSCNN):
             raise CheckpointError(f"{path}/{CONFIG_FILE}: describes a "
                                   f"{type(model).__name__}, not a gscnn_tf.GSCNN")
-        model.load_weights(os.path.join(path, WEIGHTS_FILE))
+        model.load_weights(files.join(path, WEIGHTS_FILE))
         metadata = read_metadata(path)
         model.training_metrics = metadata.get("metrics")
         model.training_config = read_training_config(path)
@@ -204,19 +212,18 @@ def load_preset(path):
 
 
 def read_metadata(preset_dir: str) -> dict:
-    path = os.path.join(preset_dir, METADATA_FILE)
-    if not os.path.isfile(path):
+    path = files.join(preset_dir, METADATA_FILE)
+    if not files.isfile(path):
         return {}
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
+    return json.loads(files.read_text(path))
 
 
 def read_training_config(preset_dir: str):
     """The `Config` a preset was trained with (its config.yaml), or None."""
     from gscnn_tf.config import load_config
 
-    path = os.path.join(preset_dir, TRAINING_CONFIG_FILE)
-    return load_config(path) if os.path.isfile(path) else None
+    path = files.join(preset_dir, TRAINING_CONFIG_FILE)
+    return load_config(path) if files.isfile(path) else None
 
 
 def run_checkpoint(run_dir: str) -> str | None:
@@ -224,7 +231,7 @@ def run_checkpoint(run_dir: str) -> str | None:
     best model: its best checkpoint, else its latest one; None when it has neither."""
     from gscnn_tf.training.checkpoints import find_checkpoint
 
-    return find_checkpoint(os.path.join(run_dir, BEST_DIR)) or find_checkpoint(run_dir)
+    return find_checkpoint(files.join(run_dir, BEST_DIR)) or find_checkpoint(run_dir)
 
 
 def load_run_model(run_dir: str):
@@ -235,14 +242,14 @@ def load_run_model(run_dir: str):
     from gscnn_tf.models.gscnn import GSCNN
     from gscnn_tf.training.checkpoints import restore_checkpoint
 
-    best = os.path.join(run_dir, BEST_DIR)
-    if is_preset(os.path.join(best, BEST_PRESET)):
-        return load_preset(os.path.join(best, BEST_PRESET))
-    if os.path.isfile(os.path.join(best, BEST_KERAS)):
-        return load_preset(os.path.join(best, BEST_KERAS))
-    config_path = os.path.join(run_dir, "config.yaml")
+    best = files.join(run_dir, BEST_DIR)
+    if is_preset(files.join(best, BEST_PRESET)):
+        return load_preset(files.join(best, BEST_PRESET))
+    if files.isfile(files.join(best, BEST_KERAS)):
+        return load_preset(files.join(best, BEST_KERAS))
+    config_path = files.join(run_dir, "config.yaml")
     prefix = run_checkpoint(run_dir)
-    if prefix is None or not os.path.isfile(config_path):
+    if prefix is None or not files.isfile(config_path):
         raise FileNotFoundError(f"run directory {run_dir}: no saved model ({BEST_DIR}/"
                                 f"{BEST_PRESET}/, {BEST_DIR}/{BEST_KERAS}) and no config.yaml "
                                 "with a checkpoint to rebuild one from")
@@ -276,20 +283,20 @@ def save_run_best(model, run_dir: str, config, metrics: dict) -> list[str]:
     (the latter for a `GSCNN` only); returns the paths written."""
     from gscnn_tf.models.gscnn import GSCNN
 
-    best = os.path.join(run_dir, BEST_DIR)
-    os.makedirs(best, exist_ok=True)
+    best = files.join(run_dir, BEST_DIR)
+    files.makedirs(best)
     describe_dataset(model, config)
-    target = os.path.join(best, BEST_KERAS)
-    tmp = os.path.join(best, f".{BEST_KERAS}.tmp-{os.getpid()}.keras")
+    target = files.join(best, BEST_KERAS)
+    tmp = files.join(best, f".{BEST_KERAS}.tmp-{os.getpid()}.keras")
     try:
         model.save(tmp)
-        os.replace(tmp, target)
+        files.rename(tmp, target, overwrite=True)
     finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+        if files.exists(tmp):
+            files.remove(tmp)
     written = [target]
     if isinstance(model, GSCNN):
-        written.append(save_preset(model, os.path.join(best, BEST_PRESET), metrics, config))
+        written.append(save_preset(model, files.join(best, BEST_PRESET), metrics, config))
     return written
 
 

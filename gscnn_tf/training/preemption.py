@@ -18,10 +18,11 @@ them), and there a SIGTERM stops training as it would without it.
 
 from __future__ import annotations
 
-import os
 import signal
 
 import tensorflow as tf
+
+from gscnn_tf import files
 
 # 128 + SIGTERM (15): the code a process killed by SIGTERM reports, and the code TensorFlow's
 # own handler uses on Google Cloud to ask for a restart. Kubernetes restarts a pod that ends
@@ -64,7 +65,7 @@ class PreemptionWatch:
 
         resolver = getattr(strategy, "cluster_resolver", None)
         manager = tf.train.CheckpointManager(
-            tf.train.Checkpoint(), os.path.join(run_dir, "checkpoints", ".preemption-unused"),
+            tf.train.Checkpoint(), files.join(run_dir, "checkpoints", ".preemption-unused"),
             max_to_keep=1)
         config = tf.distribute.experimental.TerminationConfig(exit_fn=stop, grace_period=0,
                                                               save_fn=save)

@@ -4,11 +4,11 @@ ground-truth edges and the three gate alpha maps)."""
 
 from __future__ import annotations
 
-import os
 
 import numpy as np
 import tensorflow as tf
 
+from gscnn_tf import files
 from gscnn_tf.models.postprocess import postprocess
 
 
@@ -53,7 +53,7 @@ class Summaries:
 
     def __init__(self, run_dir: str, enabled: bool = True, max_images: int = 2):
         self.max_images = max_images
-        self.writer = (tf.summary.create_file_writer(os.path.join(run_dir, "events"))
+        self.writer = (tf.summary.create_file_writer(files.join(run_dir, "events"))
                        if enabled else None)
 
     def scalars(self, step: int, values: dict[str, float], prefix: str = "train") -> None:

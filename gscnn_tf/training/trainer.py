@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
 import time
 
@@ -22,6 +21,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from gscnn_tf import files
 from gscnn_tf.config import save_config
 from gscnn_tf.data.pipeline import build_dataset, dataset_info, list_examples
 from gscnn_tf.errors import NonFiniteLossError, WorkerLostError
@@ -130,7 +130,7 @@ class Trainer:
         else:
             check_new_run_dir(c.run_dir)
         if self.chief:
-            save_config(self.config, os.path.join(c.run_dir, "config.yaml"))
+            save_config(self.config, files.join(c.run_dir, "config.yaml"))
         start = int(self.step.numpy())
         iterator = iter(self._train_data(start))
         num_train = len(list_examples(self.config, self.config.data.train_split))
@@ -184,7 +184,7 @@ class Trainer:
         c, step = self.config.train, int(self.step.numpy())
         if step % c.checkpoint_every != 0:
             self.checkpoints.save(step)
-        return step, os.path.join(c.run_dir, "checkpoints", f"ckpt-{step}")
+        return step, files.join(c.run_dir, "checkpoints", f"ckpt-{step}")
 
     def _train_data(self, start: int):
         """The distributed training data; with `data.deterministic`, past the `start` steps
@@ -241,7 +241,7 @@ class Trainer:
             return None
         from gscnn_tf.viz import prediction_sheet, write_png
 
-        folder = os.path.join(self.config.train.run_dir, "pictures")
+        folder = files.join(self.config.train.run_dir, "pictures")
         dataset = build_dataset(self.config, self.config.data.val_split, False, count)
         images, targets = next(iter(dataset.take(1)))
         outputs = self.model(images, training=False)
@@ -255,24 +255,21 @@ class Trainer:
                                      targets["labels"][i].numpy(),
                                      {k: v[i].numpy() for k, v in gates.items()},
                                      self.config.data.ignore_label)
-            write_png(os.path.join(folder, f"val_{i}.png"), sheet)
+            write_png(files.join(folder, f"val_{i}.png"), sheet)
         return folder
 
     def _metrics_path(self) -> str:
-        return os.path.join(self.config.train.run_dir, "metrics.json")
+        return files.join(self.config.train.run_dir, "metrics.json")
 
     def _load_history(self) -> None:
         path = self._metrics_path()
-        if os.path.isfile(path):
-            with open(path, encoding="utf-8") as f:
-                step = int(self.step.numpy())
-                self.history = [h for h in json.load(f)["history"] if h["step"] <= step]
+        if files.isfile(path):
+            step = int(self.step.numpy())
+            self.history = [h for h in json.loads(files.read_text(path))["history"]
+                            if h["step"] <= step]
 
     def _write_metrics(self) -> None:
-        path = self._metrics_path()
-        tmp = f"{path}.tmp"
         best = max(self.history, key=lambda h: h["val"]["miou"])
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump({"last": self.history[-1], "best": best, "history": self.history}, f,
-                      indent=1, default=lambda v: float(np.asarray(v)))
-        os.replace(tmp, path)
+        files.atomic_write_text(self._metrics_path(), json.dumps(
+            {"last": self.history[-1], "best": best, "history": self.history}, indent=1,
+            default=lambda v: float(np.asarray(v))))
