@@ -30,6 +30,7 @@ import tensorflow as tf  # noqa: E402
 
 from gscnn_tf import export, tflite_audit, tflite_gpu  # noqa: E402
 from gscnn_tf.benchmark import machine_info, markdown_table, write_results  # noqa: E402
+from gscnn_tf.cli.arguments import parse_size  # noqa: E402
 from gscnn_tf.inference import Predictor  # noqa: E402
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
@@ -234,7 +235,7 @@ def main(argv=None) -> int:
     if model is None or config is None:
         parser.error(f"{args.model}: needs a Keras model and its training config (--config)")
     if args.size:
-        height, width = export.parse_size(args.size)
+        height, width = parse_size(args.size)
     else:
         from gscnn_tf.data.pipeline import build_dataset
 

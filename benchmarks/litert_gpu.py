@@ -186,9 +186,10 @@ def main(argv=None) -> int:
     import ai_edge_litert
 
     from gscnn_tf import export, tflite_audit, tflite_gpu
+    from gscnn_tf.cli.arguments import parse_size
     from gscnn_tf.benchmark import machine_info, write_results
 
-    size = export.parse_size(args.size) if args.size else None
+    size = parse_size(args.size) if args.size else None
     model, images, described = _model_and_images(args.model, size, args.images)
     height, width = images.shape[1:3]
     steps = 64

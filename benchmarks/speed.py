@@ -205,7 +205,7 @@ def select(plan, budget_s, max_memory_gb, everything=False):
 
 
 def parse_size(text):
-    from gscnn_tf.export import parse_size as parse
+    from gscnn_tf.cli.arguments import parse_size as parse
 
     return list(parse(text))
 

@@ -1,5 +1,5 @@
 """Export: a SavedModel for TF Serving and TFLite files, each verified against the Keras model;
-`gscnn-tf export` is its command line.
+`gscnn-tf export` (gscnn_tf.cli.export) is its command line.
 
 SavedModel (`export_saved_model`), written atomically as TF Serving's `<dir>/<name>/<version>/`
 (a temporary folder, then a rename; an existing version is kept unless `overwrite`). It needs
@@ -43,7 +43,6 @@ op by op (`gscnn_tf.tflite_audit`); every TFLite export prints that audit's verd
 
 from __future__ import annotations
 
-import argparse
 import copy
 import json
 import os
@@ -476,103 +475,3 @@ def verify_tflite(content: bytes, model, images: np.ndarray) -> dict:
     labels = run_tflite(content, images)["labels"]
     return {"agreement": float(np.mean(labels == keras_labels(model, images))),
             "images": int(len(images)), "bytes": len(content)}
-
-
-def parse_size(text: str) -> tuple[int, int]:
-    """"512x1024" -> (512, 1024) (height x width)."""
-    match = re.fullmatch(r"\s*(\d+)\s*[xX]\s*(\d+)\s*", text)
-    if not match or min(int(match[1]), int(match[2])) < 1:
-        raise ExportError(f"size '{text}': expected HEIGHTxWIDTH, e.g. 512x1024")
-    return int(match[1]), int(match[2])
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from gscnn_tf.inference import add_checkpoint_argument
-    from gscnn_tf.precision import add_precision_argument
-
-    parser.add_argument("model", help=".keras file, preset folder or run directory / "
-                                      "checkpoint")
-    parser.add_argument("--format", choices=FORMATS, default="saved_model")
-    parser.add_argument("--output", "-o", default="exports", help="export folder")
-    parser.add_argument("--config", help="training config YAML (default: the run's)")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="config override")
-    add_checkpoint_argument(parser)
-    parser.add_argument("--model-name", help="TF Serving model name (export.model_name)")
-    parser.add_argument("--version", type=int, help="TF Serving version (export.version)")
-    parser.add_argument("--overwrite", action="store_true",
-                        help="replace an existing SavedModel version or TFLite file")
-    parser.add_argument("--size", help="TFLite input HEIGHTxWIDTH (export.tflite_size)")
-    parser.add_argument("--quantize", choices=QUANTIZE, help="TFLite (export.quantize)")
-    parser.add_argument("--canny-max-steps", type=int,
-                        help="TFLite hysteresis steps, 0 = WHILE loop "
-                             "(export.tflite_canny_max_steps)")
-    parser.add_argument("--canny-step-form", choices=("bool", "pool", "bits", "mask"),
-                        help="TFLite hysteresis step form (export.tflite_canny_step_form)")
-    parser.add_argument("--target", choices=("cpu", "gpu"), default="cpu",
-                        help="TFLite: cpu = uint8 in, labels out, any interpreter (GPU "
-                             "delegates take part of it); gpu = float32 in, probabilities "
-                             "out, every op on the TFLite GPU delegate (gscnn_tf.tflite_gpu)")
-    add_precision_argument(parser)
-    parser.add_argument("--verify", type=int, default=0, metavar="N",
-                        help="TFLite: report label agreement with the Keras model on N "
-                             "validation images")
-
-
-def run(args) -> int:
-    from gscnn_tf.inference import Predictor
-    from gscnn_tf.precision import apply_precision
-
-    predictor = Predictor(args.model, args.config, args.set, args.checkpoint)
-    if args.precision != "fp32" and args.format != "saved_model":
-        raise ExportError(f"--precision {args.precision}: for --format saved_model (TFLite "
-                          "exports choose their precision with --quantize)")
-    predictor = apply_precision(predictor, args.precision)
-    model, config = predictor.model, predictor.config
-    if model is None:
-        raise ExportError(f"{args.model}: export needs a Keras model (.keras file or a run "
-                          "checkpoint), not a SavedModel")
-    if config is None:
-        if args.format == "tflite" and (args.quantize == "int8" or args.verify):
-            raise ExportError(f"{args.model}: int8 calibration and --verify read the "
-                              "dataset; pass the training config (--config)")
-        from gscnn_tf.config import Config
-
-        config = Config()
-    export = config.export
-    num_classes = int(model.output["seg_logits"].shape[-1])
-    if args.format == "saved_model":
-        path = export_saved_model(model, args.output, args.model_name or export.model_name,
-                                  args.version or export.version,
-                                  class_metadata(predictor.config, num_classes, model),
-                                  args.overwrite)
-        print(f"wrote SavedModel {path} (signatures: {', '.join(SIGNATURES)})")
-        return 0
-    height, width = parse_size(args.size) if args.size else export.tflite_size
-    quantize = args.quantize or export.quantize
-    gpu = args.target == "gpu"
-    name = f"{args.model_name or export.model_name}_{height}x{width}_{quantize}" \
-        f"{'_gpu' if gpu else ''}.tflite"
-    path = os.path.join(args.output, name)
-    from gscnn_tf import tflite_audit, tflite_gpu
-
-    if gpu and args.canny_step_form not in (None, tflite_gpu.STEP_FORM):
-        raise ExportError(f"--canny-step-form {args.canny_step_form} with --target gpu: the "
-                          f"GPU target's Canny is step form '{tflite_gpu.STEP_FORM}'")
-    if gpu:
-        content = tflite_gpu.export_tflite_gpu(model, config, path, height, width, quantize,
-                                               args.canny_max_steps, args.overwrite)
-    else:
-        content = export_tflite(model, config, path, height, width, quantize,
-                                args.canny_max_steps, args.canny_step_form, args.overwrite)
-    classes = json.dumps(class_metadata(predictor.config, num_classes, model), indent=1)
-    write_file(os.path.join(args.output, CLASSES_ASSET), classes.encode("utf-8"), True)
-    print(f"wrote {path} ({len(content) / 2**20:.2f} MiB, {quantize})")
-    print(f"{tflite_audit.audit(content, path).summary()} "
-          f"(op by op: gscnn-tf audit-tflite {path})")
-    if args.verify:
-        verify = tflite_gpu.verify_tflite_gpu if gpu else verify_tflite
-        report = verify(content, model, heldout_images(config, height, width, args.verify))
-        print(f"label agreement with the Keras model on {report['images']} validation "
-              f"images: {100 * report['agreement']:.3f} %")
-    return 0

@@ -1,5 +1,5 @@
 """Inference: `Predictor` runs a trained model on arrays, image files or folders and writes
-viewable pictures; `gscnn-tf predict` is its command line.
+viewable pictures; `gscnn-tf predict` (gscnn_tf.cli.predict) is its command line.
 
 A Predictor loads any of
 - a `.keras` file (`model.save(...)`) or a preset folder (`GSCNN.save_to_preset`): both carry
@@ -22,14 +22,12 @@ ids with `label_ids=True`), `<name>_overlay.png` (palette colours over the image
 
 from __future__ import annotations
 
-import argparse
 import os
 
 import numpy as np
 
 from gscnn_tf import viz
 from gscnn_tf.errors import CheckpointError, ConfigError, UsageError
-from gscnn_tf.precision import add_precision_argument, apply_precision
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 PICTURES = ("labels", "overlay", "edges")
@@ -265,39 +263,3 @@ class Predictor:
             if bar is not None:
                 bar.update(i + 1)
         return written
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("model", help=".keras file, preset folder, run directory / checkpoint, "
-                                      "or SavedModel")
-    parser.add_argument("inputs", help="an image file or a folder (searched recursively)")
-    parser.add_argument("--output", "-o", default="predictions", help="output folder")
-    parser.add_argument("--config", help="training config YAML (default: the run's)")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="config override")
-    add_checkpoint_argument(parser)
-    parser.add_argument("--gates", action="store_true", help="also write the gate maps")
-    parser.add_argument("--label-ids", action="store_true",
-                        help="label PNGs in the dataset's label ids (Cityscapes labelIds)")
-    parser.add_argument("--alpha", type=float, default=0.5, help="overlay opacity")
-    add_precision_argument(parser)
-
-
-def add_checkpoint_argument(parser: argparse.ArgumentParser) -> None:
-    """`--checkpoint`, shared by the commands that load a run's model."""
-    parser.add_argument("--checkpoint", metavar="N|ckpt-N|PREFIX",
-                        help="which checkpoint of a run directory (default: the latest)")
-
-
-def run(args) -> int:
-    predictor = apply_precision(Predictor(args.model, args.config, args.set, args.checkpoint),
-                                args.precision)
-    options = {"gates": args.gates, "label_ids": args.label_ids, "alpha": args.alpha}
-    if os.path.isdir(args.inputs):
-        written = predictor.predict_folder(args.inputs, args.output, **options)
-    elif os.path.isfile(args.inputs):
-        written = predictor.predict_file(args.inputs, args.output, **options)
-    else:
-        raise FileNotFoundError(f"input not found: {args.inputs}")
-    print(f"wrote {len(written)} files under {args.output}")
-    return 0

@@ -1,5 +1,6 @@
 """Import the reference PyTorch Gated-SCNN checkpoint (WideResNet-38, Cityscapes) as a Keras
-model that reproduces its outputs; `gscnn-tf import-reference` is its command line.
+model that reproduces its outputs; `gscnn-tf import-reference` (gscnn_tf.cli.import_reference)
+is its command line.
 
     gscnn-tf import-reference best_cityscapes_checkpoint.pth --out gscnn_reference.keras
 
@@ -19,7 +20,6 @@ file is written atomically, and a preset folder beside it (`gscnn_tf.models.pres
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import os
 import re
@@ -267,29 +267,3 @@ def import_reference(checkpoint: str, out: str, overwrite: bool = False,
         model.save_to_preset(preset)
     return ImportReport(out, num_classes, len(model.weights), skipped, model.count_params(),
                         time.perf_counter() - start, preset)
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("checkpoint", help="reference .pth file (state dict, keys module.*)")
-    parser.add_argument("--out", required=True, help="Keras model file to write (.keras)")
-    parser.add_argument("--preset", default="",
-                        help="preset folder to write too (default: --out without .keras)")
-    parser.add_argument("--overwrite", action="store_true",
-                        help="replace an existing --out and preset folder")
-    parser.add_argument("--image-gradients", choices=("canny", "none"), default="canny",
-                        help="the reference's Canny input, or zeros (model.image_gradients)")
-    parser.add_argument("--trust-pickle", action="store_true",
-                        help="unpickle non-tensor objects in the checkpoint (trusted files)")
-
-
-def run(args) -> int:
-    report = import_reference(args.checkpoint, args.out, args.overwrite,
-                              args.image_gradients, args.trust_pickle, args.preset)
-    print(f"wrote {report.out}: {report.mapped} weights set, {report.num_classes} classes, "
-          f"{report.parameters:,} parameters, {report.seconds:.1f} s")
-    if report.preset:
-        print(f"wrote the preset {report.preset} (gscnn_tf.GSCNN.from_preset, or any "
-              "gscnn-tf command that takes a model)")
-    if report.skipped:
-        print(f"skipped (unused by the reference forward pass): {', '.join(report.skipped)}")
-    return 0

@@ -283,7 +283,7 @@ CATALOGUE = [
          lambda c: ["evaluate", c.run, "--window", "0", "64", "-o", str(c.tmp)],
          lambda c: ["eval.window [0, 64]", "expected [height, width]"]),
     Case("summary size", "usage", lambda c: ["summary", "--size", "big"],
-         lambda c: ["--size 'big'", "expected HxW"]),
+         lambda c: ["--size 'big'", "expected HEIGHTxWIDTH"]),
     Case("benchmark size", "usage", lambda c: ["benchmark", "--size", "big"],
          lambda c: ["size 'big'", "HEIGHTxWIDTH"]),
     Case("gates of a SavedModel", "usage",
@@ -356,7 +356,7 @@ CATALOGUE = [
     # export
     Case("export version exists", "export", _export_exists,
          lambda c: [os.path.join("exports", "gscnn", "1") + " exists", "--overwrite"]),
-    Case("export size", "export",
+    Case("export size", "usage",
          lambda c: ["export", c.run, "--format", "tflite", "--size", "12", "--output",
                     str(c.tmp)],
          lambda c: ["size '12'", "HEIGHTxWIDTH"]),

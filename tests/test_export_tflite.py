@@ -172,9 +172,13 @@ def test_int8_calibrates_on_training_pipeline_crops(setup, tmp_path, monkeypatch
 
 
 def test_bad_arguments():
-    with pytest.raises(export.ExportError, match="HEIGHTxWIDTH"):
-        export.parse_size("512")
-    assert export.parse_size("64x96") == (64, 96)
+    from gscnn_tf.cli.arguments import parse_size
+    from gscnn_tf.errors import UsageError
+
+    for bad in ("512", "0x64", "64x", "axb"):
+        with pytest.raises(UsageError, match=f"--size '{bad}': expected HEIGHTxWIDTH"):
+            parse_size(bad)
+    assert parse_size("64x96") == (64, 96) and parse_size(" 64 X 96 ") == (64, 96)
     with pytest.raises(export.ExportError, match="quantize 'int4'"):
         export.convert_tflite(None, "int4")
 

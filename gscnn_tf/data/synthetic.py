@@ -14,14 +14,13 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import time
 
 import cv2
 import numpy as np
 import yaml
 
 from gscnn_tf import files
-from gscnn_tf.config import SyntheticConfig, load_config
+from gscnn_tf.config import SyntheticConfig
 from gscnn_tf.data.decode import DataError
 
 DEFAULT_ROOT = os.path.join("data", "synthetic")
@@ -218,27 +217,3 @@ def ensure_synthetic(config) -> str:
             yaml.safe_load(files.read_text(marker)) == _settings(config.data.synthetic):
         return root
     return generate(root, config.data.synthetic)
-
-
-def add_arguments(parser) -> None:
-    defaults = SyntheticConfig()
-    parser.add_argument("--out", default=DEFAULT_ROOT, help="output folder (default %(default)s)")
-    parser.add_argument("--config", help="YAML config whose data.synthetic section to use")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="config override, e.g. data.synthetic.height=256")
-    for name in ("num_train", "num_val", "height", "width", "seed"):
-        parser.add_argument(f"--{name.replace('_', '-')}", type=int, default=None,
-                            help=f"default {getattr(defaults, name)}")
-
-
-def run(args) -> int:
-    synthetic = load_config(args.config, args.set).data.synthetic
-    for name in ("num_train", "num_val", "height", "width", "seed"):
-        if getattr(args, name) is not None:
-            setattr(synthetic, name, getattr(args, name))
-    start = time.perf_counter()
-    generate(args.out, synthetic)
-    print(f"wrote {synthetic.num_train} train + {synthetic.num_val} val images "
-          f"({synthetic.height}x{synthetic.width}, seed {synthetic.seed}) to {args.out} in "
-          f"{time.perf_counter() - start:.1f} s")
-    return 0

@@ -11,15 +11,14 @@ from __future__ import annotations
 import argparse
 import os
 
-from gscnn_tf.inference import add_checkpoint_argument
+from gscnn_tf.cli.arguments import add_checkpoint_argument, add_config_arguments
 from gscnn_tf.precision import add_precision_argument, apply_precision
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("model", help=".keras file, run directory / checkpoint, or SavedModel")
-    parser.add_argument("--config", help="config YAML (default: the run's config.yaml)")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="config override, e.g. eval.tolerances=[3,5]")
+    add_config_arguments(parser, "config YAML (default: the run's config.yaml)",
+                         "eval.tolerances=[3,5]")
     add_checkpoint_argument(parser)
     parser.add_argument("--split", default="", help="split (default: data.val_split)")
     parser.add_argument("--output", "-o", default="",

@@ -13,17 +13,15 @@ from __future__ import annotations
 
 import os
 
+from gscnn_tf.cli.arguments import add_config_arguments
 from gscnn_tf.config import load_config
 
 DEFAULT_CONFIG = "configs/synthetic.yaml"
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("--config", default=None,
-                        help=f"YAML config (default: {DEFAULT_CONFIG} when present, else the "
-                             "built-in defaults)")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="config override, e.g. train.steps=100 (repeatable)")
+    add_config_arguments(parser, f"YAML config (default: {DEFAULT_CONFIG} when present, else "
+                         "the built-in defaults)", "train.steps=100")
     parser.add_argument("--resume", action="store_true",
                         help="continue from the latest checkpoint in train.run_dir")
     parser.add_argument("--strategy", default=None,

@@ -1,6 +1,11 @@
-"""`gscnn-tf` command line: one subcommand per task, each owned by the module that does it.
+"""`gscnn-tf` command line: one subcommand per task, the command line kept apart from the
+library code it calls.
 
-Each module named below provides `add_arguments(parser)` and `run(args) -> int`. Modules
+Each module named in COMMANDS provides `add_arguments(parser)` and `run(args) -> int`: the
+`cli` module of the package that does the work (`gscnn_tf.training.cli`,
+`gscnn_tf.evaluation.cli`, `gscnn_tf.models.cli`, `gscnn_tf.data.cli`) or, for the top-level
+modules (inference, export, benchmark, ...), a module of this package. Arguments several
+commands share live once in `gscnn_tf.cli.arguments`. Modules
 are imported only for the command that runs (`gscnn-tf --help` loads none of them, only
 TensorFlow and Keras, which `import gscnn_tf` needs to register the model: about 3 s).
 
@@ -23,13 +28,15 @@ from gscnn_tf.errors import GSCNNError
 COMMANDS = {
     "train": ("gscnn_tf.training.cli", "train a model (custom loop, any tf.distribute scale)"),
     "evaluate": ("gscnn_tf.evaluation.cli", "mIoU, boundary F and crop factors over a split"),
-    "predict": ("gscnn_tf.inference", "label maps, overlays and edges for images or folders"),
-    "export": ("gscnn_tf.export", "SavedModel for TF Serving or TFLite"),
-    "audit-tflite": ("gscnn_tf.tflite_audit", "which ops of a TFLite file the GPU delegate runs"),
-    "make-synthetic": ("gscnn_tf.data.synthetic", "write the synthetic dataset"),
-    "summary": ("gscnn_tf.models.summary", "parameter counts and FLOPs of a config's model"),
-    "benchmark": ("gscnn_tf.benchmark", "speed figures on this machine"),
-    "import-reference": ("gscnn_tf.reference_import", "convert the reference PyTorch checkpoint"),
+    "predict": ("gscnn_tf.cli.predict", "label maps, overlays and edges for images or folders"),
+    "export": ("gscnn_tf.cli.export", "SavedModel for TF Serving or TFLite"),
+    "audit-tflite": ("gscnn_tf.cli.audit_tflite",
+                     "which ops of a TFLite file the GPU delegate runs"),
+    "make-synthetic": ("gscnn_tf.data.cli", "write the synthetic dataset"),
+    "summary": ("gscnn_tf.models.cli", "parameter counts and FLOPs of a config's model"),
+    "benchmark": ("gscnn_tf.cli.benchmark", "speed figures on this machine"),
+    "import-reference": ("gscnn_tf.cli.import_reference",
+                         "convert the reference PyTorch checkpoint"),
 }
 DEBUG_FLAG = "--debug"
 DEBUG_ENV = "GSCNN_TF_DEBUG"
@@ -91,6 +98,3 @@ def main(argv=None) -> int:
         print(f"gscnn-tf {name}: error: {_one_line(message)}", file=sys.stderr, flush=True)
         return 2
 
-
-if __name__ == "__main__":
-    sys.exit(main())
