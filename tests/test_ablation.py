@@ -77,14 +77,15 @@ def test_protocol_is_scaled_to_the_128_pixel_images():
     ev = config.eval
     assert ev.reference_height == config.data.synthetic.height == 128
     # the evaluator's radius for a 128-row label is the tolerance itself
-    assert [max(1, round(t * 128 / ev.reference_height)) for t in ev.tolerances] == [1, 2, 3, 5]
+    assert [metrics.scaled_tolerance(t, 128, ev.reference_height)
+            for t in ev.tolerances] == ev.tolerances == [1, 2, 3, 5]
     # the paper's 3/5/9/12 px at 1024 rows would collapse to 1, 1, 1, 2 px here
-    assert [max(1, round(t * 128 / 1024)) for t in (3, 5, 9, 12)] == [1, 1, 1, 2]
+    assert [metrics.scaled_tolerance(t, 128, 1024) for t in (3, 5, 9, 12)] == [1, 1, 1, 2]
     # crop margins are the paper's 0..400 px of 1024 rows scaled to 128 rows
     margins = [metrics.crop_margin(128, f, ev.reference_height) for f in ev.crop_factors]
     assert margins == [metrics.crop_margin(128, f, 1024) for f in (0, 100, 200, 300, 400)]
     assert margins == [0, 12, 25, 38, 50]
-    metrics.center_crop(np.zeros((128, 128)), max(margins))  # leaves a 28 px centre
+    assert metrics.center_crop(np.zeros((128, 128)), max(margins)).shape == (28, 28)
 
 
 def test_schedule_runs_the_main_comparison_first():
