@@ -9,8 +9,10 @@ from the synthetic dataset's generator (random weights: near-tied logits make th
 test). With `--profile`, TensorFlow's op profile of one float32 and one bfloat16 run: the
 time per op type, which says where bfloat16 does not help.
 
-Writes benchmarks/results/bf16.json and bf16.md.
+--model adds a trained model (e.g. the main job's run directory): agreement with real
+margins between the classes. Writes benchmarks/results/bf16.json and bf16.md.
 Run: python benchmarks/bf16.py [--backbones wrn38 resnet50 small] [--reps 2] [--profile]
+                               [--model runs/synthetic]
 """
 
 from __future__ import annotations
@@ -81,13 +83,21 @@ def _parse_trace(logdir):
     return dict(totals.most_common(12))
 
 
-def run_backbone(name, size, reps, profile):
-    config = load_config(None, [f"model.backbone.name={name}", "model.backbone.weights="])
-    tf.keras.utils.set_random_seed(0)
-    model = build_model(config.model, 19)
+def run_backbone(name, size, reps, profile, source=""):
+    if source:  # a trained model (run directory, .keras file or preset)
+        from gscnn_tf.inference import Predictor
+
+        predictor = Predictor(source)
+        model, config = predictor.model, predictor.config or load_config(None)
+        name = f"{model.model_config.backbone.name} ({source}, trained)"
+    else:
+        config = load_config(None, [f"model.backbone.name={name}", "model.backbone.weights="])
+        tf.keras.utils.set_random_seed(0)
+        model = build_model(config.model, 19)
+    classes = int(model.output["seg_logits"].shape[-1])
     bf16 = with_precision(model, "bf16")
     work = tempfile.mkdtemp(prefix="bf16_export_")
-    path = export_saved_model(bf16, work, "m", 1, class_metadata(config, 19, bf16))
+    path = export_saved_model(bf16, work, "m", 1, class_metadata(config, classes, bf16))
     serving = tf.saved_model.load(path).signatures["serving_default"]
     pics = images(*size)
     x = tf.constant(pics[:1], tf.float32)
@@ -128,9 +138,9 @@ def markdown(record):
                      f"{r['ratio']['saved_model_bf16']:.2f}",
                      f"{100 * r['agreement']['saved_model_bf16']:.3f} %"])
     lines = ["# bfloat16 inference (CPU)", "", machine_line(record["machine"]), "",
-             f"Command: `{record['command']}`. Batch 1, random weights, 19 classes; medians "
-             f"of {record['reps']} round-robin runs after one warm-up, ms. Ratio = bfloat16 / "
-             "float32 latency (goal <= 0.6); agreement = pixels with the float32 model's "
+             f"Command: `{record['command']}`. Batch 1, random weights and 19 classes "
+             f"unless marked trained; medians of {record['reps']} round-robin runs after one "
+             "warm-up, ms. Ratio = bfloat16 / float32 latency (goal <= 0.6); agreement = pixels with the float32 model's "
              "label on synthetic-generator scenes (goal >= 99.5 %).", "",
              markdown_table(["backbone", "size", "fp32 Keras", "bf16 Keras", "ratio",
                              "agreement", "bf16 SavedModel", "ratio", "agreement"], rows)]
@@ -147,10 +157,12 @@ def markdown(record):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--backbones", nargs="+", default=["wrn38", "resnet50", "small"])
+    parser.add_argument("--backbones", nargs="*", default=["wrn38", "resnet50", "small"])
     parser.add_argument("--size", default="512x1024")
     parser.add_argument("--reps", type=int, default=2)
     parser.add_argument("--profile", action="store_true")
+    parser.add_argument("--model", default="", help="also a trained model (run directory, "
+                        ".keras or preset): agreement with trained weights")
     parser.add_argument("--name", default="bf16")
     args = parser.parse_args(argv)
     size = tuple(int(v) for v in args.size.lower().split("x"))
@@ -159,6 +171,8 @@ def main(argv=None):
               "command": "python benchmarks/bf16.py " + " ".join(sys.argv[1:]),
               "backbones": [run_backbone(b, size, args.reps, args.profile)
                             for b in args.backbones]}
+    if args.model:
+        record["backbones"].append(run_backbone("", size, args.reps, args.profile, args.model))
     record["wall_s"] = time.time() - start
     write_results(RESULTS, args.name, record, markdown(record))
     print(markdown(record))
