@@ -140,7 +140,8 @@ def markdown(record):
     lines = ["# bfloat16 inference (CPU)", "", machine_line(record["machine"]), "",
              f"Command: `{record['command']}`. Batch 1, random weights and 19 classes "
              f"unless marked trained; medians of {record['reps']} round-robin runs after one "
-             "warm-up, ms. Ratio = bfloat16 / float32 latency (goal <= 0.6); agreement = pixels with the float32 model's "
+             "warm-up, ms. Ratio = bfloat16 / float32 latency (goal <= 0.6); agreement = "
+             "pixels with the float32 model's "
              "label on synthetic-generator scenes (goal >= 99.5 %).", "",
              markdown_table(["backbone", "size", "fp32 Keras", "bf16 Keras", "ratio",
                              "agreement", "bf16 SavedModel", "ratio", "agreement"], rows)]

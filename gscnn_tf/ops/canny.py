@@ -208,8 +208,8 @@ def canny(image, low: float = 10.0, high: float = 100.0, max_steps: int = 0,
       step_form: "bool" (shifted-slice boolean OR), "bits" (the same on 32 pixels packed
         per uint32 word: fastest in TF without XLA, not for TFLite), "fused" (the whole
         detector with the "bits" step compiled by XLA, `canny_fused`: fastest, 6-10x "bits"
-        at 1024x2048; needs a TensorFlow with XLA, so SavedModel export stores "bits"), "pool" (3x3 float max-pool,
-        fastest in TFLite) or "mask" (the whole detector on float masks, `canny_masks`:
+        at 1024x2048; needs a TensorFlow with XLA, so SavedModel export stores "bits"),
+        "pool" (3x3 float max-pool, fastest in TFLite) or "mask" (the whole detector on float masks, `canny_masks`:
         with max_steps > 0 every op runs in the TFLite GPU delegate). All give identical
         results.
       channels: "gray" = `cv2.Canny` on the grayscale image (OpenCV 5 RGB -> gray rounding,
