@@ -21,9 +21,9 @@ float32 precision (LiteRT `GpuOptions(enforce_f32=True)`; the classic delegate's
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
+
+from gscnn_tf import files
 
 QUANTIZE = ("none", "fp16")
 # Least share of pixels whose label (argmax of `probabilities`) equals the Keras model's.
@@ -78,7 +78,7 @@ def export_tflite_gpu(model, config, path: str, height: int, width: int,
     `export.tflite_canny_max_steps`."""
     from gscnn_tf.export import ExportError, write_file
 
-    if os.path.exists(path) and not overwrite:
+    if files.exists(path) and not overwrite:
         raise ExportError(f"{path} exists; pass --overwrite to replace it")
     steps = config.export.tflite_canny_max_steps if max_steps is None else max_steps
     content = convert_gpu(model, height, width, quantize, steps, path)

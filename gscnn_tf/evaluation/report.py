@@ -6,11 +6,11 @@ from __future__ import annotations
 
 import json
 import math
-import os
 
 import cv2
 import numpy as np
 
+from gscnn_tf import files
 from gscnn_tf.evaluation.metrics import tolerance_label
 
 
@@ -108,13 +108,11 @@ def write_reports(results: dict, out_dir: str, step: int = 0) -> dict:
 
     from gscnn_tf.viz import write_png
 
-    os.makedirs(out_dir, exist_ok=True)
-    paths = {name: os.path.join(out_dir, name)
+    files.makedirs(out_dir)
+    paths = {name: files.join(out_dir, name)
              for name in ("metrics.json", "metrics.md", "crop_factor.png", "events")}
-    with open(paths["metrics.json"], "w", encoding="utf-8") as f:
-        json.dump(results, f, indent=2, allow_nan=True)
-    with open(paths["metrics.md"], "w", encoding="utf-8") as f:
-        f.write(markdown(results))
+    files.atomic_write_text(paths["metrics.json"], json.dumps(results, indent=2, allow_nan=True))
+    files.atomic_write_text(paths["metrics.md"], markdown(results))
     write_png(paths["crop_factor.png"], crop_factor_plot(results["crop_factor_miou"]))
     writer = tf.summary.create_file_writer(paths["events"])
     with writer.as_default():

@@ -11,11 +11,11 @@ layer with the same name. Source layers we do not build (a classifier head, Mobi
 
 from __future__ import annotations
 
-import os
 from typing import Callable
 
 import keras
 
+from gscnn_tf import files
 from gscnn_tf.errors import ConfigError
 
 
@@ -46,7 +46,7 @@ def load_pretrained(config, x, taps, make_source: Callable, source_name: str) ->
                 f"{source_name}'s ImageNet weights (the first use downloads them; a local "
                 f"weights file works offline): {e}") from e
     else:
-        if not os.path.isfile(weights):
+        if not files.isfile(weights):
             raise ConfigError(
                 f"model.backbone.weights '{weights}': no such file (expected 'imagenet', '' or "
                 f"a weights file of {source_name} without its top)")

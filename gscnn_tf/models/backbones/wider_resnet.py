@@ -33,11 +33,11 @@ Layer names follow the reference checkpoint keys: `modM.blockB.bn1.0.*` -> `modM
 
 from __future__ import annotations
 
-import os
 
 import keras
 from keras import layers
 
+from gscnn_tf import files
 from gscnn_tf.errors import ConfigError
 from gscnn_tf.models.layers import batch_norm
 
@@ -116,7 +116,7 @@ def build(config, x, bn_kwargs):
         dict of taps, see the module docstring.
     """
     if config.weights and not (config.weights.endswith(".keras")
-                               and os.path.isfile(config.weights)):
+                               and files.isfile(config.weights)):
         raise ConfigError(
             f"model.backbone.weights '{config.weights}': wrn38 has no keras.applications "
             "weights; expected '' (random initialisation) or an existing .keras model file "
