@@ -13,7 +13,7 @@ import gscnn_tf
 from gscnn_tf import cli, export, save_config
 from gscnn_tf.config import load_config
 from gscnn_tf.data.pipeline import build_dataset
-from test_export_support import SIZE, setup  # noqa: F401 (fixture)
+from export_support import SIZE, setup  # noqa: F401 (fixture)
 
 
 @pytest.fixture(scope="module")
@@ -103,7 +103,8 @@ def test_existing_file_is_kept(setup, converted, tmp_path, monkeypatch):
 
 def test_while_loop_hysteresis_is_exact(setup, tmp_path):
     config, model, images = setup
-    assert export.with_canny(model, 0, "bool") is model  # the trained model's own settings
+    own = model.get_layer("canny").step_form
+    assert export.with_canny(model, 0, own) is model  # the trained model's own settings
     assert export.with_canny(model, 0, "pool").get_layer("canny").step_form == "pool"
     content = export.export_tflite(model, config, str(tmp_path / "m.tflite"), SIZE, SIZE,
                                    "none", max_steps=0, step_form="pool")
