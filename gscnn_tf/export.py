@@ -47,11 +47,11 @@ import copy
 import json
 import os
 import re
-import shutil
 import tempfile
 
 import numpy as np
 
+from gscnn_tf import files
 from gscnn_tf.errors import ExportError
 
 SIGNATURES = ("serving_default", "probabilities", "serve_bytes")
@@ -169,8 +169,11 @@ def export_saved_model(model, export_dir: str, model_name: str, version: int,
                        metadata: dict, overwrite: bool = False) -> str:
     """Writes `model` as `<export_dir>/<model_name>/<version>/`; returns that path.
 
-    The SavedModel is written into a temporary folder beside the target and renamed into
-    place, so TF Serving (which polls the model folder) never sees a half-written version.
+    On a local disk the SavedModel is written into a temporary folder beside the target and
+    renamed into place, so TF Serving (which polls the model folder) never sees a
+    half-written version. An object store (`gs://`) has no folder rename: the version is
+    written in place there, so export a new version number rather than replacing one that
+    a server is loading.
     """
     import tensorflow as tf
 
@@ -178,24 +181,28 @@ def export_saved_model(model, export_dir: str, model_name: str, version: int,
         raise ExportError(f"version {version}: TF Serving versions are integers >= 1")
     if not re.fullmatch(r"[A-Za-z0-9_.-]+", model_name):
         raise ExportError(f"model name '{model_name}': use letters, digits, '_', '-', '.'")
-    parent = os.path.join(export_dir, model_name)
-    target = os.path.join(parent, str(version))
-    if os.path.exists(target) and not overwrite:
+    parent = files.join(export_dir, model_name)
+    target = files.join(parent, str(version))
+    if files.exists(target) and not overwrite:
         raise ExportError(f"{target} exists; pass --overwrite to replace version {version}, "
                           "or export a new --version")
-    os.makedirs(parent, exist_ok=True)
-    work = tempfile.mkdtemp(prefix=f".{version}.tmp-", dir=parent)
+    files.makedirs(parent)
+    local = files.is_local(parent)
+    work = (tempfile.mkdtemp(prefix=f".{version}.tmp-", dir=parent) if local
+            else f"{parent}/.{version}.tmp-{os.getpid()}")
     try:
-        classes_file = os.path.join(work, CLASSES_ASSET)
-        with open(classes_file, "w", encoding="utf-8") as f:
-            json.dump(metadata, f, indent=1)
+        classes_file = files.join(work, CLASSES_ASSET)
+        files.write_bytes(classes_file, json.dumps(metadata, indent=1).encode("utf-8"))
         module = _serving_module(_without_xla_canny(model), classes_file)
-        staged = os.path.join(work, "saved_model")
+        if not local:
+            files.rmtree(target)
+        staged = files.join(work, "saved_model") if local else target
         tf.saved_model.save(module, staged, signatures={
             name: getattr(module, name) for name in SIGNATURES})
-        _swap_into_place(staged, target, work, overwrite)
+        if local:
+            _swap_into_place(staged, target, work, overwrite)
     finally:
-        shutil.rmtree(work, ignore_errors=True)
+        files.rmtree(work)
     return target
 
 
@@ -227,8 +234,11 @@ def _file_mode() -> int:
 def write_file(path: str, data: bytes, overwrite: bool = False) -> None:
     """Writes `data` to `path` through a temporary file in the same folder and a rename:
     `path` is either its old content or the new one, never half-written."""
-    if os.path.exists(path) and not overwrite:
+    if files.exists(path) and not overwrite:
         raise ExportError(f"{path} exists; pass --overwrite to replace it")
+    if not files.is_local(path):    # gs:// and the like: see gscnn_tf.files
+        files.atomic_write_bytes(path, data)
+        return
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     handle, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.tmp-", dir=folder)

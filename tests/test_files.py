@@ -7,6 +7,7 @@ import uuid
 
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from gscnn_tf import files
 from gscnn_tf.config import load_config, save_config
@@ -55,3 +56,51 @@ def test_errors_are_os_errors(folder):
         files.read_text(files.join(folder, "missing.txt"))
     with pytest.raises(FileNotFoundError, match="nowhere"):
         files.listdir(files.join(folder, "nowhere"))
+
+
+def test_a_whole_run_on_ram(rng):
+    """Synthetic data generated on ram://, the tiny GSCNN trained there (config.yaml,
+    checkpoints, events, metrics.json, best model and preset), resumed from its checkpoint,
+    loaded back from the run directory and exported as a SavedModel there; the exported
+    model gives the trained model's labels."""
+    import keras
+
+    import gscnn_tf
+    from gscnn_tf import export
+    from gscnn_tf.data.synthetic import ensure_synthetic
+    from gscnn_tf.training.trainer import Trainer
+    from training_support import tiny_config
+
+    base = f"ram://{uuid.uuid4().hex}"
+    tiny = ("model.backbone.base_width=8", "model.backbone.dropout=false",
+            "model.aspp_channels=16", "model.decoder_channels=16", "model.skip_channels=8",
+            "train.steps=2", "train.checkpoint_every=1")
+    config = tiny_config(f"{base}/data", f"{base}/run", *tiny)
+    ensure_synthetic(config)
+    assert len(files.listdir(f"{base}/data/images/train")) == 8
+    keras.utils.set_random_seed(0)
+    trainer = Trainer(config)
+    trainer.train()
+    run = f"{base}/run"
+    for name in ("config.yaml", "metrics.json", "checkpoints/checkpoint",
+                 "checkpoints/ckpt-2.index", "best/model.keras", "best/preset/config.json"):
+        assert files.isfile(f"{run}/{name}"), name
+    assert files.listdir(f"{run}/events")
+    assert not [p for p in files.glob(f"{run}/*.tmp") + files.glob(f"{run}/*/*.tmp")]
+
+    again = Trainer(tiny_config(f"{base}/data", run, *tiny, "train.steps=3"))
+    assert again.checkpoints.restore_latest() == 2
+    for a, b in zip(trainer.model.weights, again.model.weights):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+
+    images = rng.integers(0, 256, (2, 32, 32, 3)).astype(np.uint8)
+    expected = np.argmax(trainer.model(images, training=False)["seg_logits"], -1)
+    loaded = gscnn_tf.GSCNN.from_preset(run)
+    np.testing.assert_array_equal(
+        np.argmax(loaded(images, training=False)["seg_logits"], -1), expected)
+    path = export.export_saved_model(loaded, f"{base}/exports", "gscnn", 1,
+                                     export.class_metadata(config, loaded.num_classes))
+    assert path == f"{base}/exports/gscnn/1"
+    served = tf.saved_model.load(path)
+    labels = served.signatures["serving_default"](images=tf.constant(images))["labels"]
+    np.testing.assert_array_equal(labels.numpy(), expected)
