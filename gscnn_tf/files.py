@@ -101,6 +101,15 @@ def glob(pattern: str | os.PathLike) -> list[str]:
         return sorted(tf.io.gfile.glob(pattern))
 
 
+def walk(top: str | os.PathLike):
+    """(folder, sub-folder names, file names) for `top` and every folder below it, top
+    down, as os.walk."""
+    top = os.fspath(top)
+    with _os_errors(top):
+        for folder, subfolders, names in tf.io.gfile.walk(top):
+            yield folder, [d.rstrip("/") for d in subfolders], names
+
+
 def open(path: str | os.PathLike, mode: str = "r"):  # noqa: A001  (the module's open)
     """`tf.io.gfile.GFile(path, mode)`: text in "r"/"w"/"a", bytes in "rb"/"wb"/"ab"."""
     return tf.io.gfile.GFile(os.fspath(path), mode)

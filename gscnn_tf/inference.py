@@ -26,7 +26,7 @@ import os
 
 import numpy as np
 
-from gscnn_tf import viz
+from gscnn_tf import files, viz
 from gscnn_tf.errors import CheckpointError, ConfigError, UsageError
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
@@ -35,12 +35,12 @@ PICTURES = ("labels", "overlay", "edges")
 
 def find_run_config(path: str) -> str | None:
     """The `config.yaml` of the run holding `path` (it, or up to two folders above)."""
-    folder = path if os.path.isdir(path) else os.path.dirname(path)
+    folder = path if files.isdir(path) else files.dirname(path)
     for _ in range(3):
-        candidate = os.path.join(folder, "config.yaml")
-        if os.path.isfile(candidate):
+        candidate = files.join(folder, "config.yaml")
+        if files.isfile(candidate):
             return candidate
-        folder = os.path.dirname(folder)
+        folder = files.dirname(folder)
     return None
 
 
@@ -82,24 +82,26 @@ class Predictor:
         self.config = config
         self.model = self._signature = None
         if checkpoint not in (None, "") and (source.endswith(".keras") or is_preset(source)
-                                             or os.path.isfile(os.path.join(source,
-                                                                            "saved_model.pb"))):
+                                             or files.isfile(files.join(source,
+                                                                        "saved_model.pb"))):
             raise UsageError(f"--checkpoint {checkpoint}: {source} is a single model, not a run "
                              "directory or checkpoint folder to choose from")
         if source.endswith(".keras"):
-            if not os.path.isfile(source):
+            if not files.isfile(source):
                 raise FileNotFoundError(f"model file not found: {source}")
             import zipfile
 
             import keras
 
-            if not zipfile.is_zipfile(source):  # Keras would call it "File not found"
+            with files.open(source, "rb") as f:
+                is_zip = zipfile.is_zipfile(f)
+            if not is_zip:  # Keras would call it "File not found"
                 raise CheckpointError(f"{source}: not a readable .keras file (expected the zip "
                                       "archive model.save writes; it may be truncated)")
             self.model = keras.saving.load_model(source, compile=False)
         elif is_preset(source):
             self.model = load_preset(source)
-        elif os.path.isfile(os.path.join(source, "saved_model.pb")):
+        elif files.isfile(files.join(source, "saved_model.pb")):
             loaded = tf.saved_model.load(source)
             if "serving_default" not in loaded.signatures:
                 raise ValueError(f"SavedModel {source}: no 'serving_default' signature")
@@ -237,7 +239,7 @@ class Predictor:
         name = name or os.path.splitext(os.path.basename(path))[0]
         written = []
         for kind, picture in self.pictures(viz.read_rgb(path), **kwargs).items():
-            target = os.path.join(output_dir, f"{name}_{kind}.png")
+            target = files.join(output_dir, f"{name}_{kind}.png")
             viz.write_png(target, picture)
             written.append(target)
         return written
@@ -245,8 +247,8 @@ class Predictor:
     def predict_folder(self, folder: str, output_dir: str, progress: bool = True,
                        **kwargs) -> list[str]:
         """Every image under `folder` (recursively); the output keeps the sub-folders."""
-        paths = sorted(os.path.join(root, f) for root, _, files in os.walk(folder)
-                       for f in files if f.lower().endswith(IMAGE_EXTENSIONS))
+        paths = sorted(files.join(root, f) for root, _, names in files.walk(folder)
+                       for f in names if f.lower().endswith(IMAGE_EXTENSIONS))
         if not paths:
             raise FileNotFoundError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) under {folder}")
         bar = None
@@ -256,9 +258,9 @@ class Predictor:
             bar = keras.utils.Progbar(len(paths), unit_name="image")
         written = []
         for i, path in enumerate(paths):
-            relative = os.path.splitext(os.path.relpath(path, folder))[0]
-            written += self.predict_file(path, os.path.join(output_dir,
-                                                            os.path.dirname(relative)),
+            relative = os.path.splitext(path[len(folder.rstrip("/" + os.sep)) + 1:])[0]
+            written += self.predict_file(path, files.join(output_dir,
+                                                          os.path.dirname(relative)),
                                          os.path.basename(relative), **kwargs)
             if bar is not None:
                 bar.update(i + 1)

@@ -31,6 +31,9 @@ def test_helpers(folder, rng):
     files.makedirs(files.join(folder, "a", "sub"))
     assert files.listdir(files.join(folder, "a")) == ["b.txt", "sub"]
     assert files.glob(files.join(folder, "a", "*.txt")) == [target]
+    files.atomic_write_text(files.join(folder, "a", "sub", "c.txt"), "c")
+    assert sorted(files.join(root, n) for root, _, names in files.walk(files.join(folder, "a"))
+                  for n in names) == [target, files.join(folder, "a", "sub", "c.txt")]
     image = rng.integers(0, 256, (5, 7, 3), dtype=np.uint8)
     files.imwrite(files.join(folder, "p.png"), image)
     np.testing.assert_array_equal(files.imread(files.join(folder, "p.png")), image)
