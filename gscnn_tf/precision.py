@@ -6,7 +6,7 @@ Keras model. The bfloat16 model is the same network rebuilt under Keras' `mixed_
 policy with the same weights: variables stay float32, convolutions, batch norm and
 activations compute in bfloat16, and the layers the builder pins to float32 stay there (Canny
 and its input, exact integer arithmetic; the output logits). Latency and label agreement
-against float32: benchmarks/README.md#bfloat16.
+against float32: benchmarks/README.md#bfloat16-inference.
 """
 
 from __future__ import annotations
