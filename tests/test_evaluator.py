@@ -14,6 +14,7 @@ from gscnn_tf.config import Config
 from gscnn_tf.data.cityscapes import CLASSES
 from gscnn_tf.evaluation import evaluator as ev
 from gscnn_tf.evaluation.report import crop_factor_plot
+from conftest import tiny_model_config
 
 
 def test_window_starts_cover_the_image():
@@ -37,8 +38,7 @@ def test_sliding_window_stitches_exactly(rng):
 
 def test_sliding_window_equals_full_image_with_model(rng):
     config = Config()
-    config.model.aspp_channels = config.model.decoder_channels = 16
-    config.model.skip_channels = config.model.backbone.base_width = 8
+    config.model = tiny_model_config()
     model = gscnn_tf.build_model(config.model, 4)
     forward = lambda x: model(x.astype(np.float32), training=False)["seg_logits"].numpy()  # noqa
     image = rng.uniform(0, 255, (48, 64, 3)).astype(np.float32)
@@ -103,8 +103,7 @@ def cityscapes_model(tmp_path_factory):
     fake_cityscapes(str(root / "data"), np.random.default_rng(1))
     config = Config()
     config.data.dataset, config.data.root = "cityscapes", str(root / "data")
-    config.model.aspp_channels = config.model.decoder_channels = 16
-    config.model.skip_channels = config.model.backbone.base_width = 8
+    config.model = tiny_model_config()
     config.eval.reference_height = 64  # crop factors 4 / 8 remove 2 / 4 px of 32 rows
     config.eval.crop_factors = [0, 4, 8]
     model = gscnn_tf.build_model(config.model, len(CLASSES))

@@ -14,7 +14,7 @@ import pytest
 import tensorflow as tf
 
 from gscnn_tf import cli, export, save_config
-from test_export_support import keras_outputs, setup  # noqa: F401 (fixture)
+from export_support import keras_outputs, setup  # noqa: F401 (fixture)
 
 
 @pytest.fixture(scope="module")

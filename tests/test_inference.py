@@ -1,6 +1,7 @@
 """Predictor against the model's direct output (.keras and run checkpoint), folder mode files,
 the predict CLI and the pictures of gscnn_tf.viz."""
 
+import copy
 import os
 
 import cv2
@@ -8,34 +9,19 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-import gscnn_tf
 from gscnn_tf import viz
-from gscnn_tf.config import Config, save_config
-from gscnn_tf.data.pipeline import dataset_info
+from gscnn_tf.config import save_config
 from gscnn_tf.inference import Predictor
 
 
-def tiny_config():
-    config = Config()
-    config.model.aspp_channels = 16
-    config.model.decoder_channels = 16
-    config.model.skip_channels = 8
-    config.model.backbone.base_width = 8
-    return config
-
-
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    """A tiny model saved three ways: .keras, a run directory checkpoint, and its config."""
+def trained(tiny_run, tmp_path_factory):
+    """The session's trained tiny model saved three ways: .keras, a run directory checkpoint,
+    and its config."""
     root = tmp_path_factory.mktemp("model")
-    config = tiny_config()
+    config, model, _ = tiny_run
+    config = copy.deepcopy(config)
     config.train.run_dir = str(root / "run")
-    num_classes = dataset_info(config).num_classes
-    model = gscnn_tf.build_model(config.model, num_classes)
-    # non-trivial edge and class outputs: perturb the final layers
-    for layer in model.layers:
-        if layer.name in ("decoder_classifier", "fusion_conv"):
-            layer.set_weights([w + 0.3 for w in layer.get_weights()])
     model.save(str(root / "model.keras"))
     save_config(config, os.path.join(config.train.run_dir, "config.yaml"))
     tf.train.Checkpoint(model=model).save(os.path.join(config.train.run_dir, "checkpoints",

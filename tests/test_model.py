@@ -6,17 +6,9 @@ import pytest
 import tensorflow as tf
 
 import gscnn_tf
-from gscnn_tf.config import ModelConfig
 from gscnn_tf.models.gscnn import gate_model
 from gscnn_tf.models.summary import parameter_breakdown
-
-
-def tiny_config(**overrides):
-    config = ModelConfig(aspp_channels=16, decoder_channels=16, skip_channels=8)
-    config.backbone.base_width = 8
-    for key, value in overrides.items():
-        setattr(config, key, value)
-    return config
+from conftest import tiny_model_config
 
 
 def images(rng, batch, h, w):
@@ -25,7 +17,7 @@ def images(rng, batch, h, w):
 
 @pytest.mark.parametrize("batch,h,w,stride", [(1, 97, 131, 1), (2, 64, 48, 2), (1, 33, 65, 4)])
 def test_output_shapes_and_dtypes(rng, batch, h, w, stride):
-    model = gscnn_tf.build_model(tiny_config(shape_stream_stride=stride), num_classes=5)
+    model = gscnn_tf.build_model(tiny_model_config(shape_stream_stride=stride), num_classes=5)
     out = model(images(rng, batch, h, w), training=False)
     assert set(out) == {"seg_logits", "edge_logits"}
     assert out["seg_logits"].shape == (batch, h, w, 5)
@@ -39,7 +31,7 @@ def test_output_shapes_and_dtypes(rng, batch, h, w, stride):
 
 
 def test_every_variable_gets_a_gradient(rng):
-    model = gscnn_tf.build_model(tiny_config(), num_classes=4)
+    model = gscnn_tf.build_model(tiny_model_config(), num_classes=4)
     x = images(rng, 2, 48, 40)
     labels = rng.integers(0, 4, (2, 48, 40))
     edges = rng.integers(0, 2, (2, 48, 40, 1)).astype("float32")
@@ -57,8 +49,8 @@ def test_every_variable_gets_a_gradient(rng):
 
 
 def test_baseline_has_no_shape_stream_weights(rng):
-    gscnn = gscnn_tf.build_model(tiny_config(), num_classes=4)
-    baseline = gscnn_tf.build_model(tiny_config(shape_stream=False), num_classes=4)
+    gscnn = gscnn_tf.build_model(tiny_model_config(), num_classes=4)
+    baseline = gscnn_tf.build_model(tiny_model_config(shape_stream=False), num_classes=4)
     names = [layer.name for layer in baseline.layers]
     assert not any(n.startswith(("shape_", "gate", "fusion_", "aspp_edge")) for n in names)
     parts_g, parts_b = parameter_breakdown(gscnn), parameter_breakdown(baseline)
@@ -77,7 +69,7 @@ def test_shape_stream_width_matches_the_reference_design():
     # 64-wide basic block, then 32/16/8 with three gates: about 0.108 M parameters at a
     # 64-channel stem (docs/method.md#shape-stream), independent of the backbone except for
     # the dsn convs.
-    config = tiny_config()
+    config = tiny_model_config()
     config.backbone.base_width = 64
     parts = parameter_breakdown(gscnn_tf.build_model(config, num_classes=3))
     assert 0.095e6 < parts["shape_stream"] < 0.12e6
@@ -85,7 +77,7 @@ def test_shape_stream_width_matches_the_reference_design():
 
 @pytest.mark.parametrize("gate", ["reference", "paper"])
 def test_keras_round_trip(rng, tmp_path, gate):
-    model = gscnn_tf.build_model(tiny_config(gate=gate), num_classes=3)
+    model = gscnn_tf.build_model(tiny_model_config(gate=gate), num_classes=3)
     x = images(rng, 1, 45, 37)
     expected = model(x, training=False)
     clone = gscnn_tf.GSCNN.from_config(model.get_config())
@@ -101,23 +93,23 @@ def test_keras_round_trip(rng, tmp_path, gate):
 
 def test_image_gradients_none_and_canny_differ(rng):
     x = images(rng, 1, 40, 40)
-    with_canny = gscnn_tf.build_model(tiny_config(), 3)
-    without = gscnn_tf.build_model(tiny_config(image_gradients="none"), 3)
+    with_canny = gscnn_tf.build_model(tiny_model_config(), 3)
+    without = gscnn_tf.build_model(tiny_model_config(image_gradients="none"), 3)
     without.set_weights(with_canny.get_weights())
     a = with_canny(x)["seg_logits"].numpy()
     b = without(x)["seg_logits"].numpy()
     assert not np.allclose(a, b)
-    pooled = gscnn_tf.build_model(tiny_config(canny_step_form="pool"), 3)
+    pooled = gscnn_tf.build_model(tiny_model_config(canny_step_form="pool"), 3)
     pooled.set_weights(with_canny.get_weights())
     np.testing.assert_allclose(pooled(x)["seg_logits"].numpy(), a, atol=1e-6)
     with pytest.raises(ValueError, match="image_gradients"):
-        gscnn_tf.build_model(tiny_config(image_gradients="sobel"), 3)
+        gscnn_tf.build_model(tiny_model_config(image_gradients="sobel"), 3)
 
 
 def test_mixed_precision_outputs_float32(rng):
     keras.mixed_precision.set_global_policy("mixed_float16")
     try:
-        model = gscnn_tf.build_model(tiny_config(), num_classes=3)
+        model = gscnn_tf.build_model(tiny_model_config(), num_classes=3)
         out = model(images(rng, 1, 33, 47), training=False)
     finally:
         keras.mixed_precision.set_global_policy("float32")
@@ -129,11 +121,11 @@ def test_mixed_precision_outputs_float32(rng):
 
 def test_bad_config_errors():
     with pytest.raises(ValueError, match="shape_stream_stride"):
-        gscnn_tf.build_model(tiny_config(shape_stream_stride=3), 3)
+        gscnn_tf.build_model(tiny_model_config(shape_stream_stride=3), 3)
     with pytest.raises(ValueError, match="model.gate"):
-        gscnn_tf.build_model(tiny_config(gate="other"), 3)
+        gscnn_tf.build_model(tiny_model_config(gate="other"), 3)
     with pytest.raises(ValueError, match="num_classes"):
-        gscnn_tf.build_model(tiny_config(), 0)
+        gscnn_tf.build_model(tiny_model_config(), 0)
 
 
 def test_flop_count_matches_an_analytic_conv(rng):
@@ -153,9 +145,9 @@ def test_layer_name_contract_finds_each_part(rng):
     from gscnn_tf.models.layers import Normalize
     from gscnn_tf.models.shape_stream import shape_stream
 
-    config = tiny_config()
+    config = tiny_model_config()
     gscnn = gscnn_tf.build_model(config, num_classes=4)
-    baseline = gscnn_tf.build_model(tiny_config(shape_stream=False), num_classes=4)
+    baseline = gscnn_tf.build_model(tiny_model_config(shape_stream=False), num_classes=4)
     # The backbone and the shape stream built on their own are independent references for
     # the parameter counts the prefixes assign.
     image = keras.Input((None, None, 3))

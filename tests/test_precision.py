@@ -12,20 +12,15 @@ import pytest
 import tensorflow as tf
 
 import gscnn_tf
-from gscnn_tf.config import Config
+from conftest import tiny_model_config
 from gscnn_tf.errors import UsageError
 from gscnn_tf.precision import with_precision
 
 
 @pytest.fixture(scope="module")
 def model():
-    config = Config()
-    config.model.aspp_channels = 16
-    config.model.decoder_channels = 16
-    config.model.skip_channels = 8
-    config.model.backbone.base_width = 8
     tf.keras.utils.set_random_seed(3)
-    built = gscnn_tf.build_model(config.model, 5)
+    built = gscnn_tf.build_model(tiny_model_config(), 5)
     # class logits far from ties, so the labels say something (random weights give ~0)
     classifier = built.get_layer("decoder_classifier")
     classifier.set_weights([w * 8.0 for w in classifier.get_weights()])

@@ -26,7 +26,7 @@ from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 from tensorflow_serving.config import model_server_config_pb2
 
 from gscnn_tf import export
-from test_export_support import heldout, keras_outputs, trained
+from export_support import heldout, keras_outputs
 
 SERVING = os.path.join(os.path.dirname(__file__), "..", "export", "serving")
 
@@ -135,8 +135,8 @@ def _rest_handler(backend):
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory):
-    config, model, _ = trained(str(tmp_path_factory.getbasetemp() / "export_data"))
+def setup(tiny_run, tmp_path_factory):
+    config, model, _ = tiny_run
     path = export.export_saved_model(model, str(tmp_path_factory.mktemp("serving")), "gscnn",
                                      5, export.class_metadata(config, 10))
     images = heldout(config)

@@ -14,7 +14,7 @@ import tensorflow as tf
 import gscnn_tf
 from gscnn_tf import cli, export, save_config, tflite_audit, tflite_gpu
 from gscnn_tf.config import load_config
-from test_export_support import SIZE, setup  # noqa: F401 (fixture)
+from export_support import SIZE, setup  # noqa: F401 (fixture)
 
 STEPS = 64  # export.tflite_canny_max_steps, the default
 

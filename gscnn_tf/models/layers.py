@@ -47,6 +47,9 @@ class Normalize(layers.Layer):
             return tf.concat([b, g, r], axis=-1) - tf.cast(_CAFFE_MEAN_BGR, x.dtype)
         return x / 127.5 - 1.0
 
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
     def get_config(self):
         return {**super().get_config(), "mode": self.mode}
 
