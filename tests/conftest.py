@@ -37,6 +37,8 @@ def rng():
 # The tiny model every model-level test builds, and one trained tiny run for the session.
 
 TINY_SIZE = 64
+TINY_BASE_WIDTH = 8
+TINY_HEAD = {"aspp_channels": 16, "decoder_channels": 16, "skip_channels": 8}
 
 
 def tiny_model_config(**overrides):
@@ -44,11 +46,23 @@ def tiny_model_config(**overrides):
     decoder, 8-channel skip); `overrides` set more of its fields."""
     from gscnn_tf.config import ModelConfig
 
-    config = ModelConfig(aspp_channels=16, decoder_channels=16, skip_channels=8)
-    config.backbone.base_width = 8
+    config = ModelConfig(**TINY_HEAD)
+    config.backbone.base_width = TINY_BASE_WIDTH
     for key, value in overrides.items():
         setattr(config, key, value)
     return config
+
+
+def tiny_model_kwargs(**backbone):
+    """The same tiny model as `GSCNN(num_classes, **kwargs)` arguments; `backbone` adds
+    backbone fields (e.g. dropout=False)."""
+    return {"backbone": {"base_width": TINY_BASE_WIDTH, **backbone}, **TINY_HEAD}
+
+
+def tiny_model_overrides(*more):
+    """The same tiny model as `--set` overrides, then `more` of them."""
+    return (f"model.backbone.base_width={TINY_BASE_WIDTH}",
+            *(f"model.{key}={value}" for key, value in TINY_HEAD.items()), *more)
 
 
 def tiny_run_config(root):

@@ -18,12 +18,10 @@ from gscnn_tf.cli import main
 from gscnn_tf.models import presets
 from gscnn_tf.training.trainer import Trainer
 from training_support import tiny_config
+from conftest import tiny_model_kwargs, tiny_model_overrides
 
-TINY = {"backbone": {"base_width": 8, "dropout": False}, "aspp_channels": 16,
-        "decoder_channels": 16, "skip_channels": 8}
-TINY_OVERRIDES = ("model.backbone.base_width=8", "model.backbone.dropout=false",
-                  "model.aspp_channels=16", "model.decoder_channels=16",
-                  "model.skip_channels=8")
+TINY = tiny_model_kwargs(dropout=False)
+TINY_OVERRIDES = tiny_model_overrides("model.backbone.dropout=false")
 CLASSES = ["road", "tree", "sky"]
 PALETTE = [[128, 64, 128], [107, 142, 35], [70, 130, 180]]
 

@@ -16,9 +16,9 @@ from gscnn_tf.losses import GSCNNLoss
 from gscnn_tf.training.optimizers import build_optimizer, learning_rate_schedule
 from gscnn_tf.training.step import make_train_step
 from training_support import mirrored_strategy, tiny_config
+from conftest import tiny_model_overrides
 
-TINY_MODEL = ("model.backbone.base_width=8", "model.backbone.dropout=false",
-              "model.aspp_channels=16", "model.decoder_channels=16", "model.skip_channels=8")
+TINY_MODEL = tiny_model_overrides("model.backbone.dropout=false")
 
 
 @pytest.fixture(scope="module")

@@ -15,6 +15,7 @@ from gscnn_tf.losses import GSCNNLoss
 from gscnn_tf.training.checkpoints import RunCheckpoints
 from gscnn_tf.training.trainer import NonFiniteLossError, Trainer
 from training_support import mirrored_strategy, tiny_config, toy_model
+from conftest import tiny_model_overrides
 
 
 @pytest.fixture(scope="module")
@@ -239,8 +240,7 @@ def test_cli_trains_resumes_and_reports(data_root, tmp_path, monkeypatch, capsys
 def test_real_model_trains_with_image_summaries(data_root, tmp_path, mirrored):
     pytest.importorskip("gscnn_tf.models.gscnn")
     config = tiny_config(data_root, tmp_path / "run", "train.steps=2", "train.image_every=2",
-                         "model.backbone.base_width=8", "model.aspp_channels=16",
-                         "model.decoder_channels=16", "model.skip_channels=8")
+                         *tiny_model_overrides())
     trainer = Trainer(config, strategy=mirrored)
     result = trainer.train()
     assert result["step"] == 2 and np.isfinite(result["train"]["total"])
