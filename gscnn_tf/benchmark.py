@@ -204,11 +204,10 @@ def markdown_table(headers: list[str], rows: list[list]) -> str:
 def write_results(out_dir: str, name: str, record: dict, markdown: str) -> tuple[str, str]:
     """Writes `<out_dir>/<name>.json` and `<name>.md` (each via a temporary file and a
     rename: a failed run leaves the previous results whole). Returns both paths."""
-    os.makedirs(out_dir, exist_ok=True)
-    paths = (os.path.join(out_dir, f"{name}.json"), os.path.join(out_dir, f"{name}.md"))
+    from gscnn_tf import files
+
+    paths = (files.join(out_dir, f"{name}.json"), files.join(out_dir, f"{name}.md"))
     for path, text in zip(paths, (json.dumps(record, indent=2) + "\n",
                                   markdown.rstrip() + "\n")):
-        with open(path + ".tmp", "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(path + ".tmp", path)
+        files.atomic_write_text(path, text)
     return paths

@@ -459,7 +459,7 @@ def export_tflite(model, config, path: str, height: int, width: int, quantize: s
     """
     import tensorflow as tf
 
-    if os.path.exists(path) and not overwrite:
+    if files.exists(path) and not overwrite:
         raise ExportError(f"{path} exists; pass --overwrite to replace it")
     export = config.export
     max_steps = export.tflite_canny_max_steps if max_steps is None else max_steps

@@ -27,6 +27,7 @@ import time
 
 import numpy as np
 
+from gscnn_tf import files
 from gscnn_tf.config import BackboneConfig, ModelConfig
 from gscnn_tf.errors import ReferenceImportError
 
@@ -205,23 +206,23 @@ def load_reference_weights(model, state: dict) -> list:
 def _check_out(out: str, overwrite: bool) -> None:
     if not out.endswith(".keras"):
         raise ReferenceImportError(f"--out '{out}': expected a path ending in .keras")
-    if os.path.exists(out) and not overwrite:
+    if files.exists(out) and not overwrite:
         raise ReferenceImportError(f"{out} exists; pass --overwrite to replace it")
 
 
 def save_atomic(model, out: str, overwrite: bool = False) -> None:
     """`model.save(out)` through a temporary file beside `out`, then a rename."""
     _check_out(out, overwrite)
-    folder = os.path.dirname(os.path.abspath(out))
-    os.makedirs(folder, exist_ok=True)
-    tmp = os.path.join(folder, f".{os.path.basename(out)}.tmp-{os.getpid()}.keras")
+    folder = os.path.dirname(os.path.abspath(out)) if files.is_local(out) else files.dirname(out)
+    files.makedirs(folder)
+    tmp = files.join(folder, f".{os.path.basename(out)}.tmp-{os.getpid()}.keras")
     try:
         model.save(tmp)
         _check_out(out, overwrite)
-        os.replace(tmp, out)
+        files.rename(tmp, out, overwrite=True)
     finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+        if files.exists(tmp):
+            files.remove(tmp)
 
 
 def default_preset_dir(out: str) -> str:
@@ -230,7 +231,7 @@ def default_preset_dir(out: str) -> str:
 
 
 def _check_preset(preset: str, overwrite: bool) -> None:
-    if os.path.exists(preset) and not overwrite:
+    if files.exists(preset) and not overwrite:
         raise ReferenceImportError(f"preset folder {preset} exists; pass --overwrite to "
                                    "replace it (or --preset to write another)")
 

@@ -16,7 +16,6 @@ The file is read with the flatbuffer schema TensorFlow ships
 from __future__ import annotations
 
 import dataclasses
-import os
 
 import numpy as np
 
@@ -415,7 +414,8 @@ def audit_file(path: str) -> AuditReport:
     """`audit` of a .tflite file."""
     from gscnn_tf.export import ExportError
 
-    if not os.path.isfile(path):
+    from gscnn_tf import files
+
+    if not files.isfile(path):
         raise ExportError(f"{path}: no such TFLite file")
-    with open(path, "rb") as f:
-        return audit(f.read(), path)
+    return audit(files.read_bytes(path), path)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+from gscnn_tf import files
 from gscnn_tf.benchmark import machine_info, peak_rss_mb, time_call
 from gscnn_tf.cli.arguments import add_config_arguments, parse_size
 
@@ -47,6 +48,5 @@ def run(args) -> int:
     print(f"  {m['cpu']}, {m['cores']} cores, {m['gpus']} GPU, TensorFlow {m['tensorflow']}, "
           f"Keras {m['keras']}")
     if args.json:
-        with open(args.json, "w", encoding="utf-8") as f:
-            json.dump(record, f, indent=2)
+        files.atomic_write_text(args.json, json.dumps(record, indent=2))
     return 0

@@ -4,8 +4,8 @@
 from __future__ import annotations
 
 import argparse
-import os
 
+from gscnn_tf import files
 from gscnn_tf.cli.arguments import add_checkpoint_argument, add_config_arguments
 from gscnn_tf.inference import Predictor
 from gscnn_tf.precision import add_precision_argument, apply_precision
@@ -29,9 +29,9 @@ def run(args) -> int:
     predictor = apply_precision(Predictor(args.model, args.config, args.set, args.checkpoint),
                                 args.precision)
     options = {"gates": args.gates, "label_ids": args.label_ids, "alpha": args.alpha}
-    if os.path.isdir(args.inputs):
+    if files.isdir(args.inputs):
         written = predictor.predict_folder(args.inputs, args.output, **options)
-    elif os.path.isfile(args.inputs):
+    elif files.isfile(args.inputs):
         written = predictor.predict_file(args.inputs, args.output, **options)
     else:
         raise FileNotFoundError(f"input not found: {args.inputs}")

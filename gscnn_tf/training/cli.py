@@ -11,8 +11,7 @@ A SIGTERM saves a checkpoint at the step reached and ends with exit code 143
 
 from __future__ import annotations
 
-import os
-
+from gscnn_tf import files
 from gscnn_tf.cli.arguments import add_config_arguments
 from gscnn_tf.config import load_config
 
@@ -57,7 +56,7 @@ def _choose_run_dir(config, args) -> None:
 
 
 def run(args) -> int:
-    path = args.config or (DEFAULT_CONFIG if os.path.isfile(DEFAULT_CONFIG) else None)
+    path = args.config or (DEFAULT_CONFIG if files.isfile(DEFAULT_CONFIG) else None)
     overrides = list(args.set)
     if args.strategy:
         overrides.append(f"train.strategy={args.strategy}")
