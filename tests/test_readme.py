@@ -124,8 +124,9 @@ def _workdir(tmp_path) -> str:
 
 
 def _user_files(work: str) -> None:
-    """street.png and images/ as a user would bring them: synthetic validation images."""
-    images = sorted(glob.glob(os.path.join(work, "data", "synthetic", "val", "images", "*")))
+    """street.png and images/ as a user would bring them: synthetic validation images, made
+    as soon as the main job has generated the dataset."""
+    images = sorted(glob.glob(os.path.join(work, "data", "synthetic", "images", "val", "*")))
     if not images or os.path.exists(os.path.join(work, "street.png")):
         return
     shutil.copy(images[0], os.path.join(work, "street.png"))
