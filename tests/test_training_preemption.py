@@ -293,3 +293,32 @@ def test_a_worker_stalled_past_worker_timeout_stops_the_other(base, tmp_path):
     assert elapsed < 30, elapsed
     assert ("did not reach a collective within train.worker_timeout=5 s; restart every "
             "worker with --resume to continue from") in output, output[-3000:]
+
+
+@pytest.mark.parametrize("error, reason", [
+    (tf.errors.UnavailableError(None, None, "Collective ops is aborted by: Error reported "
+                                "from /job:worker/task:1: The following tasks are unhealthy "
+                                "(stopped sending heartbeats):\n/job:worker/replica:0/task:1\n"
+                                "The tasks have crashed."),
+     "worker /job:worker/replica:0/task:1 stopped sending heartbeats (its process died"),
+    (tf.errors.UnavailableError(None, None, "Collective ops is aborted by: Socket closed "
+                                "Additional GRPC error information from remote target "
+                                "/job:worker/replica:0/task:0 while calling /tensorflow."
+                                "WorkerService/RecvBuf"),
+     "worker /job:worker/replica:0/task:0 closed its connection (its process died"),
+    (tf.errors.UnavailableError(None, None, "recvmsg:Connection reset by peer Additional "
+                                "GRPC error information from remote target "
+                                "/job:worker/replica:0/task:0 while calling x"),
+     "worker /job:worker/replica:0/task:0 closed its connection (its process died"),
+    (tf.errors.DeadlineExceededError(None, None, "Collective ops timed out"),
+     "the other workers did not reach a collective within train.worker_timeout=5 s"),
+])
+def test_lost_worker_messages(error, reason):
+    """The messages TensorFlow gave in the SIGKILL / stall runs above, as one line."""
+    from gscnn_tf.training.trainer import _worker_lost_text
+
+    text = _worker_lost_text(7, error, 5, "runs/x/checkpoints/ckpt-6")
+    assert text.startswith(f"multi-worker training stopped at step 7: {reason}")
+    assert "\n" not in text
+    assert text.endswith("restart every worker with --resume to continue from "
+                         "runs/x/checkpoints/ckpt-6")

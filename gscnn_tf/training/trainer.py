@@ -63,9 +63,12 @@ PEER_ERRORS = (tf.errors.UnavailableError, tf.errors.AbortedError,
 def _worker_lost_text(step: int, error, timeout: float, latest: str | None) -> str:
     message = " ".join(str(getattr(error, "message", None) or error).split())
     dead = re.search(r"stopped sending heartbeats\)?:?\s*(/job:[^\s;,]+)", message)
-    closed = re.search(r"(?:Socket closed|Connection refused|failed to connect).*?remote "
-                       r"target (/job:[^\s;,]+)|remote target (/job:[^\s;,]+).*?(?:Socket "
-                       r"closed|Connection refused|failed to connect)", message)
+    # gRPC's words for a peer gone: "Socket closed", "Connection reset by peer",
+    # "Connection refused", "failed to connect", each naming the peer as the remote target.
+    closed = re.search(r"(?:Socket closed|Connection reset|Connection refused|failed to "
+                       r"connect).*?remote target (/job:[^\s;,]+)|remote target "
+                       r"(/job:[^\s;,]+).*?(?:Socket closed|Connection reset|Connection "
+                       r"refused|failed to connect)", message)
     gone = "its process died or its machine is unreachable"
     if dead:
         reason = f"worker {dead[1]} stopped sending heartbeats ({gone})"
