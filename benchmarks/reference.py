@@ -250,7 +250,8 @@ def main(argv=None):
     parser.add_argument("--train-size", type=_size, default=(512, 512))
     parser.add_argument("--parts-size", type=_size, default=(256, 256))
     parser.add_argument("--batch", type=int, default=2)
-    parser.add_argument("--reps", type=int, default=2)
+    parser.add_argument("--reps", type=int, default=2, help="inference rounds")
+    parser.add_argument("--train-reps", type=int, default=1, help="training rounds")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="config override for our training step")
     parser.add_argument("--name", default="reference")
@@ -270,7 +271,7 @@ def main(argv=None):
         record["inference"] = inference(args.size, args.reps)
         write_results(RESULTS, args.name, record, markdown(record))
     if "train" in args.parts:
-        record["train"] = training(args.train_size, args.batch, args.reps, args.set)
+        record["train"] = training(args.train_size, args.batch, args.train_reps, args.set)
         write_results(RESULTS, args.name, record, markdown(record))
     if "memory" in args.parts:
         record["memory"] = memory_parts(args.parts_size, args.batch)
