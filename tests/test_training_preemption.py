@@ -159,6 +159,27 @@ def test_sigterm_saves_then_resume_equals_uninterrupted(base, tmp_path):
                          os.path.join(straight, "checkpoints", f"ckpt-{STEPS}"))
 
 
+@pytest.mark.slow
+def test_sigterm_under_mirrored_strategy(base, tmp_path):
+    """The same with MirroredStrategy over 2 logical CPUs (the handler's local mode):
+    exit 143 at a checkpointed step, then --resume ends where an uninterrupted run ends."""
+    run_dir, straight = str(tmp_path / "run"), str(tmp_path / "straight")
+    proc = _start(base, run_dir, 0.4, "train.cpu_replicas=2")
+    _wait_for(os.path.join(run_dir, "checkpoints", "ckpt-2.index"), proc)
+    proc.send_signal(signal.SIGTERM)
+    (output,) = _finish([proc])
+    assert proc.returncode == PREEMPTED_EXIT_CODE, output[-3000:]
+    step = _preempted_step(output)
+    assert 2 <= step < STEPS
+    procs = [_start(base, run_dir, 0, "train.cpu_replicas=2", resume=True),
+             _start(base, straight, 0, "train.cpu_replicas=2")]
+    outputs = _finish(procs)
+    _assert_exit(procs, outputs, 0)
+    assert f"resuming {run_dir} from step {step}" in outputs[0]
+    _assert_same_weights(os.path.join(run_dir, "checkpoints", f"ckpt-{STEPS}"),
+                         os.path.join(straight, "checkpoints", f"ckpt-{STEPS}"))
+
+
 def _free_ports(n):
     sockets = [socket.socket() for _ in range(n)]
     for s in sockets:
