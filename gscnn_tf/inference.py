@@ -93,8 +93,11 @@ class Predictor:
 
             import keras
 
-            with files.open(source, "rb") as f:
-                is_zip = zipfile.is_zipfile(f)
+            try:
+                with files.open(source, "rb") as f:
+                    is_zip = zipfile.is_zipfile(f)
+            except tf.errors.OpError:   # GFile's seek before the start of a short file
+                is_zip = False
             if not is_zip:  # Keras would call it "File not found"
                 raise CheckpointError(f"{source}: not a readable .keras file (expected the zip "
                                       "archive model.save writes; it may be truncated)")
