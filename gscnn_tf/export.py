@@ -364,8 +364,15 @@ def _has_while(function) -> bool:
     return any(node.op in ("While", "StatelessWhile") for node in nodes)
 
 
-def _interpreter(content: bytes, delegates: bool = True):
-    from ai_edge_litert.interpreter import Interpreter, OpResolverType
+def tflite_interpreter(content: bytes, delegates: bool = True):
+    """A LiteRT interpreter of a TFLite flatbuffer, tensors allocated; `delegates=False`
+    runs the builtin kernels without the default XNNPACK delegate. Needs the `litert`
+    extra; without it, one ExportError saying how to install it."""
+    try:
+        from ai_edge_litert.interpreter import Interpreter, OpResolverType
+    except ImportError as e:
+        raise ExportError("running a TFLite file needs LiteRT: pip install -e \".[litert]\" "
+                          "(ai-edge-litert)") from e
 
     resolver = OpResolverType.AUTO if delegates else \
         OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
@@ -377,7 +384,7 @@ def _interpreter(content: bytes, delegates: bool = True):
 def tflite_op_list(content: bytes) -> list[str]:
     """The ops of a TFLite flatbuffer in graph order (e.g. ["CAST", "CONV_2D", ...]), as the
     file has them (no default XNNPACK delegate folding ops into DELEGATE nodes)."""
-    return [op["op_name"] for op in _interpreter(content, False)._get_ops_details()]
+    return [op["op_name"] for op in tflite_interpreter(content, False)._get_ops_details()]
 
 
 def tflite_ops(content: bytes) -> set[str]:
@@ -387,7 +394,7 @@ def tflite_ops(content: bytes) -> set[str]:
 
 def float_ops(content: bytes) -> list[str]:
     """Names of the ops of a TFLite file that take float32 tensors (sorted, repeated)."""
-    interpreter = _interpreter(content, False)
+    interpreter = tflite_interpreter(content, False)
     dtypes = {t["index"]: t["dtype"] for t in interpreter.get_tensor_details()}
     return sorted(op["op_name"] for op in interpreter._get_ops_details()
                   if any(dtypes[i] == np.float32 for i in op["inputs"] if i >= 0))
@@ -396,7 +403,7 @@ def float_ops(content: bytes) -> list[str]:
 def run_tflite(content: bytes, images: np.ndarray) -> dict:
     """Runs a TFLite export on uint8 `[N, H, W, 3]` images one at a time; returns
     {"labels": int32 [N, H, W], "edge_prob": float32 [N, H, W, 1]} (empty for N = 0)."""
-    runner = _interpreter(content).get_signature_runner("serving_default")
+    runner = tflite_interpreter(content).get_signature_runner("serving_default")
     height, width = (int(v) for v in runner.get_input_details()["images"]["shape"][1:3])
     images = np.asarray(images)
     if images.ndim != 4 or images.shape[1:] != (height, width, 3):

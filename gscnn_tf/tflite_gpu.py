@@ -90,12 +90,9 @@ def run_tflite_gpu(content: bytes, images: np.ndarray, delegates: bool = True) -
     """Runs a GPU-target file on uint8 `[N, H, W, 3]` images one at a time, as an app does
     (cast to float32 before, argmax after); returns {"labels": int32 [N, H, W],
     "probabilities": float32 [N, H, W, C], "edge_prob": float32 [N, H, W, 1]}."""
-    from ai_edge_litert.interpreter import Interpreter, OpResolverType
+    from gscnn_tf.export import tflite_interpreter
 
-    resolver = OpResolverType.AUTO if delegates else \
-        OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
-    interpreter = Interpreter(model_content=content, experimental_op_resolver_type=resolver)
-    runner = interpreter.get_signature_runner("serving_default")
+    runner = tflite_interpreter(content, delegates).get_signature_runner("serving_default")
     outs = [runner(images=np.asarray(image[None], np.float32)) for image in images]
     probabilities = np.concatenate([o["probabilities"] for o in outs])
     return {"labels": np.argmax(probabilities, -1).astype(np.int32),

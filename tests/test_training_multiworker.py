@@ -3,7 +3,6 @@ custom loop and end with identical weights (and the chief's checkpoint holds the
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import textwrap
@@ -11,7 +10,7 @@ import textwrap
 import numpy as np
 
 from gscnn_tf.data.synthetic import ensure_synthetic
-from training_support import tiny_config
+from training_support import free_ports, tiny_config
 
 WORKER = textwrap.dedent("""
     import os, sys
@@ -32,22 +31,12 @@ WORKER = textwrap.dedent("""
 """)
 
 
-def _free_ports(n):
-    sockets = [socket.socket() for _ in range(n)]
-    for s in sockets:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in sockets]
-    for s in sockets:
-        s.close()
-    return ports
-
-
 def test_two_workers_end_with_identical_weights(tmp_path):
     root, run_dir = str(tmp_path / "data"), str(tmp_path / "run")
     ensure_synthetic(tiny_config(root, run_dir))
     script = tmp_path / "worker.py"
     script.write_text(WORKER)
-    workers = [f"127.0.0.1:{p}" for p in _free_ports(2)]
+    workers = [f"127.0.0.1:{p}" for p in free_ports(2)]
     here = os.path.dirname(os.path.abspath(__file__))
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([os.path.dirname(here), here]),
                CUDA_VISIBLE_DEVICES="", TF_CPP_MIN_LOG_LEVEL="2")

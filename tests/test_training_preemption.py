@@ -8,7 +8,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import textwrap
@@ -23,7 +22,7 @@ from gscnn_tf.config import save_config
 from gscnn_tf.data.synthetic import ensure_synthetic
 from gscnn_tf.training.preemption import PREEMPTED_EXIT_CODE
 from gscnn_tf.training.trainer import Trainer
-from training_support import tiny_config, toy_model
+from training_support import free_ports, tiny_config, toy_model
 
 # `gscnn-tf train` with the toy model; argv[1] seconds of sleep after each step (0: none),
 # so that a signal can arrive mid-run on a fast machine; STALL="N:S" sleeps S seconds after
@@ -180,20 +179,10 @@ def test_sigterm_under_mirrored_strategy(base, tmp_path):
                          os.path.join(straight, "checkpoints", f"ckpt-{STEPS}"))
 
 
-def _free_ports(n):
-    sockets = [socket.socket() for _ in range(n)]
-    for s in sockets:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in sockets]
-    for s in sockets:
-        s.close()
-    return ports
-
-
 def _two_workers(base, run_dir, *more, delay=0.0, resume=False, stall=None):
     """Two `gscnn-tf train` workers on loopback ports (TF_CONFIG each); `stall` for
     worker 1 only."""
-    workers = [f"127.0.0.1:{p}" for p in _free_ports(2)]
+    workers = [f"127.0.0.1:{p}" for p in free_ports(2)]
     return [_start(base, run_dir, delay, "train.strategy=multi_worker", *more,
                    tf_config={"cluster": {"worker": workers},
                               "task": {"type": "worker", "index": i}},

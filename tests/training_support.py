@@ -2,6 +2,7 @@
 model with the GSCNN output contract (used until/besides the real small model)."""
 
 import functools
+import socket
 
 import keras
 import tensorflow as tf
@@ -38,3 +39,14 @@ def toy_model(model_config, num_classes):
 def mirrored_strategy():
     """The session's one MirroredStrategy over the 2 logical CPUs (conftest)."""
     return two_cpu_strategy()
+
+
+def free_ports(n):
+    """`n` TCP ports on 127.0.0.1 that were free a moment ago (for loopback workers)."""
+    sockets = [socket.socket() for _ in range(n)]
+    for s in sockets:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports
