@@ -1,7 +1,8 @@
 """Configuration: a tree of dataclasses with defaults, loaded from YAML plus dotted overrides.
 
 YAML files hold only what differs from the defaults below. Unknown keys are errors that name
-the key, the file and the closest valid key; values are checked against the field's type.
+the key, the file and the closest valid key; values are checked against the field's type
+(those rules: `gscnn_tf.config_values`).
 
     config = load_config("configs/cityscapes_resnet50.yaml", ["train.batch_size=8"])
     save_config(config, "runs/x/config.yaml")
@@ -10,15 +11,14 @@ the key, the file and the closest valid key; values are checked against the fiel
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import os
-import typing
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
 import yaml
 
 from gscnn_tf import files
+from gscnn_tf.config_values import apply_values, parse_override
 from gscnn_tf.errors import ConfigError
 
 __all__ = ["Config", "ConfigError", "config_from_dict", "load_config", "save_config"]
@@ -166,11 +166,11 @@ class TrainConfig:
     mixed_precision: bool = False
     xla: bool = False
     clip_norm: float = 0.0
-    checkpoint_every: int = 250
-    keep_checkpoints: int = 3
-    val_every: int = 500
-    log_every: int = 25
-    image_every: int = 250
+    checkpoint_every: int = 250  # steps between checkpoints (and one at the last step)
+    keep_checkpoints: int = 3  # how many of the newest checkpoints stay in checkpoints/
+    val_every: int = 500  # steps between validations (0: only at the last step)
+    log_every: int = 25  # steps between logged scalars (and the last step)
+    image_every: int = 250  # steps between TensorBoard images (0: none)
     seed: int = 0
 
 
@@ -224,86 +224,9 @@ class Config:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
 
-def _type_name(tp: Any) -> str:
-    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
-
-
-def _convert(value: Any, tp: Any, where: str) -> Any:
-    """Checks `value` against the annotation `tp`, converting ints to floats and the like."""
-    origin = typing.get_origin(tp)
-    if origin is typing.Union:
-        args = [a for a in typing.get_args(tp) if a is not type(None)]
-        if value is None:
-            return None
-        return _convert(value, args[0], where)
-    if origin is list:
-        (item_tp,) = typing.get_args(tp)
-        if isinstance(value, tuple):
-            value = list(value)
-        if not isinstance(value, list):
-            raise ConfigError(f"{where}: expected a list of {_type_name(item_tp)}, got {value!r}")
-        return [_convert(v, item_tp, f"{where}[{i}]") for i, v in enumerate(value)]
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-    elif tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-    elif tp is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-    elif tp is str:
-        if isinstance(value, str):
-            return value
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return str(value)
-    raise ConfigError(f"{where}: expected {_type_name(tp)}, got {value!r} ({type(value).__name__})")
-
-
-def _apply(node: Any, values: dict, prefix: str, source: str) -> None:
-    """Recursively sets `values` (a nested dict) on the dataclass `node`."""
-    if not isinstance(values, dict):
-        raise ConfigError(f"{source}: '{prefix or '<root>'}' must be a mapping, got {values!r}")
-    hints = typing.get_type_hints(type(node))
-    names = [f.name for f in dataclasses.fields(node)]
-    for key, value in values.items():
-        dotted = f"{prefix}{key}"
-        if key not in names:
-            close = difflib.get_close_matches(str(key), names, n=1, cutoff=0.0)
-            hint = f"; did you mean '{prefix}{close[0]}'?" if close else ""
-            raise ConfigError(f"{source}: unknown key '{dotted}'{hint} (valid: {', '.join(names)})")
-        current = getattr(node, key)
-        if dataclasses.is_dataclass(current):
-            _apply(current, value, f"{dotted}.", source)
-        else:
-            setattr(node, key, _convert(value, hints[key], f"{source}: '{dotted}'"))
-
-
-def _parse_override(text: str) -> dict:
-    if "=" not in text:
-        raise ConfigError(f"override '{text}': expected the form a.b=value")
-    key, raw = text.split("=", 1)
-    try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
-    except yaml.YAMLError as e:
-        problem = " ".join(str(getattr(e, "problem", None) or e).split())
-        raise ConfigError(f"override '{text}': the value of '{key.strip()}' is not valid YAML "
-                          f"({problem}); expected a YAML value such as 3, 0.5, true, [1, 2] "
-                          f"or a string (quote it when it holds ':', '[' or '#')") from e
-    nested: dict = {}
-    cursor = nested
-    parts = key.strip().split(".")
-    for part in parts[:-1]:
-        cursor = cursor.setdefault(part, {})
-    cursor[parts[-1]] = value
-    return nested
-
-
 def config_from_dict(values: dict, source: str = "<dict>") -> Config:
     config = Config()
-    _apply(config, values or {}, "", source)
+    apply_values(config, values or {}, "", source)
     return config
 
 
@@ -318,9 +241,9 @@ def load_config(path: Optional[str | os.PathLike] = None, overrides=()) -> Confi
             values = yaml.safe_load(files.read_text(path))
         except yaml.YAMLError as e:
             raise ConfigError(f"{path}: not valid YAML: {e}") from e
-        _apply(config, values or {}, "", path)
+        apply_values(config, values or {}, "", path)
     for text in overrides:
-        _apply(config, _parse_override(text), "", f"override '{text}'")
+        apply_values(config, parse_override(text), "", f"override '{text}'")
     return config
 
 
