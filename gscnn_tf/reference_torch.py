@@ -31,6 +31,11 @@ def reference_shapes(num_classes=19):
                                                      "running_var")})
         shapes[f"{key}.num_batches_tracked"] = ()
 
+    def conv_bn(key, index, cout, cin, k):
+        """An nn.Sequential's bias-free conv at `key.index` and its BN at `key.index + 1`."""
+        conv(f"{key}.{index}", cout, cin, k)
+        bn(f"{key}.{index + 1}", cout)
+
     conv("mod1.conv1", 64, 3, 3)
     cin = 64
     for m, blocks, widths, _ in WRN:
@@ -62,19 +67,14 @@ def reference_shapes(num_classes=19):
         bn(f"gate{i}._gate_conv.4", 1)
     conv("fuse", 1, 8, 1)
     conv("cw", 1, 2, 1)
-    conv("aspp.img_conv.0", 256, 4096, 1)
-    bn("aspp.img_conv.1", 256)
-    conv("aspp.edge_conv.0", 256, 1, 1)
-    bn("aspp.edge_conv.1", 256)
+    conv_bn("aspp.img_conv", 0, 256, 4096, 1)
+    conv_bn("aspp.edge_conv", 0, 256, 1, 1)
     for i in range(4):
-        conv(f"aspp.features.{i}.0", 256, 4096, 1 if i == 0 else 3)
-        bn(f"aspp.features.{i}.1", 256)
+        conv_bn(f"aspp.features.{i}", 0, 256, 4096, 1 if i == 0 else 3)
     conv("bot_fine", 48, 128, 1)
     conv("bot_aspp", 256, 1536, 1)
-    conv("final_seg.0", 256, 304, 3)
-    bn("final_seg.1", 256)
-    conv("final_seg.3", 256, 256, 3)
-    bn("final_seg.4", 256)
+    conv_bn("final_seg", 0, 256, 304, 3)
+    conv_bn("final_seg", 3, 256, 256, 3)
     conv("final_seg.6", num_classes, 256, 1)
     return shapes
 
