@@ -76,17 +76,16 @@ class RunCheckpoints:
         is intact."""
         folder = files.join(self.run_dir, "checkpoints")
         candidates = listed_checkpoints(folder)
+
+        def restore(prefix):
+            return self.checkpoint.restore(prefix).assert_existing_objects_matched()
+
         for i, path in enumerate(candidates):
             try:
-                self.checkpoint.restore(path).assert_existing_objects_matched()
-            except MISMATCH_ERRORS as e:
-                raise CheckpointError(_mismatch_text(path, e)) from e
-            except READ_ERRORS as e:
-                bad = damaged_files(path)
-                if not bad:
-                    raise
-                print(f"WARNING: checkpoint {path} is damaged: {_damage_text(bad, e)}; "
-                      "trying the one before it", file=sys.stderr, flush=True)
+                _restore(path, restore)
+            except _DamagedCheckpoint as e:
+                print(f"WARNING: checkpoint {path} is damaged: {e}; trying the one before it",
+                      file=sys.stderr, flush=True)
                 continue
             step = int(self.checkpoint.step.numpy())
             if i:
@@ -191,6 +190,25 @@ def damaged_files(prefix: str) -> list[str]:
     return []
 
 
+class _DamagedCheckpoint(Exception):
+    """A checkpoint with files that cannot be read; the message names them and the reason."""
+
+
+def _restore(prefix: str, restore):
+    """Returns `restore(prefix)`. A checkpoint that does not fit the model is a
+    CheckpointError; one whose files are damaged raises `_DamagedCheckpoint` (caused by the
+    read error); a read error that `damaged_files` cannot pin on a file propagates."""
+    try:
+        return restore(prefix)
+    except MISMATCH_ERRORS as e:
+        raise CheckpointError(_mismatch_text(prefix, e)) from e
+    except READ_ERRORS as e:
+        bad = damaged_files(prefix)
+        if not bad:
+            raise
+        raise _DamagedCheckpoint(_damage_text(bad, e)) from e
+
+
 def _damage_text(bad: list[str], error: BaseException) -> str:
     reason = " ".join(str(getattr(error, "message", None) or error).split())
     reason = re.sub(r"\{\{function_node [^}]*\}\}\s*|\s*\[Op:\w+\]", "", reason)
@@ -252,12 +270,8 @@ def restore_checkpoint(checkpoint: "tf.train.Checkpoint", prefix: str):
     CheckpointError naming its bad files and the intact checkpoints beside it; so is one
     whose shapes do not fit the model."""
     try:
-        return checkpoint.restore(prefix).expect_partial()
-    except MISMATCH_ERRORS as e:
-        raise CheckpointError(_mismatch_text(prefix, e)) from e
-    except READ_ERRORS as e:
-        bad = damaged_files(prefix)
-        if not bad:
-            raise
-        raise CheckpointError(f"checkpoint {prefix} is damaged: {_damage_text(bad, e)}; "
-                              f"{_intact_text(files.dirname(prefix) or '.', prefix)}") from e
+        return _restore(prefix, lambda p: checkpoint.restore(p).expect_partial())
+    except _DamagedCheckpoint as e:
+        raise CheckpointError(f"checkpoint {prefix} is damaged: {e}; "
+                              f"{_intact_text(files.dirname(prefix) or '.', prefix)}"
+                              ) from e.__cause__
