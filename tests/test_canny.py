@@ -225,7 +225,7 @@ def test_mask_form_rounds_floats_half_to_even_without_round():
     whole = rng.integers(-4, 260, (1, 40, 56, 3)).astype(np.float32)
     frac = rng.choice(np.float32([0.0, 0.25, 0.5, 0.75, 0.49999997, 0.50000006]), whole.shape)
     x = tf.constant(whole + frac)
-    from gscnn_tf.ops.canny import _round_and_clip_masks
+    from gscnn_tf.ops.canny_masks import _round_and_clip_masks
 
     np.testing.assert_array_equal(_round_and_clip_masks(x), np.clip(np.rint(whole + frac), 0, 255))
     np.testing.assert_array_equal(canny(x, step_form="mask"), canny(x))

@@ -13,10 +13,8 @@ XLA-compiled function (Sobel by shifted adds, which XLA fuses with the rest; the
 hysteresis loop compiled into one kernel per growth step instead of ~18 TF ops);
 benchmarks/results/canny.md has the per-stage profile.
 
-Step form "mask" (`canny_masks`) is the same computation written for the TFLite GPU delegate:
-every map is a float32 `[B, H, W, 1]` tensor, boolean logic is arithmetic on {0, 1} masks
-(MUL, ADD, SUB, ABS), each comparison feeds exactly one CAST to float32 (the only way the
-delegate takes comparison ops), and there is no SELECT, LOGICAL_*, ROUND or rank-3 tensor.
+Step form "mask" (`gscnn_tf.ops.canny_masks`) is the same computation written for the TFLite
+GPU delegate; the rules all forms share live in `gscnn_tf.ops.canny_rules`.
 """
 
 from __future__ import annotations
@@ -25,35 +23,13 @@ import keras
 import tensorflow as tf
 
 from gscnn_tf.errors import ConfigError
+from gscnn_tf.ops.canny_masks import canny_masks
+from gscnn_tf.ops.canny_rules import (Q15, TG22_Q15, grow, neighbours, rgb_to_gray,
+                                      to_uint8_values)
 from gscnn_tf.ops.filters import sobel
-
-# OpenCV 5 RGB -> gray in Q15: (9798 R + 19235 G + 3735 B + 2^14) >> 15.
-_GRAY_WEIGHTS = (9798.0, 19235.0, 3735.0)
-_Q15 = 32768.0
-_TG22_Q15 = 13573.0  # round(tan(22.5 deg) * 2^15)
 
 STEP_FORMS = ("bool", "pool", "bits", "mask", "fused")
 CHANNEL_MODES = ("gray", "max")
-
-
-def to_uint8_values(image: tf.Tensor) -> tf.Tensor:
-    """uint8 or float `[B, H, W, C]` -> float32 holding integers 0..255. Floats are rounded
-    half to even (OpenCV's `saturate_cast<uchar>`) and clipped to 0..255."""
-    if image.dtype == tf.uint8:
-        return tf.cast(image, tf.float32)
-    if not image.dtype.is_floating:
-        raise ValueError(f"canny image dtype {image.dtype.name}: expected uint8 or float")
-    return tf.clip_by_value(tf.round(tf.cast(image, tf.float32)), 0.0, 255.0)
-
-
-def rgb_to_gray(image: tf.Tensor) -> tf.Tensor:
-    """RGB `[B, H, W, 3]` float32 integer values 0..255 -> `[B, H, W, 1]` gray exactly as
-    OpenCV 5's `COLOR_RGB2GRAY` rounds it (every intermediate is an integer below 2^24, so
-    float32 is exact)."""
-    r, g, b = tf.split(image, 3, axis=-1)
-    wr, wg, wb = _GRAY_WEIGHTS
-    q = wr * r + wg * g + wb * b + _Q15 / 2.0
-    return tf.floor(q / _Q15)
 
 
 def _sobel_shifts(x: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
@@ -97,14 +73,11 @@ def _non_max_suppression(dx: tf.Tensor, dy: tf.Tensor, mag: tf.Tensor) -> tf.Ten
     """Boolean `[B, H, W]`: pixels that are local maxima across the gradient direction,
     with OpenCV's sector tests and comparisons; magnitude is 0 outside the image."""
     p = tf.pad(mag, [[0, 0], [1, 1], [1, 1]])
-    up, down = p[:, :-2, 1:-1], p[:, 2:, 1:-1]
-    left, right = p[:, 1:-1, :-2], p[:, 1:-1, 2:]
-    up_left, up_right = p[:, :-2, :-2], p[:, :-2, 2:]
-    down_left, down_right = p[:, 2:, :-2], p[:, 2:, 2:]
+    up, down, left, right, up_left, up_right, down_left, down_right = neighbours(p)
     ax, ay = tf.abs(dx), tf.abs(dy)
-    tg22x = ax * _TG22_Q15
-    horizontal = ay * _Q15 < tg22x
-    vertical = (ay - 2.0 * ax) * _Q15 > tg22x
+    tg22x = ax * TG22_Q15
+    horizontal = ay * Q15 < tg22x
+    vertical = (ay - 2.0 * ax) * Q15 > tg22x
     same_sign = tf.equal(dx < 0.0, dy < 0.0)
     diag_a = tf.where(same_sign, up_left, up_right)
     diag_b = tf.where(same_sign, down_right, down_left)
@@ -173,22 +146,7 @@ def _hysteresis(strong: tf.Tensor, candidate: tf.Tensor, max_steps: int, step_fo
                 check_every: int) -> tf.Tensor:
     """Grows `strong` 8-connectedly through `candidate` (both boolean `[B, H, W]`)."""
     init, step, to_bool = _hysteresis_step_fn(candidate, step_form)
-    e = init(strong)
-    if max_steps > 0:
-        for _ in range(max_steps):
-            e = step(e)
-        return to_bool(e)
-
-    def body(e, _):
-        prev = e
-        for _ in range(check_every):
-            e = step(e)
-        grew = tf.reduce_any(tf.not_equal(e, prev))
-        return e, grew
-
-    e, _ = tf.while_loop(lambda e, grew: grew, body, (e, tf.constant(True)),
-                         parallel_iterations=1)
-    return to_bool(e)
+    return to_bool(grow(init(strong), step, max_steps, check_every))
 
 
 def canny(image, low: float = 10.0, high: float = 100.0, max_steps: int = 0,
@@ -209,9 +167,9 @@ def canny(image, low: float = 10.0, high: float = 100.0, max_steps: int = 0,
         per uint32 word: fastest in TF without XLA, not for TFLite), "fused" (the whole
         detector with the "bits" step compiled by XLA, `canny_fused`: fastest, 6-10x "bits"
         at 1024x2048; needs a TensorFlow with XLA, so SavedModel export stores "bits"),
-        "pool" (3x3 float max-pool, fastest in TFLite) or "mask" (the whole detector on float masks, `canny_masks`:
-        with max_steps > 0 every op runs in the TFLite GPU delegate). All give identical
-        results.
+        "pool" (3x3 float max-pool, fastest in TFLite) or "mask" (the whole detector on
+        float masks, `canny_masks`: with max_steps > 0 every op runs in the TFLite GPU
+        delegate). All give identical results.
       channels: "gray" = `cv2.Canny` on the grayscale image (OpenCV 5 RGB -> gray rounding,
         C = 3 taken as RGB); "max" = `cv2.Canny` on the C-channel image itself: per pixel the
         channel with the largest magnitude (first channel on ties) supplies dx and dy.
@@ -235,23 +193,24 @@ def canny(image, low: float = 10.0, high: float = 100.0, max_steps: int = 0,
         return canny_masks(image, low, high, int(max_steps), channels, int(check_every))
     if step_form == "fused":
         return canny_fused(image, low, high, int(max_steps), channels, int(check_every))
-    x = to_uint8_values(image)
-    dx, dy, mag = _gradients(x, channels)
-    local_max = _non_max_suppression(dx, dy, mag)
-    candidate = tf.logical_and(local_max, mag > low)
-    strong = tf.logical_and(local_max, mag > high)
-    edges = _hysteresis(strong, candidate, int(max_steps), step_form, int(check_every))
-    return tf.expand_dims(tf.cast(edges, tf.float32), -1)
+    return _canny_ops(image, low, high, int(max_steps), step_form, channels, int(check_every))
 
 
-def _canny_bits(image, low, high, max_steps, channels, check_every, sobel_fn=None):
+def _canny_ops(image, low, high, max_steps, step_form, channels, check_every, sobel_fn=None):
+    """The detector in TF ops with hysteresis step `step_form` ("bool", "bits" or "pool");
+    arguments and result as `canny` (thresholds sorted); `sobel_fn` as `_gradients`."""
     x = to_uint8_values(image)
     dx, dy, mag = _gradients(x, channels, sobel_fn)
     local_max = _non_max_suppression(dx, dy, mag)
     candidate = tf.logical_and(local_max, mag > low)
     strong = tf.logical_and(local_max, mag > high)
-    edges = _hysteresis(strong, candidate, max_steps, "bits", check_every)
+    edges = _hysteresis(strong, candidate, max_steps, step_form, check_every)
     return tf.expand_dims(tf.cast(edges, tf.float32), -1)
+
+
+def _canny_bits(image, low, high, max_steps, channels, check_every, sobel_fn=None):
+    """`_canny_ops` with the "bits" step: what "fused" compiles."""
+    return _canny_ops(image, low, high, max_steps, "bits", channels, check_every, sobel_fn)
 
 
 @tf.function(jit_compile=True, autograph=False)
@@ -272,117 +231,6 @@ def canny_fused(image, low: float = 10.0, high: float = 100.0, max_steps: int = 
     image = tf.stop_gradient(tf.convert_to_tensor(image))
     low, high = sorted((float(low), float(high)))
     return _canny_compiled(image, low, high, int(max_steps), channels, int(check_every))
-
-
-# tan(22.5 deg) in Q15 over 2^15: exact in float32, and `ax * _TG22` is exact for |dx| <= 1020
-# (10 + 14 bits), so `ay < ax * _TG22` decides OpenCV's `ay * 2^15 < ax * 13573` without the
-# 2^25-sized products.
-_TG22 = _TG22_Q15 / _Q15
-
-
-def _mask(condition: tf.Tensor) -> tf.Tensor:
-    """Boolean -> float32 {0, 1}. Every comparison of `canny_masks` goes through here once:
-    the GPU delegate takes a comparison op only when its one consumer is a CAST to float."""
-    return tf.cast(condition, tf.float32)
-
-
-def _round_and_clip_masks(x: tf.Tensor) -> tf.Tensor:
-    """float32 -> integers 0..255 rounded half to even, as `to_uint8_values`, with FLOOR and
-    masks instead of ROUND (no GPU delegate kernel): x - floor(x) is exact, so the halfway
-    test is exact too."""
-    whole = tf.floor(x)
-    frac = x - whole
-    odd = whole - 2.0 * tf.floor(whole * 0.5)
-    rounded = whole + _mask(frac > 0.5) + _mask(tf.equal(frac, 0.5)) * odd
-    return tf.minimum(tf.maximum(rounded, 0.0), 255.0)
-
-
-def _choose(take: tf.Tensor, a: tf.Tensor, b: tf.Tensor) -> tf.Tensor:
-    """`where(take, a, b)` for a {0, 1} float mask: one product is exactly 0, so it is exact."""
-    return take * a + (1.0 - take) * b
-
-
-def _gradients_masks(x: tf.Tensor, channels: str) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
-    """`_gradients` on float masks: (dx, dy, L1 magnitude), each `[B, H, W, 1]` float32."""
-    if channels == "gray":
-        gray = rgb_to_gray(x) if x.shape[-1] == 3 else x
-        dx, dy = sobel(gray, padding="replicate")
-        return dx, dy, tf.abs(dx) + tf.abs(dy)
-    c = x.shape[-1]
-    dxs, dys = (tf.split(d, c, axis=-1) for d in sobel(x, padding="replicate"))
-    dx, dy = dxs[0], dys[0]
-    mag = tf.abs(dx) + tf.abs(dy)
-    for k in range(1, c):
-        mag_k = tf.abs(dxs[k]) + tf.abs(dys[k])
-        take = _mask(mag_k > mag)  # strictly larger: the first channel wins ties
-        dx, dy, mag = _choose(take, dxs[k], dx), _choose(take, dys[k], dy), \
-            _choose(take, mag_k, mag)
-    return dx, dy, mag
-
-
-def _non_max_suppression_masks(dx: tf.Tensor, dy: tf.Tensor, mag: tf.Tensor) -> tf.Tensor:
-    """`_non_max_suppression` on `[B, H, W, 1]` float32 maps -> {0, 1} mask of the same shape."""
-    p = tf.pad(mag, [[0, 0], [1, 1], [1, 1], [0, 0]])
-    up, down = p[:, :-2, 1:-1], p[:, 2:, 1:-1]
-    left, right = p[:, 1:-1, :-2], p[:, 1:-1, 2:]
-    up_left, up_right = p[:, :-2, :-2], p[:, :-2, 2:]
-    down_left, down_right = p[:, 2:, :-2], p[:, 2:, 2:]
-    ax, ay = tf.abs(dx), tf.abs(dy)
-    tg22x = ax * _TG22
-    horizontal = _mask(ay < tg22x)
-    vertical = _mask(ay - 2.0 * ax > tg22x)
-    same_sign = 1.0 - tf.abs(_mask(dx < 0.0) - _mask(dy < 0.0))
-    diag_a = _choose(same_sign, up_left, up_right)
-    diag_b = _choose(same_sign, down_right, down_left)
-    keep_h = _mask(mag > left) * _mask(mag >= right)
-    keep_v = _mask(mag > up) * _mask(mag >= down)
-    keep_d = _mask(mag > diag_a) * _mask(mag > diag_b)
-    return _choose(horizontal, keep_h, _choose(vertical, keep_v, keep_d))
-
-
-def canny_masks(image, low: float = 10.0, high: float = 100.0, max_steps: int = 64,
-                channels: str = "gray", check_every: int = 4) -> tf.Tensor:
-    """`canny(..., step_form="mask")`: the same edges, computed for the TFLite GPU delegate.
-
-    Every intermediate is a float32 `[B, H, W, 1]` (or `[B, H, W, C]`) map; the ops are
-    FLOOR, ABS, ADD, SUB, MUL, MAXIMUM, MINIMUM, PAD, STRIDED_SLICE, SPLIT, DEPTHWISE_CONV_2D,
-    MAX_POOL_2D and comparisons each followed by one CAST to float32. Values are integers
-    below 2^24 throughout, so float32 arithmetic is exact and the result equals the other
-    step forms pixel for pixel (on a GPU this needs float32 precision: fp16 cannot hold the
-    grey-level sums). max_steps > 0 unrolls that many 3x3 max-pool growth steps (no WHILE
-    op); 0 runs them to convergence in a `tf.while_loop` (exact, CPU only).
-
-    Args and result as `canny`: image uint8 or float `[B, H, W, 1 or 3]` 0..255 ->
-    float32 `[B, H, W, 1]` in {0, 1}.
-    """
-    image = tf.convert_to_tensor(image)
-    if image.dtype == tf.uint8:
-        x = tf.cast(image, tf.float32)
-    else:
-        x = _round_and_clip_masks(tf.cast(image, tf.float32))
-    low, high = sorted((float(low), float(high)))
-    dx, dy, mag = _gradients_masks(x, channels)
-    local_max = _non_max_suppression_masks(dx, dy, mag)
-    candidate = local_max * _mask(mag > low)
-    edges = local_max * _mask(mag > high)
-
-    def step(e):
-        return tf.nn.max_pool2d(e, ksize=3, strides=1, padding="SAME") * candidate
-
-    if max_steps > 0:
-        for _ in range(max_steps):
-            edges = step(edges)
-        return edges
-
-    def body(e, _):
-        prev = e
-        for _ in range(check_every):
-            e = step(e)
-        return e, tf.reduce_any(tf.not_equal(e, prev))
-
-    edges, _ = tf.while_loop(lambda e, grew: grew, body, (edges, tf.constant(True)),
-                             parallel_iterations=1)
-    return edges
 
 
 @keras.saving.register_keras_serializable(package="gscnn_tf")
