@@ -3,10 +3,10 @@ backbone, the dual-task loss off, the Canny channel off and the shape stream at 
 each trained with the same budget and seeds on the synthetic dataset and evaluated with the
 same protocol (mIoU, per-class IoU, boundary F per tolerance, crop-factor mIoU).
 
-    python benchmarks/ablation.py                    # every run (resumes), then the table
-    python benchmarks/ablation.py --report-only      # the table from the runs done so far
-    python benchmarks/ablation.py --stride-seeds 3   # 3 seeds of the stride variants too
-    python benchmarks/ablation.py --steps 40 --batch-size 4 \
+    python -m benchmarks.ablation                    # every run (resumes), then the table
+    python -m benchmarks.ablation --report-only      # the table from the runs done so far
+    python -m benchmarks.ablation --stride-seeds 3   # 3 seeds of the stride variants too
+    python -m benchmarks.ablation --steps 40 --batch-size 4 \
         --out benchmarks/results/ablation_steps40      # early training (GSCNN still behind)
 
 The default budget (200 steps of batch 8 per run, 3 seeds of GSCNN, the baseline, no dual
@@ -39,11 +39,11 @@ import math
 import os
 import subprocess
 import sys
-import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import numpy as np
 
-import numpy as np  # noqa: E402
+from gscnn_tf.benchmark import (machine_info, machine_line, markdown_table, time_once,
+                                write_json, write_results)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BASE_CONFIG = os.path.join(ROOT, "configs", "synthetic.yaml")
@@ -104,13 +104,6 @@ def schedule(seeds: int, stride_seeds: int) -> list[tuple[str, int]]:
     order += [(v, seed) for seed in range(1, seeds) for v in MAIN_VARIANTS[2:]]
     order += [(v, seed) for seed in range(1, stride_seeds) for v in STRIDE_VARIANTS]
     return order
-
-
-def _write_json(path: str, value) -> None:
-    tmp = f"{path}.tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(value, f, indent=1, default=lambda v: float(np.asarray(v)))
-    os.replace(tmp, path)
 
 
 def _boundary_stats(predictor, config, limit: int = 20) -> dict:
@@ -180,19 +173,16 @@ def run_one(variant: str, seed: int, budget: list[str], run_dir: str,
 
     config = run_config(variant, seed, budget, run_dir)
     ensure_synthetic(config)
-    start = time.perf_counter()
     trainer = Trainer(config)
     done_before = trainer.checkpoints.restore_latest() or 0
-    summary = trainer.train(resume=True)
-    train_s = time.perf_counter() - start
+    summary, train_s = time_once(lambda: trainer.train(resume=True))
     bn_used = 0
     if bn_batches:
         data = build_dataset(config, config.data.train_split, True, config.train.batch_size)
         bn_used = recompute_batch_norm(trainer.model, data, bn_batches)
     predictor = Predictor.from_model(trainer.model, config)
-    start = time.perf_counter()
-    results = Evaluator(predictor, config).run(config.data.val_split, progress=False)
-    eval_s = time.perf_counter() - start
+    results, eval_s = time_once(lambda: Evaluator(predictor, config).run(
+        config.data.val_split, progress=False))
     result = {"variant": variant, "seed": seed, "overrides": run_overrides(variant, seed,
                                                                           budget, run_dir),
               "steps": summary["step"], "steps_resumed_from": done_before,
@@ -204,7 +194,7 @@ def run_one(variant: str, seed: int, budget: list[str], run_dir: str,
               "final_train_terms": summary["train"], "eval": results}
     if config.model.shape_stream:
         result["shape_stream"] = _boundary_stats(predictor, config)
-    _write_json(os.path.join(run_dir, RESULT), result)
+    write_json(os.path.join(run_dir, RESULT), result, indent=1)
     return result
 
 
@@ -289,77 +279,67 @@ def _keys(table: dict, prefix: str) -> list[str]:
     return list(seen)
 
 
-def _prefix_table(table: dict, variants, prefix: str, header) -> list[str]:
-    """Markdown rows: one column per metric `prefix/<key>` (titled `header(key)`)."""
+def _prefix_row(row: dict, prefix: str, keys, scale: float = 100.0, digits: int = 1) -> list:
+    """The cells of metrics `prefix/<key>` for `keys`, of one variant's row."""
+    return [_cell(row.get(f"{prefix}/{k}"), scale, digits) for k in keys]
+
+
+def _prefix_table(table: dict, variants, prefix: str, header) -> str:
+    """A table with one column per metric `prefix/<key>` (titled `header(key)`)."""
     keys = _keys(table, prefix)
-    lines = ["| variant | " + " | ".join(header(k) for k in keys) + " |",
-             "|---" * (1 + len(keys)) + "|"]
-    return lines + [f"| {v} | " + " | ".join(_cell(table[v].get(f"{prefix}/{k}"))
-                                             for k in keys) + " |" for v in variants]
+    return markdown_table(["variant", *map(header, keys)],
+                          [[v, *_prefix_row(table[v], prefix, keys)] for v in variants])
 
 
 def markdown(table: dict, meta: dict) -> str:
     """ablation.md: the summary, boundary F per tolerance, per-class IoU, crop factors."""
     variants = [v for v in VARIANTS if v in table]
     tols = _keys(table, "boundary_f")
+    f_at = [f"F@{t}px" for t in tols]
     lines = ["# Ablation on the synthetic dataset", "",
              f"Budget per run: {meta['steps']} steps, batch {meta['batch_size']}, "
              f"128 x 128 crops, small backbone, `configs/synthetic.yaml` otherwise; seeds "
              f"{meta['seeds']} (stride variants {meta['stride_seeds']}); evaluated on "
              f"{meta['num_val']} validation images, single scale. Mean ± sample std over "
              "seeds (n in the table), in percent.",
-             f"Tolerances {', '.join(tols)} px and crop margins at `eval.reference_height` 128 (the "
-             "128-row image itself).", "",
-             f"Machine: {meta['machine']['cpu']}, {meta['machine']['cores']} cores, TensorFlow "
-             f"{meta['machine']['tensorflow']}. s/step is each run's wall time per training "
-             "step with whatever else shared the cores then (benchmarks/speed.py times "
-             "steps alone); the other figures do not depend on it.", "",
-             "## Summary", "",
-             "| variant | n | mIoU | thin mIoU (pole, wire) | other mIoU | "
-             + " | ".join(f"F@{t}px" for t in tols) + " | thin F@2px (present) | s/step |",
-             "|---" * (6 + len(tols) + 1) + "|"]
-    for v in variants:
-        row = table[v]
-        lines.append(
-            f"| {v} | {row['miou']['n']} | {_cell(row['miou'])} | {_cell(row['miou_thin'])} "
-            f"| {_cell(row['miou_other'])} | "
-            + " | ".join(_cell(row.get(f"boundary_f/{t}")) for t in tols)
-            + f" | {_cell(row.get('boundary_f_present_thin/2'))} | "
-            f"{_cell(row['seconds_per_step'], 1.0, 2)} |")
-    lines += ["", "Boundary F follows the reference: per class, averaged over all images "
-              "(an image without the class in either map scores 100). Averaged only over "
-              "images where the class occurs:", "",
-              "| variant | " + " | ".join(f"F@{t}px" for t in tols) + " | "
-              + " | ".join(f"thin F@{t}px" for t in tols) + " |",
-              "|---" * (1 + 2 * len(tols)) + "|"]
-    for v in variants:
-        row = table[v]
-        lines.append(f"| {v} | " + " | ".join(_cell(row.get(f"boundary_f_present/{t}"))
-                                              for t in tols) + " | "
-                     + " | ".join(_cell(row.get(f"boundary_f_present_thin/{t}"))
-                                  for t in tols) + " |")
-    lines += ["", "## Per-class IoU", "", *_prefix_table(
-        table, variants, "iou", lambda c: f"**{c}**" if c in THIN_CLASSES else c)]
-    lines += ["", "## Crop-factor mIoU (centre crops; margin in px of the 128-row image)", "",
-              *_prefix_table(table, variants, "crop_factor_miou", lambda f: f"crop {f}")]
+             f"Tolerances {', '.join(tols)} px and crop margins at `eval.reference_height` 128 "
+             "(the 128-row image itself).", "", machine_line(meta["machine"]) + " s/step is each "
+             "run's wall time per training step with whatever else shared the cores then "
+             "(`python -m benchmarks.speed` times steps alone); the other figures do not depend "
+             "on it.", "", "## Summary", "",
+             markdown_table(["variant", "n", "mIoU", "thin mIoU (pole, wire)", "other mIoU",
+                             *f_at, "thin F@2px (present)", "s/step"],
+                            [[v, table[v]["miou"]["n"], _cell(table[v]["miou"]),
+                              _cell(table[v]["miou_thin"]), _cell(table[v]["miou_other"]),
+                              *_prefix_row(table[v], "boundary_f", tols),
+                              _cell(table[v].get("boundary_f_present_thin/2")),
+                              _cell(table[v]["seconds_per_step"], 1.0, 2)] for v in variants]),
+             "", "Boundary F follows the reference: per class, averaged over all images "
+             "(an image without the class in either map scores 100). Averaged only over "
+             "images where the class occurs:", "",
+             markdown_table(["variant", *f_at, *[f"thin {f}" for f in f_at]],
+                            [[v, *_prefix_row(table[v], "boundary_f_present", tols),
+                              *_prefix_row(table[v], "boundary_f_present_thin", tols)]
+                             for v in variants]),
+             "", "## Per-class IoU", "", _prefix_table(
+                 table, variants, "iou", lambda c: f"**{c}**" if c in THIN_CLASSES else c),
+             "", "## Crop-factor mIoU (centre crops; margin in px of the 128-row image)", "",
+             _prefix_table(table, variants, "crop_factor_miou", lambda f: f"crop {f}")]
     stream = [v for v in variants if "edge_prob_on_boundary" in table[v]]
     if stream:
         gates = _keys(table, "gate_mean")
         lines += ["", "## What the shape stream learned", "",
                   "Mean boundary probability on ground-truth boundaries (1 px either side) "
                   "and elsewhere; mean gate activation; last training loss terms.", "",
-                  "| variant | p(edge) on boundary | p(edge) elsewhere | "
-                  + " | ".join(f"{g} mean" for g in gates)
-                  + " | seg loss | edge loss | att loss | dual loss |",
-                  "|---" * (3 + len(gates) + 4) + "|"]
-        for v in stream:
-            row = table[v]
-            lines.append(
-                f"| {v} | {_cell(row['edge_prob_on_boundary'])} | "
-                f"{_cell(row['edge_prob_off_boundary'])} | "
-                + " | ".join(_cell(row.get(f"gate_mean/{g}")) for g in gates) + " | "
-                + " | ".join(_cell(row.get(f"final_loss/{k}"), 1.0, 3)
-                             for k in ("seg", "edge", "att", "dual")) + " |")
+                  markdown_table(["variant", "p(edge) on boundary", "p(edge) elsewhere",
+                                  *[f"{g} mean" for g in gates], "seg loss", "edge loss",
+                                  "att loss", "dual loss"],
+                                 [[v, _cell(table[v]["edge_prob_on_boundary"]),
+                                   _cell(table[v]["edge_prob_off_boundary"]),
+                                   *_prefix_row(table[v], "gate_mean", gates),
+                                   *_prefix_row(table[v], "final_loss",
+                                                ("seg", "edge", "att", "dual"), 1.0, 3)]
+                                  for v in stream])]
     lines += ["", "Variants: " + "; ".join(f"`{v}` {VARIANTS[v][0]} "
                                             f"({', '.join(VARIANTS[v][1]) or 'defaults'})"
                                             for v in variants) + ".", ""]
@@ -401,15 +381,12 @@ def write_report(runs_root: str, results_dir: str, meta: dict) -> dict:
     """Aggregates the finished runs into ablation.json / .md / .png; returns the table."""
     results = load_results(runs_root)
     table = aggregate(results)
-    os.makedirs(results_dir, exist_ok=True)
-    _write_json(os.path.join(results_dir, "ablation.json"),
-                {"meta": meta, "variants": {v: {"description": VARIANTS[v][0],
-                                                "overrides": VARIANTS[v][1]} for v in table},
-                 "table": table,
-                 "runs": {v: [{"seed": r["seed"], **run_metrics(r)} for r in rs]
-                          for v, rs in results.items()}})
-    with open(os.path.join(results_dir, "ablation.md"), "w", encoding="utf-8") as f:
-        f.write(markdown(table, meta))
+    write_results(results_dir, "ablation",
+                  {"meta": meta, "variants": {v: {"description": VARIANTS[v][0],
+                                                  "overrides": VARIANTS[v][1]} for v in table},
+                   "table": table, "runs": {v: [{"seed": r["seed"], **run_metrics(r)} for r in rs]
+                                            for v, rs in results.items()}},
+                  markdown(table, meta))
     if table:
         plot(table, os.path.join(results_dir, "ablation.png"))
     return table
@@ -443,8 +420,6 @@ def main(argv=None) -> int:
         variant, seed = args.one[0], int(args.one[1])
         run_one(variant, seed, budget, os.path.join(args.runs, variant, f"seed{seed}"))
         return 0
-    from gscnn_tf.benchmark import machine_info
-
     meta = {"steps": args.steps, "batch_size": args.batch_size, "seeds": args.seeds,
             "stride_seeds": args.stride_seeds, "num_val": args.num_val,
             "eval_overrides": EVAL_OVERRIDES, "budget_overrides": budget,
@@ -457,16 +432,15 @@ def main(argv=None) -> int:
             if os.path.isfile(os.path.join(run_dir, RESULT)):
                 print(f"{variant} seed {seed}: done, skipped", flush=True)
                 continue
-            start = time.perf_counter()
             print(f"{variant} seed {seed}: training {args.steps} steps", flush=True)
-            cmd = [sys.executable, os.path.abspath(__file__), "--one", variant, str(seed),
+            cmd = [sys.executable, "-m", "benchmarks.ablation", "--one", variant, str(seed),
                    "--steps", str(args.steps), "--batch-size", str(args.batch_size),
                    "--num-val", str(args.num_val), "--runs", args.runs]
-            code = subprocess.call(cmd, cwd=ROOT)
+            code, seconds = time_once(lambda: subprocess.call(cmd, cwd=ROOT))
             if code:
                 print(f"{variant} seed {seed}: failed (exit {code}); continuing", flush=True)
                 continue
-            print(f"{variant} seed {seed}: {time.perf_counter() - start:.0f} s", flush=True)
+            print(f"{variant} seed {seed}: {seconds:.0f} s", flush=True)
             write_report(args.runs, args.out, meta)
     table = write_report(args.runs, args.out, meta)
     for v, row in table.items():
@@ -478,4 +452,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(main())

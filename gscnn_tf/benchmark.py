@@ -8,7 +8,7 @@ prints the median batch-1 latency of the model under `tf.function` (random weigh
 config names weights: speed does not depend on them), its FLOPs, the achieved FLOP/s and the
 machine (CPU model, cores, TensorFlow / Keras versions, load average). Other processes share
 the CPU: the load average is recorded beside every figure. The full tables (every backbone,
-SavedModel, TFLite, training, memory) are `python benchmarks/speed.py`.
+SavedModel, TFLite, training, memory) are `python -m benchmarks.speed`.
 """
 
 from __future__ import annotations
@@ -110,6 +110,14 @@ def time_call(fn, warmup: int = 1, reps: int = 3, clock=time.perf_counter) -> di
             "load_average_1min": round((load_before + load_average()) / 2, 2)}
 
 
+def time_once(fn, clock=time.perf_counter) -> tuple:
+    """(`fn()`'s value, the seconds that one call took): for what runs once (an export, a
+    conversion, a load), where time_call's warm-up and repetitions do not apply."""
+    start = clock()
+    value = fn()
+    return value, clock() - start
+
+
 def time_interleaved(fns: dict, warmup: int = 1, reps: int = 3,
                      clock=time.perf_counter) -> dict:
     """time_call for several functions at once, round-robin: each repetition runs every
@@ -201,13 +209,28 @@ def markdown_table(headers: list[str], rows: list[list]) -> str:
     return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in cells])
 
 
+def _plain(value):
+    """numpy scalars and arrays as Python numbers and lists (for json.dumps)."""
+    import numpy as np
+
+    return np.asarray(value).tolist()
+
+
+def write_json(path: str, value, indent: int = 2) -> str:
+    """Writes `value` as JSON to `path` via a temporary file and a rename (numpy scalars and
+    arrays as plain numbers and lists). Returns `path`."""
+    from gscnn_tf import files
+
+    files.atomic_write_text(path, json.dumps(value, indent=indent, default=_plain) + "\n")
+    return path
+
+
 def write_results(out_dir: str, name: str, record: dict, markdown: str) -> tuple[str, str]:
     """Writes `<out_dir>/<name>.json` and `<name>.md` (each via a temporary file and a
     rename: a failed run leaves the previous results whole). Returns both paths."""
     from gscnn_tf import files
 
     paths = (files.join(out_dir, f"{name}.json"), files.join(out_dir, f"{name}.md"))
-    for path, text in zip(paths, (json.dumps(record, indent=2) + "\n",
-                                  markdown.rstrip() + "\n")):
-        files.atomic_write_text(path, text)
+    write_json(paths[0], record)
+    files.atomic_write_text(paths[1], markdown.rstrip() + "\n")
     return paths

@@ -1,7 +1,6 @@
-"""benchmarks/ablation.py's own logic: the variants' configs, the protocol at 128 px, the run
+"""benchmarks.ablation's own logic: the variants' configs, the protocol at 128 px, the run
 order, aggregation over seeds, the written table / JSON / plot, and resuming. No training."""
 
-import importlib.util
 import json
 import math
 import os
@@ -11,11 +10,7 @@ import pytest
 
 from gscnn_tf.evaluation import metrics
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-_spec = importlib.util.spec_from_file_location(
-    "ablation", os.path.join(ROOT, "benchmarks", "ablation.py"))
-ablation = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(ablation)
+from benchmarks import ablation
 
 CLASSES = ("road", "sidewalk", "building", "vegetation", "terrain", "sky", "pole", "wire",
            "sign", "person")
@@ -191,7 +186,8 @@ def test_report_writes_json_markdown_and_plot(tmp_path):
     _write_runs(runs, {"gscnn": (0, 1, 2), "baseline": (0, 1, 2), "stride4": (0,)})
     os.makedirs(os.path.join(runs, "no_dual", "seed0"))  # unfinished: no result.json
     meta = {"steps": 150, "batch_size": 4, "seeds": 3, "stride_seeds": 1, "num_val": 50,
-            "machine": {"cpu": "test cpu", "cores": 2, "tensorflow": "x"}}
+            "machine": {"cpu": "test cpu", "cores": 2, "gpus": 0, "tensorflow": "x",
+                        "keras": "y", "python": "z", "load_average": [1.0, 0.5, 0.2]}}
     ablation.write_report(runs, out, meta)
     with open(os.path.join(out, "ablation.json")) as f:
         written = json.load(f)
@@ -205,6 +201,7 @@ def test_report_writes_json_markdown_and_plot(tmp_path):
     assert "| stride4 | 1 | " in text and "no_dual" not in text.split("## Per-class")[0]
     assert "**pole** | **wire**" in text and "crop 50" in text and "F@5px" in text
     assert "150 steps, batch 4" in text
+    assert "Machine: test cpu, 2 cores, 0 GPU; TensorFlow x, Keras y, Python z" in text
     assert os.path.getsize(os.path.join(out, "ablation.png")) > 10_000
 
 
