@@ -85,9 +85,9 @@ def test_existing_file_is_kept(setup, converted, tmp_path, monkeypatch):
         raise export.ExportError("TFLite conversion needs op(s) that are not TFLite builtins")
 
     with monkeypatch.context() as patch, pytest.raises(export.ExportError, match="builtins"):
-        patch.setattr(export, "convert_tflite", failing_convert)
+        patch.setattr(export.tflite, "convert_tflite", failing_convert)
         export.export_tflite(model, config, str(path), SIZE, SIZE, "none", overwrite=True)
-    monkeypatch.setattr(export, "convert_tflite", lambda *args: b"new model")
+    monkeypatch.setattr(export.tflite, "convert_tflite", lambda *args: b"new model")
 
     def failing_replace(source, target):
         raise OSError("No space left on device")
@@ -156,7 +156,7 @@ def test_int8_calibrates_on_training_pipeline_crops(setup, tmp_path, monkeypatch
         seen["samples"] = np.concatenate([s[0].numpy() for s in representative()])
         return b"int8 model"
 
-    monkeypatch.setattr(export, "convert_tflite", recording_convert)
+    monkeypatch.setattr(export.tflite, "convert_tflite", recording_convert)
     export.export_tflite(model, config, str(tmp_path / "q.tflite"), 48, 40, "int8")
     samples = seen["samples"]
     assert seen["input"] == [1, 48, 40, 3]

@@ -12,7 +12,8 @@ import pytest
 import tensorflow as tf
 
 import gscnn_tf
-from gscnn_tf import cli, export, save_config, tflite_audit, tflite_gpu
+from gscnn_tf import cli, export, save_config
+from gscnn_tf.export import gpu, gpu_audit
 from gscnn_tf.config import load_config
 from export_support import SIZE, setup  # noqa: F401 (fixture)
 
@@ -49,7 +50,7 @@ def _planted(kind):
 def test_audit_flags_planted_unsupported_ops(kind, reason):
     content = _planted(kind)
     assert kind in export.tflite_ops(content)  # planted as meant
-    report = tflite_audit.audit(content, f"{kind}.tflite")
+    report = gpu_audit.audit(content, f"{kind}.tflite")
     flagged = {op.name: op.reason for op in report.unsupported}
     assert kind in flagged and reason in flagged[kind], report.text()
     assert not report.clean
@@ -65,23 +66,23 @@ def test_audit_comparisons_and_partitions():
     """A comparison is taken only when its one consumer is a CAST to float; anything else
     (a SELECT, a second consumer) puts it, and everything depending on it, on the CPU."""
     cast_once = _convert(lambda x: {"y": tf.cast(x > 0.5, tf.float32) * x}, _F)
-    report = tflite_audit.audit(cast_once)
+    report = gpu_audit.audit(cast_once)
     assert report.clean and len(report.partitions) == 1, report.text()
     assert {op.name for op in report.ops} >= {"GREATER", "CAST", "MUL"}
 
     selected = _convert(lambda x: {"y": tf.where(x > 0.5, x, 0.0) + tf.cast(x > 0.5,
                                                                            tf.float32)}, _F)
-    reasons = {op.name: op.reason for op in tflite_audit.audit(selected).unsupported}
+    reasons = {op.name: op.reason for op in gpu_audit.audit(selected).unsupported}
     assert "GREATER" in reasons and "exactly one CAST" in reasons["GREATER"], reasons
     assert any(name.startswith("SELECT") for name in reasons)
 
     integers = _convert(lambda x: {"y": tf.cast(tf.cast(x, tf.int32) > 1, tf.float32) * x},
                         _F)
-    reasons = {op.name: op.reason for op in tflite_audit.audit(integers).unsupported}
+    reasons = {op.name: op.reason for op in gpu_audit.audit(integers).unsupported}
     assert reasons.get("GREATER") == "comparison of INT32 tensors", reasons
 
     rounded = _convert(lambda x: {"y": tf.round(x * 2.0 + 0.25) * 3.0 - 1.0}, _F)
-    report = tflite_audit.audit(rounded)
+    report = gpu_audit.audit(rounded)
     assert [op.name for op in report.unsupported] == ["ROUND"]
     assert len(report.partitions) == 2  # before and after ROUND
     ops = {op.name: op for op in report.ops}
@@ -93,9 +94,9 @@ def test_audit_of_files_that_are_not_tflite(tmp_path):
     bad = tmp_path / "model.tflite"
     bad.write_bytes(b"not a flatbuffer at all")
     with pytest.raises(export.ExportError, match="model.tflite: not a TFLite file"):
-        tflite_audit.audit_file(str(bad))
+        gpu_audit.audit_file(str(bad))
     with pytest.raises(export.ExportError, match="missing.tflite: no such TFLite file"):
-        tflite_audit.audit_file(str(tmp_path / "missing.tflite"))
+        gpu_audit.audit_file(str(tmp_path / "missing.tflite"))
 
 
 def test_cli_audit_tflite(tmp_path, capsys):
@@ -125,15 +126,15 @@ def test_caffe_normalisation_matches_keras_applications():
 def gpu_files(setup, tmp_path_factory):
     config, model, _ = setup
     root = tmp_path_factory.mktemp("gpu")
-    return {q: tflite_gpu.export_tflite_gpu(model, config, str(root / f"{q}.tflite"), SIZE,
-                                            SIZE, q) for q in tflite_gpu.QUANTIZE}
+    return {q: gpu.export_tflite_gpu(model, config, str(root / f"{q}.tflite"), SIZE, SIZE, q)
+            for q in gpu.QUANTIZE}
 
 
 def test_gpu_target_audits_clean_with_float_io(gpu_files):
     from ai_edge_litert.interpreter import Interpreter
 
     for quantize, content in gpu_files.items():
-        report = tflite_audit.audit(content)
+        report = gpu_audit.audit(content)
         assert report.clean and len(report.partitions) == 1, report.summary()
         ops = export.tflite_ops(content)
         assert not ops & {"ARG_MAX", "WHILE", "ROUND", "SELECT", "SELECT_V2", "LOGICAL_AND"}
@@ -148,14 +149,14 @@ def test_gpu_target_audits_clean_with_float_io(gpu_files):
     assert 0.4 < len(gpu_files["fp16"]) / len(gpu_files["none"]) < 0.65
 
 
-@pytest.mark.parametrize("quantize", tflite_gpu.QUANTIZE)
+@pytest.mark.parametrize("quantize", gpu.QUANTIZE)
 def test_gpu_target_labels_agree_with_keras(setup, gpu_files, quantize):
     _, model, images = setup
-    report = tflite_gpu.verify_tflite_gpu(gpu_files[quantize], model, images)
+    report = gpu.verify_tflite_gpu(gpu_files[quantize], model, images)
     print(f"GPU target {quantize}: agreement {100 * report['agreement']:.3f} % on "
           f"{report['images']} images, {report['bytes']} bytes")
-    assert report["agreement"] >= tflite_gpu.AGREEMENT_TARGET[quantize]
-    out = tflite_gpu.run_tflite_gpu(gpu_files[quantize], images)
+    assert report["agreement"] >= gpu.AGREEMENT_TARGET[quantize]
+    out = gpu.run_tflite_gpu(gpu_files[quantize], images)
     np.testing.assert_allclose(out["probabilities"].sum(-1), 1.0, atol=1e-5)
     keras_edges = tf.sigmoid(model(tf.constant(images, tf.float32))["edge_logits"]).numpy()
     assert np.abs(out["edge_prob"] - keras_edges).max() < (1e-4 if quantize == "none" else 0.05)
@@ -166,7 +167,7 @@ def _canny_map(content, image):
     (`[sigmoid(edge logits), Canny]`), read from the interpreter's preserved tensors."""
     from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
-    ops, tensors, _, _ = tflite_audit.read_model(content)
+    ops, tensors, _, _ = gpu_audit.read_model(content)
     fusion = [op for op in ops if op.name == "CONCATENATION" and len(op.inputs) == 2
               and "canny" in tensors[op.inputs[1]].name]
     assert len(fusion) == 1
@@ -203,26 +204,26 @@ def test_backbones_gpu_target_audits_clean(backbone):
     config = load_config(None, [f"model.backbone.name={backbone}",
                                 "model.sync_batch_norm=false"])
     model = gscnn_tf.build_model(config.model, 19)
-    content = tflite_gpu.convert_gpu(model, 64, 64, "none", 16, backbone)
-    assert tflite_audit.audit(content).clean
+    content = gpu.convert_gpu(model, 64, 64, "none", 16, backbone)
+    assert gpu_audit.audit(content).clean
     image = np.random.default_rng(0).integers(0, 256, [1, 64, 64, 3], dtype=np.uint8)
     graph_model = export.with_canny(model, 16, "mask")
-    assert tflite_gpu.verify_tflite_gpu(content, graph_model, image)["agreement"] >= 0.999
+    assert gpu.verify_tflite_gpu(content, graph_model, image)["agreement"] >= 0.999
 
 
 def test_gpu_target_refuses_what_the_delegate_cannot_run(setup, tmp_path, monkeypatch):
     config, model, _ = setup
     path = tmp_path / "m.tflite"
     with pytest.raises(export.ExportError, match="quantize 'int8' with --target gpu"):
-        tflite_gpu.export_tflite_gpu(model, config, str(path), SIZE, SIZE, "int8")
+        gpu.export_tflite_gpu(model, config, str(path), SIZE, SIZE, "int8")
     with pytest.raises(export.ExportError, match="canny max steps 0 with --target gpu"):
-        tflite_gpu.export_tflite_gpu(model, config, str(path), SIZE, SIZE, max_steps=0)
+        gpu.export_tflite_gpu(model, config, str(path), SIZE, SIZE, max_steps=0)
     # A graph the audit rejects is not written (here: the default export's graph).
-    monkeypatch.setattr(tflite_gpu, "gpu_function", lambda m, h, w: export.frozen_function(
+    monkeypatch.setattr(gpu, "gpu_function", lambda m, h, w: export.frozen_function(
         export.with_canny(m, 4, "pool"), h, w))
     with pytest.raises(export.ExportError, match="would not run whole on the GPU delegate, "
                                                  "not written.*ARG_MAX"):
-        tflite_gpu.export_tflite_gpu(model, config, str(path), SIZE, SIZE, max_steps=4)
+        gpu.export_tflite_gpu(model, config, str(path), SIZE, SIZE, max_steps=4)
     assert os.listdir(tmp_path) == []
 
 
@@ -251,7 +252,7 @@ def test_edge_entry_point_takes_the_gpu_target(setup, gpu_files, tmp_path):
     spec.loader.exec_module(module)
     (tmp_path / "m.tflite").write_bytes(gpu_files["none"])
     runner = module.load(str(tmp_path / "m.tflite"))
-    expected = tflite_gpu.run_tflite_gpu(gpu_files["none"], images[:1])
+    expected = gpu.run_tflite_gpu(gpu_files["none"], images[:1])
     out = module.predict(runner, images[0])
     np.testing.assert_array_equal(out["labels"], expected["labels"][0])
     np.testing.assert_allclose(out["edge_prob"], expected["edge_prob"][0, ..., 0], atol=1e-6)
@@ -276,14 +277,14 @@ def test_litert_compiled_model_check_runs_on_cpu(setup, gpu_files, tmp_path):
     result = script.check_on_accelerator(str(path), images[:2], "cpu")
     assert result["status"] == "ran", result
     np.testing.assert_array_equal(result["labels"],
-                                  tflite_gpu.run_tflite_gpu(gpu_files["none"], images[:2])
+                                  gpu.run_tflite_gpu(gpu_files["none"], images[:2])
                                   ["labels"])
     reason = script.failure_reason("INFO: x\nERROR: [delegate_webgpu.cc:359] Failed to "
                                    "initialize WebGPU environment: INTERNAL: No adapters found\n")
     assert reason == "Failed to initialize WebGPU environment: INTERNAL: No adapters found"
 
 
-@pytest.mark.parametrize("quantize", tflite_gpu.QUANTIZE)
+@pytest.mark.parametrize("quantize", gpu.QUANTIZE)
 def test_litert_gpu_runs_the_gpu_target_whole(setup, gpu_files, tmp_path, quantize):
     """Where LiteRT can create its GPU accelerator: fully accelerated, labels agree with
     Keras. Elsewhere skipped with LiteRT's reason."""
@@ -295,4 +296,4 @@ def test_litert_gpu_runs_the_gpu_target_whole(setup, gpu_files, tmp_path, quanti
         pytest.skip(result["reason"])
     assert result["fully_accelerated"]
     agreement = float(np.mean(result["labels"] == export.keras_labels(model, images)))
-    assert agreement >= tflite_gpu.AGREEMENT_TARGET[quantize]
+    assert agreement >= gpu.AGREEMENT_TARGET[quantize]

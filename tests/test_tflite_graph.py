@@ -1,4 +1,4 @@
-"""Lean TFLite freezing (gscnn_tf.tflite_graph): the frozen GraphDef computes what the
+"""Lean TFLite freezing (gscnn_tf.export.tflite): the frozen GraphDef computes what the
 function computes, holds no variables, falls back to TensorFlow's freezing for non-read uses,
 and the converted flatbuffer gets a signature whose names map to the right tensors."""
 
@@ -8,7 +8,7 @@ import pytest
 import tensorflow as tf
 from ai_edge_litert.interpreter import Interpreter
 
-from gscnn_tf import tflite_graph
+from gscnn_tf.export import tflite
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +49,7 @@ def test_frozen_graph_def_equals_function_without_variables(tiny, monkeypatch):
     monkeypatch.setattr(convert_to_constants, "convert_variables_to_constants_v2_as_graph",
                         unexpected)
     model, function = tiny
-    graph_def = tflite_graph.frozen_graph_def(function)
+    graph_def = tflite.frozen_graph_def(function)
     ops = {node.op for node in graph_def.node}
     assert not ops & {"ReadVariableOp", "VarHandleOp", "ResourceGather"}
     assert all(node.attr["dtype"].type != tf.resource.as_datatype_enum
@@ -57,7 +57,7 @@ def test_frozen_graph_def_equals_function_without_variables(tiny, monkeypatch):
     consts = sum(node.op == "Const" and node.attr["value"].tensor.tensor_content != b""
                  for node in graph_def.node)
     assert consts >= len(model.weights)
-    inputs, outputs, in_names, out_names = tflite_graph.io_names(function)
+    inputs, outputs, in_names, out_names = tflite.io_names(function)
     assert in_names == ["pixels"] and out_names == ["map", "score"]
     value = np.random.default_rng(0).normal(size=[1, 8, 8, 3]).astype(np.float32)
     got = _run_graph_def(graph_def, inputs, outputs, value)
@@ -75,19 +75,19 @@ def test_non_read_use_falls_back_to_tensorflow_freezing():
 
     function = lookup.get_concrete_function()
     assert "ResourceGather" in {n.op for n in function.graph.as_graph_def().node}
-    graph_def = tflite_graph.frozen_graph_def(function)
+    graph_def = tflite.frozen_graph_def(function)
     assert not {n.op for n in graph_def.node} & {"ResourceGather", "VarHandleOp"}
-    inputs, outputs, _, _ = tflite_graph.io_names(function)
+    inputs, outputs, _, _ = tflite.io_names(function)
     got = _run_graph_def(graph_def, inputs, outputs, np.array([5, 0, 2], np.int32))
     np.testing.assert_array_equal(got[0], [[10, 11], [0, 1], [4, 5]])
 
 
 def test_converted_signature_maps_names_to_tensors(tiny):
     _, function = tiny
-    converter, in_names, out_names = tflite_graph.graph_converter(function)
+    converter, in_names, out_names = tflite.graph_converter(function)
     plain = converter.convert()
     assert Interpreter(model_content=plain).get_signature_list() == {}
-    content = tflite_graph.add_signature(plain, in_names, out_names)
+    content = tflite.add_signature(plain, in_names, out_names)
     interpreter = Interpreter(model_content=content)
     assert interpreter.get_signature_list() == {
         "serving_default": {"inputs": ["pixels"], "outputs": ["map", "score"]}}
@@ -101,6 +101,6 @@ def test_converted_signature_maps_names_to_tensors(tiny):
 
 def test_signature_names_must_match_the_model(tiny):
     _, function = tiny
-    converter, in_names, _ = tflite_graph.graph_converter(function)
+    converter, in_names, _ = tflite.graph_converter(function)
     with pytest.raises(ValueError, match=r"do not match the model's 1 inputs and 2 outputs"):
-        tflite_graph.add_signature(converter.convert(), in_names, ["map"])
+        tflite.add_signature(converter.convert(), in_names, ["map"])

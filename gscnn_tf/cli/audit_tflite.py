@@ -1,11 +1,11 @@
 """`gscnn-tf audit-tflite`: which ops of a TFLite file the GPU delegate runs
-(gscnn_tf.tflite_audit)."""
+(gscnn_tf.export.gpu_audit)."""
 
 from __future__ import annotations
 
 import argparse
 
-from gscnn_tf.tflite_audit import audit_file
+from gscnn_tf.export.gpu_audit import audit_file
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

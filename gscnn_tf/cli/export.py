@@ -36,7 +36,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--target", choices=("cpu", "gpu"), default="cpu",
                         help="TFLite: cpu = uint8 in, labels out, any interpreter (GPU "
                              "delegates take part of it); gpu = float32 in, probabilities "
-                             "out, every op on the TFLite GPU delegate (gscnn_tf.tflite_gpu)")
+                             "out, every op on the TFLite GPU delegate (gscnn_tf.export.gpu)")
     add_precision_argument(parser)
     parser.add_argument("--verify", type=int, default=0, metavar="N",
                         help="TFLite: report label agreement with the Keras model on N "
@@ -75,13 +75,14 @@ def run(args) -> int:
     name = f"{args.model_name or export.model_name}_{height}x{width}_{quantize}" \
         f"{'_gpu' if gpu else ''}.tflite"
     path = os.path.join(args.output, name)
-    from gscnn_tf import tflite_audit, tflite_gpu
+    from gscnn_tf.export import gpu as gpu_target
+    from gscnn_tf.export.gpu_audit import audit
 
-    if gpu and args.canny_step_form not in (None, tflite_gpu.STEP_FORM):
+    if gpu and args.canny_step_form not in (None, gpu_target.STEP_FORM):
         raise ExportError(f"--canny-step-form {args.canny_step_form} with --target gpu: the "
-                          f"GPU target's Canny is step form '{tflite_gpu.STEP_FORM}'")
+                          f"GPU target's Canny is step form '{gpu_target.STEP_FORM}'")
     if gpu:
-        content = tflite_gpu.export_tflite_gpu(model, config, path, height, width, quantize,
+        content = gpu_target.export_tflite_gpu(model, config, path, height, width, quantize,
                                                args.canny_max_steps, args.overwrite)
     else:
         content = export_tflite(model, config, path, height, width, quantize,
@@ -89,10 +90,10 @@ def run(args) -> int:
     classes = json.dumps(class_metadata(predictor.config, num_classes, model), indent=1)
     write_file(os.path.join(args.output, CLASSES_ASSET), classes.encode("utf-8"), True)
     print(f"wrote {path} ({len(content) / 2**20:.2f} MiB, {quantize})")
-    print(f"{tflite_audit.audit(content, path).summary()} "
+    print(f"{audit(content, path).summary()} "
           f"(op by op: gscnn-tf audit-tflite {path})")
     if args.verify:
-        verify = tflite_gpu.verify_tflite_gpu if gpu else verify_tflite
+        verify = gpu_target.verify_tflite_gpu if gpu else verify_tflite
         report = verify(content, model, heldout_images(config, height, width, args.verify))
         print(f"label agreement with the Keras model on {report['images']} validation "
               f"images: {100 * report['agreement']:.3f} %")

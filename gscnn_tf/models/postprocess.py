@@ -1,8 +1,8 @@
 """The one step from the model's logits to what a user reads: labels and boundary probability.
 
-Every consumer of a GSCNN's outputs goes through `postprocess`: the SavedModel signatures and
-the TFLite functions of `gscnn_tf.export` and `gscnn_tf.tflite_gpu`, `gscnn_tf.inference`,
-validation and the training pictures.
+Every consumer of a GSCNN's outputs goes through `postprocess`: every export (the SavedModel
+signatures and the TFLite functions, through `gscnn_tf.export.serving.SegmentationModule`),
+`gscnn_tf.inference`, validation and the training pictures.
 """
 
 from __future__ import annotations
