@@ -11,8 +11,8 @@ time per op type, which says where bfloat16 does not help.
 
 --model adds a trained model (e.g. the main job's run directory): agreement with real
 margins between the classes. Writes benchmarks/results/bf16.json and bf16.md.
-Run: python benchmarks/bf16.py [--backbones wrn38 resnet50 small] [--reps 2] [--profile]
-                               [--model runs/synthetic]
+Run: python -m benchmarks.bf16 [--backbones wrn38 resnet50 small] [--reps 2] [--profile]
+                              [--model runs/synthetic]
 """
 
 from __future__ import annotations
@@ -22,7 +22,6 @@ import collections
 import os
 import sys
 import tempfile
-import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
@@ -31,7 +30,8 @@ import tensorflow as tf  # noqa: E402
 
 from gscnn_tf import build_model, load_config  # noqa: E402
 from gscnn_tf.benchmark import (machine_info, machine_line, markdown_table,  # noqa: E402
-                                time_interleaved, write_results)
+                                time_interleaved, time_once, write_results)
+from gscnn_tf.cli.arguments import parse_size  # noqa: E402
 from gscnn_tf.export import class_metadata, export_saved_model  # noqa: E402
 from gscnn_tf.precision import with_precision  # noqa: E402
 
@@ -156,28 +156,28 @@ def markdown(record):
     return "\n".join(lines)
 
 
-def main(argv=None):
+def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--backbones", nargs="*", default=["wrn38", "resnet50", "small"])
-    parser.add_argument("--size", default="512x1024")
+    parser.add_argument("--size", default="512x1024", help="HEIGHTxWIDTH")
     parser.add_argument("--reps", type=int, default=2)
     parser.add_argument("--profile", action="store_true")
     parser.add_argument("--model", default="", help="also a trained model (run directory, "
                         ".keras or preset): agreement with trained weights")
     parser.add_argument("--name", default="bf16")
+    parser.add_argument("--out", default=RESULTS)
     args = parser.parse_args(argv)
-    size = tuple(int(v) for v in args.size.lower().split("x"))
-    start = time.time()
+    size = parse_size(args.size)
+    sources = [(b, "") for b in args.backbones] + ([("", args.model)] if args.model else [])
+    rows, wall_s = time_once(lambda: [run_backbone(b, size, args.reps, args.profile, m)
+                                      for b, m in sources])
     record = {"machine": machine_info(), "reps": args.reps,
-              "command": "python benchmarks/bf16.py " + " ".join(sys.argv[1:]),
-              "backbones": [run_backbone(b, size, args.reps, args.profile)
-                            for b in args.backbones]}
-    if args.model:
-        record["backbones"].append(run_backbone("", size, args.reps, args.profile, args.model))
-    record["wall_s"] = time.time() - start
-    write_results(RESULTS, args.name, record, markdown(record))
+              "command": " ".join(["python -m benchmarks.bf16", *(argv or sys.argv[1:])]),
+              "backbones": rows, "wall_s": wall_s}
     print(markdown(record))
+    print("wrote", *write_results(args.out, args.name, record, markdown(record)))
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

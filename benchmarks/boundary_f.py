@@ -7,27 +7,23 @@ size), the prediction the argmax of the same fields plus a smaller smooth pertur
 boundaries move by a few pixels, regions appear and vanish), ground truth void in a bottom
 band (the ego vehicle) and a few blobs.
 
-    python benchmarks/boundary_f.py [--images 4] [--workers 1]
+    python -m benchmarks.boundary_f [--images 4] [--workers 1]
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import time
 from concurrent.futures import ProcessPoolExecutor
 
-import sys
+import cv2
+import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from gscnn_tf.benchmark import (machine_info, machine_line, markdown_table, time_once,
+                                write_results)
+from gscnn_tf.evaluation import metrics
 
-import cv2  # noqa: E402
-import numpy as np  # noqa: E402
-
-from gscnn_tf.benchmark import machine_info  # noqa: E402
-from gscnn_tf.evaluation import metrics  # noqa: E402
+RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 
 H, W, C, TOLERANCES = 1024, 2048, 19, [3, 5, 9, 12]
 
@@ -50,14 +46,16 @@ def make_pair(seed):
 
 def score(seed):
     pred, label = make_pair(seed)
-    start = time.perf_counter()
-    acc = metrics.BoundaryFAccumulator(C, TOLERANCES)
-    acc.update(pred, label)
-    boundary_s = time.perf_counter() - start
-    start = time.perf_counter()
-    metrics.confusion_matrix(pred, label, C)
-    metrics.crop_confusion_matrices(pred, label, C, [0, 100, 200, 300, 400])
-    iou_s = time.perf_counter() - start
+
+    def boundary_f():
+        acc = metrics.BoundaryFAccumulator(C, TOLERANCES)
+        acc.update(pred, label)
+        return acc
+
+    acc, boundary_s = time_once(boundary_f)
+    _, iou_s = time_once(lambda: (metrics.confusion_matrix(pred, label, C),
+                                  metrics.crop_confusion_matrices(pred, label, C,
+                                                                  [0, 100, 200, 300, 400])))
     gt_map = np.where(label == 255, metrics.NO_CLASS, label).astype(np.int32)
     boundary_px = sum(len(b) for b in metrics.class_boundaries(gt_map, C))
     return boundary_s, iou_s, boundary_px / (H * W), acc.summary()["f"]
@@ -73,24 +71,44 @@ def reference_estimate(pred, label) -> float:
     coords = metrics.class_boundaries(gt_map, C)[0]
     boundary = np.zeros((H, W), bool)
     boundary[coords[:, 0], coords[:, 1]] = True
-    start = time.perf_counter()
-    for tolerance in TOLERANCES:
-        for _ in range(2):
-            binary_dilation(boundary, disk(tolerance))
-    return C * (time.perf_counter() - start)
+    _, seconds = time_once(lambda: [binary_dilation(boundary, disk(tolerance))
+                                    for tolerance in TOLERANCES for _ in range(2)])
+    return C * seconds
 
 
-def main() -> int:
+def markdown(r: dict) -> str:
+    per_image, iou, cost = (r["boundary_f_s_per_image"], r["confusion_and_crops_s_per_image"],
+                            r["extrapolated_500_images_s"])
+    reference = r["reference_dilation_s_per_image_estimate"]
+    rows = [["boundary F, all 4 tolerances, per image", f"{per_image:.3f} s"],
+            ["confusion matrix + 5 crop-factor matrices, per image", f"{iou:.3f} s"],
+            ["extrapolated to 500 images (Cityscapes val)", f"{cost:.0f} s "
+             f"({cost / 60:.1f} min)"]]
+    if reference:
+        rows.append(["the reference's dilations (scipy, one worker), per image, estimated",
+                     f"{reference:.1f} s"])
+    rows.append(["ground-truth class-boundary pixels (two classes count twice)",
+                 f"{100 * r['gt_boundary_pixel_class_pairs_per_pixel']:.2f} % of the image"])
+    return "\n".join([
+        "# Boundary F-score speed", "",
+        f"{r['images']} synthetic {H}x{W} pairs, {C} classes, tolerances {TOLERANCES}, "
+        f"{r['workers']} worker process(es).", "", machine_line(r["machine"]), "",
+        markdown_table(["measure", "value"], rows), "",
+        "The cost grows with the number of boundary pixels (one k-d tree query each), not "
+        "with the tolerances; the reference dilates every class map of every image with "
+        "each disk."])
+
+
+def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=4)
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--no-reference", action="store_true",
                         help="skip timing the reference's dilations on one image")
-    args = parser.parse_args()
-    start = time.perf_counter()
+    parser.add_argument("--out", default=RESULTS)
+    args = parser.parse_args(argv)
     with ProcessPoolExecutor(args.workers) as pool:
-        results = list(pool.map(score, range(args.images)))
-    wall = time.perf_counter() - start
+        results, wall = time_once(lambda: list(pool.map(score, range(args.images))))
     per_image = float(np.mean([r[0] for r in results]))
     iou_per_image = float(np.mean([r[1] for r in results]))
     # wall time includes drawing the synthetic maps; the scoring time alone, parallel:
@@ -109,30 +127,8 @@ def main() -> int:
         "f_first_image": {str(k): round(v, 4) for k, v in results[0][3].items()},
         "machine": machine_info(),
     }
-    print(json.dumps(record, indent=2))
-    out_dir = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
-    os.makedirs(out_dir, exist_ok=True)
-    with open(os.path.join(out_dir, "boundary_f.json"), "w", encoding="utf-8") as f:
-        json.dump(record, f, indent=2)
-    with open(os.path.join(out_dir, "boundary_f.md"), "w", encoding="utf-8") as f:
-        f.write(
-            "# Boundary F-score speed\n\n"
-            f"{args.images} synthetic {H}x{W} pairs, {C} classes, tolerances {TOLERANCES}, "
-            f"{args.workers} worker process(es), {record['machine']['cpu']} "
-            f"({record['machine']['cores']} cores, 1-min load average "
-            f"{record['machine']['load_average_1min']:.1f} while measured).\n\n"
-            "| measure | value |\n|---|---|\n"
-            f"| boundary F, all 4 tolerances, per image | {per_image:.3f} s |\n"
-            f"| confusion matrix + 5 crop-factor matrices, per image | {iou_per_image:.3f} s |\n"
-            f"| extrapolated to 500 images (Cityscapes val) | {cost_500:.0f} s "
-            f"({cost_500 / 60:.1f} min) |\n"
-            + (f"| the reference's dilations (scipy, one worker), per image, estimated | "
-               f"{reference_s:.1f} s |\n" if reference_s else "")
-            + "| ground-truth class-boundary pixels (two classes count twice) | "
-            f"{100 * record['gt_boundary_pixel_class_pairs_per_pixel']:.2f} % of the image |\n\n"
-            "The cost grows with the number of boundary pixels (one k-d tree query each), not "
-            "with the tolerances; the reference dilates every class map of every image with "
-            "each disk.\n")
+    print(markdown(record))
+    print("wrote", *write_results(args.out, "boundary_f", record, markdown(record)))
     return 0
 
 

@@ -5,26 +5,22 @@ Times every TF step form, the TFLite file as `gscnn-tf export` writes it and Ope
 suppression, hysteresis) as plain TF ops and XLA-compiled; measures the bounded-steps
 agreement on scikit-image's photos, and converts a tf.function wrapping canny to TFLite with
 builtin ops only (checking it stays exact). Writes benchmarks/results/canny.json and
-canny.md.  Run: python benchmarks/canny.py [--reps 5]
+canny.md.  Run: python -m benchmarks.canny [--reps 5]
 """
 
 import argparse
 import importlib
-
-import json
 import os
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+import cv2
+import numpy as np
+import skimage.data
+import tensorflow as tf
+from ai_edge_litert.interpreter import Interpreter
 
-import cv2  # noqa: E402
-import numpy as np  # noqa: E402
-import skimage.data  # noqa: E402
-import tensorflow as tf  # noqa: E402
-from ai_edge_litert.interpreter import Interpreter  # noqa: E402
-
-from gscnn_tf.benchmark import (machine_info, machine_line, time_call,  # noqa: E402
-                                time_interleaved)
-from gscnn_tf.ops import canny  # noqa: E402
+from gscnn_tf.benchmark import (machine_info, machine_line, markdown_table, time_call,
+                                time_interleaved, write_results)
+from gscnn_tf.ops import canny
 
 # The module itself (its stages); `gscnn_tf.ops.canny` names the function.
 C = importlib.import_module("gscnn_tf.ops.canny")
@@ -73,17 +69,25 @@ def _stages(sobel_fn, jit):
             for name, fn in (("gradient", gradient), ("nms", nms), ("full", full))}
 
 
-def _tflite_1024(rgb, form, steps):
-    """LiteRT CPU (2 threads) interpreter running canny as `export` writes it."""
-    spec = tf.TensorSpec([1, *rgb.shape], tf.uint8)
-    fn = tf.function(lambda x: canny(x, step_form=form, max_steps=steps), input_signature=[spec])
+def _canny_tflite(form, steps, shape):
+    """(the tf.function of canny, the TFLite file it converts to with builtin ops only) for
+    uint8 images of `shape` [1, H, W, 3] (None: any size)."""
+    fn = tf.function(lambda x: canny(x, step_form=form, max_steps=steps),
+                     input_signature=[tf.TensorSpec(shape, tf.uint8)])
     conv = tf.lite.TFLiteConverter.from_concrete_functions([fn.get_concrete_function()], fn)
     conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
-    it = Interpreter(model_content=conv.convert(), num_threads=2)
+    return fn, conv.convert()
+
+
+def _interpreter(content, rgb, threads=None):
+    """(a LiteRT CPU interpreter of `content` with the uint8 image `rgb` [H, W, 3] as its
+    input, the index of its output)."""
+    it = Interpreter(model_content=content, num_threads=threads)
+    inp = it.get_input_details()[0]["index"]
+    it.resize_tensor_input(inp, [1, *rgb.shape])
     it.allocate_tensors()
-    inp, out = it.get_input_details()[0]["index"], it.get_output_details()[0]["index"]
     it.set_tensor(inp, rgb[None])
-    return it, out
+    return it, it.get_output_details()[0]["index"]
 
 
 def speed(result, reps):
@@ -97,7 +101,7 @@ def speed(result, reps):
         result[f"tf_{form}_mismatched_px"] = int((out != ref).sum())
         fns[f"tf_{form}"] = lambda fn=fn: fn(x).numpy()
     for form, steps in (("pool", 64), ("mask", 64)):
-        it, out = _tflite_1024(img, form, steps)
+        it, out = _interpreter(_canny_tflite(form, steps, [1, *img.shape])[1], img, 2)
         it.invoke()
         edges = it.get_tensor(out)[0, ..., 0] > 0.5
         result[f"tflite_{form}{steps}_found"] = float((edges & ref).sum() / ref.sum())
@@ -133,28 +137,18 @@ def bounded(result):
 def tflite(result):
     rgb = _photo("chelsea")
     ref = _ref(rgb)
-    spec = tf.TensorSpec([1, None, None, 3], tf.uint8)
     out = {}
     for form in ("bool", "pool"):
         for steps in (0, 32):
-            fn = tf.function(lambda x, f=form, s=steps: canny(x, step_form=f, max_steps=s),
-                             input_signature=[spec])
-            conv = tf.lite.TFLiteConverter.from_concrete_functions(
-                [fn.get_concrete_function()], fn)
-            conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
             key = f"{form}_steps{steps}"
             try:
-                buf = conv.convert()
+                fn, buf = _canny_tflite(form, steps, [1, None, None, 3])
             except Exception as e:  # report, do not crash the benchmark
                 out[key] = {"converts": False, "error": str(e)[-300:]}
                 continue
-            it = Interpreter(model_content=buf)
-            inp = it.get_input_details()[0]
-            it.resize_tensor_input(inp["index"], [1, *rgb.shape])
-            it.allocate_tensors()
-            it.set_tensor(inp["index"], rgb[None])
+            it, output = _interpreter(buf, rgb)
             ms = _timed(it.invoke, 1)
-            edges = it.get_tensor(it.get_output_details()[0]["index"])[0, ..., 0] > 0.5
+            edges = it.get_tensor(output)[0, ..., 0] > 0.5
             tf_edges = fn(tf.constant(rgb[None])).numpy()[0, ..., 0] > 0.5
             out[key] = {"converts": True, "bytes": len(buf), "ms_300x451": ms,
                         "mismatch_vs_tf": int((edges != tf_edges).sum()),
@@ -195,38 +189,29 @@ def _markdown(r):
         f"| XLA (`fused`: Sobel by shifted adds) | {stage('xla')} |", "",
         "## Bounded hysteresis (`max_steps`, no WHILE op): found share of OpenCV edges "
         "(extra is always 0)", "",
-        "| steps | " + " | ".join(PHOTOS) + " |", "|---" * (len(PHOTOS) + 1) + "|"]
-    for steps, per in r["bounded_steps"].items():
-        lines.append(f"| {steps} | " + " | ".join(f"{per[n]['found']:.4f}" for n in PHOTOS)
-                     + " |")
-    lines += ["", "## TFLite (builtin ops only, chelsea 300x451)", "",
-              "| form | converts | ms | mismatch vs TF | mismatch vs OpenCV |",
-              "|---|---|---|---|---|"]
-    for key, v in r["tflite"].items():
-        if v["converts"]:
-            lines.append(f"| {key} | yes | {v['ms_300x451']:.0f} | {v['mismatch_vs_tf']} | "
-                         f"{v['mismatch_vs_opencv']} |")
-        else:
-            lines.append(f"| {key} | no | | | |")
+        markdown_table(["steps", *PHOTOS], [[steps, *[f"{per[n]['found']:.4f}" for n in PHOTOS]]
+                                            for steps, per in r["bounded_steps"].items()]),
+        "", "## TFLite (builtin ops only, chelsea 300x451)", "",
+        markdown_table(["form", "converts", "ms", "mismatch vs TF", "mismatch vs OpenCV"],
+                       [[key, "yes", f"{v['ms_300x451']:.0f}", v["mismatch_vs_tf"],
+                         v["mismatch_vs_opencv"]] if v["converts"] else [key, "no", "", "", ""]
+                        for key, v in r["tflite"].items()])]
     return "\n".join(lines) + "\n"
 
 
-def main():
+def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--reps", type=int, default=5)
-    args = parser.parse_args()
+    parser.add_argument("--out", default=RESULTS)
+    args = parser.parse_args(argv)
     r = {"machine": machine_info(), "opencv": cv2.__version__}
     speed(r, args.reps)
     bounded(r)
     tflite(r)
-    os.makedirs(RESULTS, exist_ok=True)
-    with open(os.path.join(RESULTS, "canny.json"), "w") as f:
-        json.dump(r, f, indent=2)
-    md = _markdown(r)
-    with open(os.path.join(RESULTS, "canny.md"), "w") as f:
-        f.write(md)
-    print(md)
+    print(_markdown(r))
+    print("wrote", *write_results(args.out, "canny", r, _markdown(r)))
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -2,8 +2,8 @@
 (radius 1-4, graph mode), the scipy distance-transform definition for comparison, and one
 forward + backward pass of `GSCNNLoss` on a 720x720 crop with 19 classes.
 
-    python benchmarks/edges.py                  # writes benchmarks/results/edges.{json,md}
-    python benchmarks/edges.py --repeats 3 --no-loss
+    python -m benchmarks.edges                  # writes benchmarks/results/edges.{json,md}
+    python -m benchmarks.edges --repeats 3 --no-loss
 
 Label maps are synthetic street scenes (`gscnn_tf.data.synthetic.render`). Times are medians
 of `--repeats` runs after one warm-up run.
@@ -12,34 +12,23 @@ of `--repeats` runs after one warm-up run.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import statistics
-import sys
-import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import numpy as np
+import tensorflow as tf
+from scipy import ndimage
 
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
-from scipy import ndimage  # noqa: E402
+from gscnn_tf.benchmark import machine_info, machine_line, markdown_table, time_call, write_results
+from gscnn_tf.config import LossConfig
+from gscnn_tf.data import synthetic
+from gscnn_tf.data.edges import label_edges
+from gscnn_tf.losses import GSCNNLoss
 
-from data_pipeline import machine  # noqa: E402
-from gscnn_tf.config import LossConfig  # noqa: E402
-from gscnn_tf.data import synthetic  # noqa: E402
-from gscnn_tf.data.edges import label_edges  # noqa: E402
-from gscnn_tf.losses import GSCNNLoss  # noqa: E402
+RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 
 
 def median_ms(fn, repeats: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return 1000.0 * statistics.median(times)
+    return 1000.0 * time_call(fn, 1, repeats)["median_s"]
 
 
 def scipy_edges(labels: np.ndarray, radius: int) -> np.ndarray:
@@ -97,44 +86,37 @@ def loss_rows(repeats: int, size: int = 720, classes: int = 19) -> list[dict]:
     return rows
 
 
+def markdown(r: dict) -> str:
+    scipy = {(e["size"], e["batch"]): e["scipy_ms"] for e in r["edges"] if "scipy_ms" in e}
+    rows = [[e["size"], e["batch"], e["radius"], f"{e['tf_ms']:.1f}",
+             f"{e['megapixels_per_s']:.0f}",
+             f"{scipy[e['size'], e['batch']]:.0f}" if e["radius"] == 2 else ""]
+            for e in r["edges"] if "tf_ms" in e]
+    lines = ["# Ground-truth edges and loss cost", "", machine_line(r["machine"]) + " Figures "
+             f"are upper bounds on time. Medians of {r['repeats']} runs; synthetic "
+             "street-scene label maps.", "",
+             markdown_table(["label map", "batch", "radius", "`label_edges` ms", "Mpixel/s",
+                             "scipy EDT ms"], rows)]
+    if r["loss"]:
+        lines += ["", markdown_table(
+            ["GSCNNLoss forward + backward", "classes", "Gumbel noise", "ms"],
+            [[f"{e['size']}, batch 1", e["classes"], e["gumbel_noise"],
+              f"{e['forward_backward_ms']:.0f}"] for e in r["loss"]])]
+    return "\n".join(lines)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--no-loss", action="store_true")
-    parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results"))
+    parser.add_argument("--out", default=RESULTS)
     args = parser.parse_args(argv)
-
-    results = {"machine": machine(), "edges": edge_rows(args.repeats),
-               "loss": [] if args.no_loss else loss_rows(args.repeats)}
-    os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, "edges.json"), "w") as f:
-        json.dump(results, f, indent=2)
-    m = results["machine"]
-    lines = ["# Ground-truth edges and loss cost", "",
-             f"Machine: {m['cpu']}, {m['cores']} cores, {m['gpus']} GPU, TensorFlow "
-             f"{m['tensorflow']}. Load average before the run: {m['load_average_1min']:.2f} "
-             "(other processes share the cores: figures are upper bounds on time). Medians of "
-             f"{args.repeats} runs; synthetic street-scene label maps.", "",
-             "| label map | batch | radius | `label_edges` ms | Mpixel/s | scipy EDT ms |",
-             "| --- | --- | --- | --- | --- | --- |"]
-    for row in results["edges"]:
-        if "tf_ms" in row:
-            scipy_ms = next((r["scipy_ms"] for r in results["edges"] if "scipy_ms" in r
-                             and (r["size"], r["batch"], r["radius"])
-                             == (row["size"], row["batch"], row["radius"])), None)
-            lines.append(f"| {row['size']} | {row['batch']} | {row['radius']} | "
-                         f"{row['tf_ms']:.1f} | {row['megapixels_per_s']:.0f} | "
-                         + (f"{scipy_ms:.0f} |" if scipy_ms else "|"))
-    if results["loss"]:
-        lines += ["", "| GSCNNLoss forward + backward | classes | Gumbel noise | ms |",
-                  "| --- | --- | --- | --- |"]
-        lines += [f"| {r['size']}, batch 1 | {r['classes']} | {r['gumbel_noise']} | "
-                  f"{r['forward_backward_ms']:.0f} |" for r in results["loss"]]
-    with open(os.path.join(args.out, "edges.md"), "w") as f:
-        f.write("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    r = {"machine": machine_info(), "repeats": args.repeats, "edges": edge_rows(args.repeats),
+         "loss": [] if args.no_loss else loss_rows(args.repeats)}
+    print(markdown(r))
+    print("wrote", *write_results(args.out, "edges", r, markdown(r)))
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(main())

@@ -11,7 +11,7 @@ the share of OpenCV's Canny edge pixels its bounded Canny finds on the held-out 
 Writes benchmarks/results/export.json and export.md.
 
     python train.py                                    # the synthetic default: runs/synthetic
-    python benchmarks/export.py [runs/synthetic] [--images 20] [--size 128x128]
+    python -m benchmarks.export [runs/synthetic] [--images 20] [--size 128x128]
 """
 
 from __future__ import annotations
@@ -20,7 +20,6 @@ import argparse
 import json
 import os
 import tempfile
-import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
@@ -29,8 +28,9 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from gscnn_tf import export, tflite_audit, tflite_gpu  # noqa: E402
-from gscnn_tf.benchmark import machine_info, markdown_table, write_results  # noqa: E402
-from gscnn_tf.cli.arguments import parse_size  # noqa: E402
+from gscnn_tf.benchmark import (machine_info, machine_line, markdown_table,  # noqa: E402
+                                time_once, write_results)
+from gscnn_tf.cli.arguments import add_config_arguments, parse_size  # noqa: E402
 from gscnn_tf.inference import Predictor  # noqa: E402
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
@@ -58,10 +58,8 @@ def saved_model(model, config, images: np.ndarray, labels: np.ndarray) -> dict:
     out = model(tf.constant(images, tf.float32), training=False)
     num_classes = int(out["seg_logits"].shape[-1])
     with tempfile.TemporaryDirectory() as folder:
-        start = time.perf_counter()
-        path = export.export_saved_model(model, folder, "gscnn", 1,
-                                         export.class_metadata(config, num_classes))
-        seconds = time.perf_counter() - start
+        path, seconds = time_once(lambda: export.export_saved_model(
+            model, folder, "gscnn", 1, export.class_metadata(config, num_classes)))
         signatures = tf.saved_model.load(path).signatures
         served = signatures["serving_default"](images=tf.constant(images))
         probabilities = signatures["probabilities"](images=tf.constant(images))
@@ -81,26 +79,41 @@ def saved_model(model, config, images: np.ndarray, labels: np.ndarray) -> dict:
     }
 
 
-def tflite(model, config, images: np.ndarray, labels: np.ndarray, quantize: str) -> dict:
-    """One TFLite export: size, conversion time, agreement, LiteRT time per image."""
-    height, width = images.shape[1:3]
+def _measure(convert, run, images: np.ndarray, labels: np.ndarray, target: float):
+    """One TFLite file: `convert(path)` -> its bytes (timed), `run(content, images)` ->
+    {"labels"} on LiteRT (timed after a one-image warm-up), argmax agreement with the Keras
+    `labels` against `target`, the GPU delegate's audit. Returns (figures, the file)."""
     with tempfile.TemporaryDirectory() as folder:
-        start = time.perf_counter()
-        content = export.export_tflite(model, config, os.path.join(folder, "m.tflite"),
-                                       height, width, quantize)
-        seconds = time.perf_counter() - start
-    export.run_tflite(content, images[:1])  # interpreter set-up and first run
-    start = time.perf_counter()
-    predicted = export.run_tflite(content, images)["labels"]
-    per_image = (time.perf_counter() - start) / len(images)
-    floats = export.float_ops(content)
-    agreement = float(np.mean(predicted == labels))
-    return {"bytes": len(content), "convert_s": round(seconds, 1),
-            "agreement": agreement, "target": export.AGREEMENT_TARGET[quantize],
-            "meets_target": agreement >= export.AGREEMENT_TARGET[quantize],
-            "litert_ms_per_image": round(1000 * per_image, 1),
-            "float32_ops": len(floats), "ops": len(export.tflite_op_list(content)),
-            "gpu_delegate": _gpu_audit(content)}
+        content, seconds = time_once(lambda: convert(os.path.join(folder, "m.tflite")))
+    run(content, images[:1])  # interpreter set-up and first run
+    out, run_s = time_once(lambda: run(content, images))
+    agreement = float(np.mean(out["labels"] == labels))
+    return {"bytes": len(content), "convert_s": round(seconds, 1), "agreement": agreement,
+            "target": target, "meets_target": agreement >= target,
+            "litert_ms_per_image": round(1000 * run_s / len(images), 1),
+            "gpu_delegate": _gpu_audit(content)}, content
+
+
+def tflite(model, config, images: np.ndarray, labels: np.ndarray, quantize: str) -> dict:
+    """One TFLite export: size, conversion time, agreement, LiteRT time per image, ops left
+    in float32."""
+    height, width = images.shape[1:3]
+    figures, content = _measure(
+        lambda path: export.export_tflite(model, config, path, height, width, quantize),
+        export.run_tflite, images, labels, export.AGREEMENT_TARGET[quantize])
+    return {**figures, "float32_ops": len(export.float_ops(content)),
+            "ops": len(export.tflite_op_list(content))}
+
+
+def tflite_gpu_target(model, config, images: np.ndarray, labels: np.ndarray,
+                      quantize: str) -> dict:
+    """One GPU-target file (`--target gpu`): size, conversion time, the audit, agreement of
+    the app's argmax with the Keras model, LiteRT CPU time per image."""
+    height, width = images.shape[1:3]
+    return _measure(lambda path: tflite_gpu.export_tflite_gpu(model, config, path, height,
+                                                              width, quantize),
+                    tflite_gpu.run_tflite_gpu, images, labels,
+                    tflite_gpu.AGREEMENT_TARGET[quantize])[0]
 
 
 def _gpu_audit(content: bytes) -> dict:
@@ -113,28 +126,6 @@ def _gpu_audit(content: bytes) -> dict:
     return {"partitions": len(report.partitions), "ops": len(report.ops),
             "largest_partition": max((len(p) for p in report.partitions), default=0),
             "unsupported": unsupported, "clean": report.clean}
-
-
-def tflite_gpu_target(model, config, images: np.ndarray, labels: np.ndarray,
-                      quantize: str) -> dict:
-    """One GPU-target file (`--target gpu`): size, conversion time, the audit, agreement of
-    the app's argmax with the Keras model, LiteRT CPU time per image."""
-    height, width = images.shape[1:3]
-    with tempfile.TemporaryDirectory() as folder:
-        start = time.perf_counter()
-        content = tflite_gpu.export_tflite_gpu(model, config, os.path.join(folder, "m.tflite"),
-                                               height, width, quantize)
-        seconds = time.perf_counter() - start
-    tflite_gpu.run_tflite_gpu(content, images[:1])
-    start = time.perf_counter()
-    predicted = tflite_gpu.run_tflite_gpu(content, images)["labels"]
-    per_image = (time.perf_counter() - start) / len(images)
-    agreement = float(np.mean(predicted == labels))
-    target = tflite_gpu.AGREEMENT_TARGET[quantize]
-    return {"bytes": len(content), "convert_s": round(seconds, 1), "agreement": agreement,
-            "target": target, "meets_target": agreement >= target,
-            "litert_ms_per_image": round(1000 * per_image, 1),
-            "gpu_delegate": _gpu_audit(content)}
 
 
 def canny_found_share(images: np.ndarray, config) -> dict:
@@ -172,8 +163,7 @@ def _markdown(r: dict) -> str:
         trained += f", validation mIoU {100 * model['val_miou']:.1f} %"
     return "\n".join([
         "# Export benchmark", "",
-        f"Machine: {m['cpu']}, {m['cores']} cores (load average {m['load_average']}); "
-        f"TF {m['tensorflow']}, Keras {m['keras']}, ai-edge-litert {r['litert']}.", "",
+        machine_line(m) + f" ai-edge-litert {r['litert']}.", "",
         f"Model: `{model['path']}` ({model['backbone']} backbone, {model['parameters']:,} "
         f"parameters, {model['dataset']} data{trained}); "
         f"{r['images']} held-out validation images at {r['size'][0]}x{r['size'][1]} "
@@ -219,8 +209,7 @@ def main(argv=None) -> int:
     parser.add_argument("model", nargs="?", default="runs/synthetic",
                         help="run directory, checkpoint or .keras file (default runs/synthetic,"
                              " what `python train.py` writes)")
-    parser.add_argument("--config", help="training config (default: the run's)")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    add_config_arguments(parser, "training config (default: the run's)")
     parser.add_argument("--images", type=int, default=20, help="held-out images")
     parser.add_argument("--size", help="HEIGHTxWIDTH (default: the validation images' size)")
     parser.add_argument("--quantize", nargs="+", default=list(export.QUANTIZE),
@@ -265,9 +254,8 @@ def main(argv=None) -> int:
         print(f"TFLite GPU target {quantize}:", record["tflite_gpu"][quantize], flush=True)
     record["canny_found"] = canny_found_share(images, config)
     print("bounded Canny:", record["canny_found"], flush=True)
-    paths = write_results(args.out, "export", record, _markdown(record))
     print(_markdown(record))
-    print("wrote", *paths)
+    print("wrote", *write_results(args.out, "export", record, _markdown(record)))
     return 0
 
 

@@ -9,7 +9,7 @@ aborts takes only the child down. Where LiteRT can create no GPU accelerator (no
 a CPU-only host with a software Vulkan driver, no adapter its WebGPU backend accepts) the step
 is skipped and the reason, LiteRT's own error line, is recorded.
 
-    python benchmarks/litert_gpu.py [runs/synthetic] [--size 128x128] [--images 8]
+    python -m benchmarks.litert_gpu [runs/synthetic] [--size 128x128] [--images 8]
 
 Without a trained model (none at the path) it uses the synthetic default config's model with
 random weights on random images: the file must still run whole on the GPU and agree. Writes
@@ -29,7 +29,8 @@ import tempfile
 
 import numpy as np
 
-RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RESULTS = os.path.join(ROOT, "benchmarks", "results")
 ACCELERATORS = ("gpu", "cpu")
 
 
@@ -96,9 +97,9 @@ def check_on_accelerator(model_path: str, images: np.ndarray, accelerator: str =
         np.save(images_path, images)
         try:
             child = subprocess.run(
-                [sys.executable, os.path.abspath(__file__), "--accelerator", accelerator,
+                [sys.executable, "-m", "benchmarks.litert_gpu", "--accelerator", accelerator,
                  "--child", model_path, images_path, labels_path],
-                capture_output=True, text=True, timeout=timeout)
+                capture_output=True, text=True, timeout=timeout, cwd=ROOT)
         except subprocess.TimeoutExpired:
             return {"status": "skipped", "reason": f"no answer within {timeout:.0f} s"}
         if child.returncode != 0 or not os.path.isfile(labels_path):
@@ -132,8 +133,7 @@ def _model_and_images(model_path: str | None, size, count: int):
     from gscnn_tf.config import load_config
     from gscnn_tf.data.pipeline import dataset_info
 
-    root = os.path.dirname(RESULTS)
-    config = load_config(os.path.join(root, "..", "configs", "synthetic.yaml"),
+    config = load_config(os.path.join(ROOT, "configs", "synthetic.yaml"),
                          ["model.sync_batch_norm=false"])
     model = gscnn_tf.build_model(config.model, dataset_info(config).num_classes)
     height, width = size or (128, 128)
@@ -142,9 +142,8 @@ def _model_and_images(model_path: str | None, size, count: int):
 
 
 def _markdown(record: dict) -> str:
-    from gscnn_tf.benchmark import markdown_table
+    from gscnn_tf.benchmark import machine_line, markdown_table
 
-    m = record["machine"]
     rows = []
     for q, r in record["files"].items():
         if r["status"] == "skipped":
@@ -155,8 +154,8 @@ def _markdown(record: dict) -> str:
                          f"{100 * r['target']:.1f} %", "passed" if r["passed"] else "**failed**"])
     return "\n".join([
         "# The GPU target on LiteRT's GPU accelerator", "",
-        f"Machine: {m['cpu']}, {m['cores']} cores; TF {m['tensorflow']}, ai-edge-litert "
-        f"{record['litert']}; accelerator requested: {record['accelerator']}.", "",
+        machine_line(record["machine"]) + f" ai-edge-litert {record['litert']}; accelerator "
+        f"requested: {record['accelerator']}.", "",
         f"Model: {record['model']}, {record['size'][0]}x{record['size'][1]}, Canny "
         f"{record['canny_max_steps']} steps (`gscnn-tf export --target gpu`).", "",
         markdown_table(["weights", "bytes", "static audit", "fully accelerated",
@@ -219,9 +218,8 @@ def main(argv=None) -> int:
                 failed = failed or not passed
             record["files"][quantize] = entry
             print(f"{quantize}: {entry}", flush=True)
-    paths = write_results(args.out, "litert_gpu", record, _markdown(record))
     print(_markdown(record))
-    print("wrote", *paths)
+    print("wrote", *write_results(args.out, "litert_gpu", record, _markdown(record)))
     return 1 if failed else 0
 
 

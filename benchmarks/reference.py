@@ -16,7 +16,7 @@ peak comes from.
 
 Goals: inference <= 0.6, training step <= 0.8, training peak memory <= 0.75 of the reference.
 Writes benchmarks/results/reference.json and reference.md.
-Run: python benchmarks/reference.py [--reps 2] [--parts inference train memory]
+Run: python -m benchmarks.reference [--reps 2] [--parts inference train memory]
 """
 
 from __future__ import annotations
@@ -26,9 +26,14 @@ import json
 import os
 import sys
 import tempfile
-import time
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+import numpy as np
+
+from gscnn_tf.benchmark import (labelled_batch, machine_info, machine_line, markdown_table,
+                                peak_rss_mb, run_child, time_call, time_interleaved,
+                                time_once, write_results)
+from gscnn_tf.cli.arguments import add_config_arguments, parse_size
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULTS = os.path.join(ROOT, "benchmarks", "results")
 # Peak RSS seen for one 512x512 batch-2 training step (ours 12.3 GB, reference 8.4 GB), about
@@ -41,10 +46,6 @@ def needs_gb(who, height, width, n):
     return 3.0 + (PEAK_GB[who] - 3.0) * height * width * n / (512 * 512 * 2) + 0.5
 
 
-def _size(text):
-    return tuple(int(v) for v in text.lower().split("x"))
-
-
 def _available_gb():
     with open("/proc/meminfo", encoding="utf-8") as f:
         for line in f:
@@ -53,25 +54,18 @@ def _available_gb():
     return float("inf")
 
 
-def _batch(height, width, n, classes=19, seed=0):
-    import numpy as np
-
-    rng = np.random.default_rng(seed)
-    blocks = rng.integers(0, classes, (n, height // 32 + 1, width // 32 + 1))
-    labels = np.repeat(np.repeat(blocks, 32, 1), 32, 2)[:, :height, :width].astype(np.int32)
-    images = np.clip(rng.uniform(0, 255, (n, height, width, 3)) * 0.5
-                     + 12.0 * (labels[..., None] % 8), 0, 255).astype(np.float32)
+def _batch(height, width, n):
+    """labelled_batch's images and labels, and their 4-neighbour boundaries as float32 edges."""
+    images, labels = labelled_batch(n, height, width)
     edges = np.zeros(labels.shape, np.float32)
     edges[:, 1:] += labels[:, 1:] != labels[:, :-1]
     edges[:, :, 1:] += labels[:, :, 1:] != labels[:, :, :-1]
     return images, labels, np.minimum(edges, 1.0)
 
 
-def child_train(who, height, width, n, overrides):
+def child_train(who, height, width, n, config_path, overrides):
     """One training step of `who` (ours / reference) timed after an untimed one; prints
     {"step_s", "warmup_s", "peak_rss_mb", "loss"} as JSON."""
-    from gscnn_tf.benchmark import peak_rss_mb
-
     images, labels, edges = _batch(height, width, n)
     if who == "reference":
         import torch
@@ -91,8 +85,7 @@ def child_train(who, height, width, n, overrides):
         from gscnn_tf.training.optimizers import build_optimizer, learning_rate_schedule
         from gscnn_tf.training.step import make_train_step
 
-        config = load_config(os.path.join(ROOT, "configs", "cityscapes_wrn38.yaml"),
-                             ["model.backbone.weights=", "model.sync_batch_norm=false",
+        config = load_config(config_path, ["model.backbone.weights=", "model.sync_batch_norm=false",
                               *overrides])
         model = build_model(config.model, 19)
         variables = model.trainable_variables
@@ -107,13 +100,10 @@ def child_train(who, height, width, n, overrides):
         def run():
             return float(step(x, targets)["total"])
 
-    start = time.perf_counter()
-    run()
-    warmup = time.perf_counter() - start
-    start = time.perf_counter()
-    loss = run()
-    print(json.dumps({"step_s": time.perf_counter() - start, "warmup_s": warmup,
-                      "peak_rss_mb": peak_rss_mb(), "loss": loss}))
+    losses = []
+    warmup_s, step_s = time_call(lambda: losses.append(run()), 0, 2)["times_s"]
+    print(json.dumps({"step_s": step_s, "warmup_s": warmup_s, "peak_rss_mb": peak_rss_mb(),
+                      "loss": losses[-1]}))
 
 
 def inference(size, reps):
@@ -123,7 +113,6 @@ def inference(size, reps):
 
     import keras
     from gscnn_tf import reference_import, reference_torch
-    from gscnn_tf.benchmark import time_interleaved
 
     torch.set_num_threads(os.cpu_count())
     state = reference_torch.random_state_dict(19, seed=0)
@@ -146,13 +135,13 @@ def inference(size, reps):
             "ratio_min": timing["ours"]["min_s"] / timing["reference"]["min_s"]}
 
 
-def _child(args_list, timeout):
-    from gscnn_tf.benchmark import run_child
+def _child(who, size, n, config, overrides):
+    return run_child(["-m", "benchmarks.reference", "--child", who, "--train-size",
+                      f"{size[0]}x{size[1]}", "--batch", str(n), "--config", config,
+                      *[f"--set={o}" for o in overrides]], timeout=1800)
 
-    return run_child([os.path.abspath(__file__), *args_list], timeout=timeout)
 
-
-def training(size, n, reps, overrides=()):
+def training(size, n, reps, config, overrides=()):
     rounds = []
     for _ in range(reps):
         row = {}
@@ -163,8 +152,7 @@ def training(size, n, reps, overrides=()):
                 row[who] = {"error": f"not run: {available:.1f} GB available, about "
                                      f"{need:.0f} GB needed"}
                 continue
-            row[who] = _child(["--child", who, "--train-size", f"{size[0]}x{size[1]}",
-                               "--batch", str(n), *[f"--set={o}" for o in overrides]], 1800)
+            row[who] = _child(who, size, n, config, overrides)
         rounds.append(row)
     result = {"size": list(size), "batch": n, "rounds": rounds}
     done = [r for r in rounds if all("step_s" in r.get(w, {}) for w in ("ours", "reference"))]
@@ -187,17 +175,13 @@ MEMORY_VARIANTS = {
 }
 
 
-def memory_parts(size, n):
-    rows = {}
-    for name, overrides in MEMORY_VARIANTS.items():
-        rows[name] = _child(["--child", "ours", "--train-size", f"{size[0]}x{size[1]}",
-                             "--batch", str(n), *[f"--set={o}" for o in overrides]], 1800)
-    return {"size": list(size), "batch": n, "variants": rows}
+def memory_parts(size, n, config, overrides=()):
+    return {"size": list(size), "batch": n,
+            "variants": {name: _child("ours", size, n, config, [*overrides, *extra])
+                         for name, extra in MEMORY_VARIANTS.items()}}
 
 
 def markdown(r):
-    from gscnn_tf.benchmark import machine_line
-
     lines = ["# Against the reference PyTorch GSCNN (WRN-38, random weights)", "",
              machine_line(r["machine"]) + f" torch {r['torch']}.", "",
              f"Command: `{r['command']}`.", ""]
@@ -222,16 +206,12 @@ def markdown(r):
                 rows.append([k, who, f"{v['step_s']:.1f}" if "step_s" in v else "-",
                              f"{v['peak_rss_mb'] / 1024:.1f}" if "peak_rss_mb" in v else "-",
                              v.get("error", "")[-200:]])
-        from gscnn_tf.benchmark import markdown_table
-
         lines += [markdown_table(["round", "model", "step s", "peak RSS GiB", "note"], rows),
                   ""]
         if "step_ratio" in tr:
             lines += [f"Step ratio **{tr['step_ratio']:.2f}** (goal <= 0.8), peak memory ratio "
                       f"**{tr['memory_ratio']:.2f}** (goal <= 0.75).", ""]
     if "memory" in r:
-        from gscnn_tf.benchmark import markdown_table
-
         m = r["memory"]
         rows = [[name, f"{v['peak_rss_mb'] / 1024:.2f}" if "peak_rss_mb" in v else "-",
                  f"{v['step_s']:.1f}" if "step_s" in v else v.get("error", "")[-200:]]
@@ -242,43 +222,45 @@ def markdown(r):
     return "\n".join(lines)
 
 
-def main(argv=None):
+def main(argv=None) -> int:
+    size = lambda text: tuple(parse_size(text))  # noqa: E731
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    add_config_arguments(parser, "our training step's YAML config (default "
+                         "configs/cityscapes_wrn38.yaml)")
+    parser.set_defaults(config=os.path.join(ROOT, "configs", "cityscapes_wrn38.yaml"))
     parser.add_argument("--parts", nargs="+", default=["inference", "train", "memory"],
                         choices=("inference", "train", "memory"))
-    parser.add_argument("--size", type=_size, default=(512, 1024))
-    parser.add_argument("--train-size", type=_size, default=(512, 512))
-    parser.add_argument("--parts-size", type=_size, default=(256, 256))
+    parser.add_argument("--size", type=size, default=(512, 1024))
+    parser.add_argument("--train-size", type=size, default=(512, 512))
+    parser.add_argument("--parts-size", type=size, default=(256, 256))
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--reps", type=int, default=2, help="inference rounds")
     parser.add_argument("--train-reps", type=int, default=1, help="training rounds")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="config override for our training step")
     parser.add_argument("--name", default="reference")
+    parser.add_argument("--out", default=RESULTS)
     parser.add_argument("--child", choices=("ours", "reference"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
-        child_train(args.child, *args.train_size, args.batch, args.set)
-        return
+        child_train(args.child, *args.train_size, args.batch, args.config, args.set)
+        return 0
     import torch
 
-    from gscnn_tf.benchmark import machine_info, write_results
-
     record = {"machine": machine_info(), "torch": torch.__version__,
-              "command": "python benchmarks/reference.py " + " ".join(sys.argv[1:])}
-    start = time.time()
-    if "inference" in args.parts:
-        record["inference"] = inference(args.size, args.reps)
-        write_results(RESULTS, args.name, record, markdown(record))
-    if "train" in args.parts:
-        record["train"] = training(args.train_size, args.batch, args.train_reps, args.set)
-        write_results(RESULTS, args.name, record, markdown(record))
-    if "memory" in args.parts:
-        record["memory"] = memory_parts(args.parts_size, args.batch)
-    record["wall_s"] = time.time() - start
-    write_results(RESULTS, args.name, record, markdown(record))
+              "command": " ".join(["python -m benchmarks.reference", *(argv or sys.argv[1:])])}
+    run = {"inference": lambda: inference(args.size, args.reps),
+           "train": lambda: training(args.train_size, args.batch, args.train_reps,
+                                     args.config, args.set),
+           "memory": lambda: memory_parts(args.parts_size, args.batch, args.config, args.set)}
+    elapsed = 0.0
+    for part in args.parts:
+        record[part], seconds = time_once(run[part])
+        elapsed += seconds
+        write_results(args.out, args.name, record, markdown(record))
+    record["wall_s"] = elapsed
     print(markdown(record))
+    print("wrote", *write_results(args.out, args.name, record, markdown(record)))
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

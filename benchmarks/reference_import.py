@@ -5,39 +5,28 @@ DataParallel saves it), converts it (timed: read, build, map, save), loads the `
 and compares the compat model with the independent PyTorch forward pass of
 gscnn_tf.reference_torch on one image at 256x512: max abs differences of the seg and edge
 logits, label agreement, and both forward times. Writes benchmarks/results/reference_import.json
-and .md.  Run: python benchmarks/reference_import.py [--size 256x512]
+and .md (torch is the `convert` extra).  Run: python -m benchmarks.reference_import [--size 256x512]
 """
+
+from __future__ import annotations
 
 import argparse
 import os
 import tempfile
-import time
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-HERE = os.path.dirname(os.path.abspath(__file__))
+from gscnn_tf.benchmark import machine_info, machine_line, markdown_table, time_once, write_results
+from gscnn_tf.cli.arguments import parse_size
 
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
-import torch  # noqa: E402
-
-from gscnn_tf import reference_import, reference_torch  # noqa: E402
-from gscnn_tf.benchmark import cpu_model, load_average, write_results  # noqa: E402
-
-RESULTS = os.path.join(HERE, "results")
+RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 
 
-def _timed(fn):
-    start = time.perf_counter()
-    value = fn()
-    return value, time.perf_counter() - start
+def measure(height: int, width: int) -> dict:
+    import keras
+    import numpy as np
+    import torch
 
+    from gscnn_tf import reference_import, reference_torch
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--size", default="256x512", help="HEIGHTxWIDTH of the test image")
-    args = parser.parse_args()
-    height, width = (int(v) for v in args.size.split("x"))
     torch.set_num_threads(os.cpu_count())
     state = reference_torch.random_state_dict(19, seed=0)
     rng = np.random.default_rng(0)
@@ -49,15 +38,13 @@ def main():
         report = reference_import.import_reference(checkpoint, out)
         sizes = {"checkpoint_mb": os.path.getsize(checkpoint) / 1e6,
                  "keras_mb": os.path.getsize(out) / 1e6}
-        model, load_s = _timed(lambda: keras.saving.load_model(out, compile=False))
+        model, load_s = time_once(lambda: keras.saving.load_model(out, compile=False))
     model(image, training=False)
-    out, tf_s = _timed(lambda: model(image, training=False))
-    (seg_ref, edge_ref), torch_s = _timed(lambda: reference_torch.forward(state, image))
+    out, tf_s = time_once(lambda: model(image, training=False))
+    (seg_ref, edge_ref), torch_s = time_once(lambda: reference_torch.forward(state, image))
     seg, edge = out["seg_logits"].numpy(), out["edge_logits"].numpy()
-    results = {
-        "machine": {"cpu": cpu_model(), "cores": os.cpu_count(),
-                    "load_average_1min": round(load_average(), 1),
-                    "tensorflow": tf.__version__, "torch": torch.__version__},
+    return {
+        "machine": machine_info(), "torch": torch.__version__,
         "conversion_s": round(report.seconds, 1), "load_s": round(load_s, 1), **sizes,
         "parameters": report.parameters, "size": [height, width],
         "seg_max_abs_diff": float(np.abs(seg - seg_ref).max()),
@@ -67,27 +54,38 @@ def main():
         "label_agreement": float(np.mean(seg.argmax(-1) == seg_ref.argmax(-1))),
         "tf_forward_s": round(tf_s, 2), "torch_forward_s": round(torch_s, 2),
     }
-    r, m = results, results["machine"]
-    lines = [
+
+
+def markdown(r: dict) -> str:
+    height, width = r["size"]
+    rows = [
+        ["conversion (read .pth, build, map, save .keras)", f"{r['conversion_s']} s"],
+        ["load .keras", f"{r['load_s']} s"],
+        ["files", f".pth {r['checkpoint_mb']:.0f} MB, .keras {r['keras_mb']:.0f} MB"],
+        ["parameters", f"{r['parameters']:,}"],
+        [f"seg logits max abs diff at {height}x{width}",
+         f"{r['seg_max_abs_diff']:.3g} (largest value {r['seg_max_abs']:.3g})"],
+        ["edge logits max abs diff",
+         f"{r['edge_max_abs_diff']:.3g} (largest value {r['edge_max_abs']:.3g})"],
+        ["label agreement", f"{100 * r['label_agreement']:.4f} %"],
+        ["forward, 1 image: TF compat model / torch reference",
+         f"{r['tf_forward_s']} s / {r['torch_forward_s']} s"]]
+    return "\n".join([
         "# Reference checkpoint import (random weights, reference key names and shapes)", "",
-        f"{m['cores']} cores ({m['cpu']}), TF {m['tensorflow']}, torch {m['torch']}; load "
-        f"average {m['load_average_1min']} at the end (times include other processes' "
-        "load)", "",
-        "| measure | value |", "|---|---|",
-        f"| conversion (read .pth, build, map, save .keras) | {r['conversion_s']} s |",
-        f"| load .keras | {r['load_s']} s |",
-        f"| files | .pth {r['checkpoint_mb']:.0f} MB, .keras {r['keras_mb']:.0f} MB |",
-        f"| parameters | {r['parameters']:,} |",
-        f"| seg logits max abs diff at {height}x{width} | {r['seg_max_abs_diff']:.3g} "
-        f"(largest value {r['seg_max_abs']:.3g}) |",
-        f"| edge logits max abs diff | {r['edge_max_abs_diff']:.3g} "
-        f"(largest value {r['edge_max_abs']:.3g}) |",
-        f"| label agreement | {100 * r['label_agreement']:.4f} % |",
-        f"| forward, 1 image: TF compat model / torch reference | {r['tf_forward_s']} s / "
-        f"{r['torch_forward_s']} s |", ""]
-    write_results(RESULTS, "reference_import", results, "\n".join(lines))
-    print("\n".join(lines))
+        machine_line(r["machine"]) + f" torch {r['torch']}.", "",
+        markdown_table(["measure", "value"], rows)])
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size", default="256x512", help="HEIGHTxWIDTH of the test image")
+    parser.add_argument("--out", default=RESULTS)
+    args = parser.parse_args(argv)
+    record = measure(*parse_size(args.size))
+    print(markdown(record))
+    print("wrote", *write_results(args.out, "reference_import", record, markdown(record)))
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -1,35 +1,82 @@
-"""The jobs of benchmarks/speed.py, each run in its own process (`speed.py --child JSON`):
-a job dict in, a JSON-able dict of figures out. Weights are random (speed does not depend on
-them); images are random, batch 1 for inference.
+"""The jobs of `python -m benchmarks.speed`: a `Job` (what to measure) runs in its own process
+(`--child JSON`) and comes back as a `JobRecord` (the job, its figures, the machine), one
+line of the run's JSONL file. Weights are random (speed does not depend on them); images are
+random, batch 1 for inference.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
-import sys
 import tempfile
-import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
-from gscnn_tf.benchmark import (  # noqa: E402
-    load_average, matmul_peak, peak_rss_mb, rss_mb, time_call, time_interleaved)
-from gscnn_tf.models.parts import part_graphs  # noqa: E402
+from gscnn_tf.benchmark import (labelled_batch, matmul_peak, peak_rss_mb, rss_mb, time_call,
+                                time_interleaved, time_once)
+from gscnn_tf.models.parts import part_graphs
 
 EXPORT_FORMATS = ("saved_model", "tflite_fp32", "tflite_fp16", "tflite_int8")
 QUANTIZE = {"tflite_fp32": "none", "tflite_fp16": "fp16", "tflite_int8": "int8"}
 NUM_CLASSES = 19
+PIPELINE_IMAGES, PIPELINE_BATCHES = 6, 10
+
+
+@dataclasses.dataclass
+class Job:
+    """One measurement. kind: matmul | latency | parts | strides | train | pipeline; `size`
+    [H, W]; `batch` per replica (train) or per batch (pipeline); `config` a YAML in place of
+    the defaults (with `label` naming it in the report)."""
+    kind: str
+    backbone: str = "small"
+    size: list = dataclasses.field(default_factory=lambda: [512, 1024])
+    formats: list = dataclasses.field(default_factory=lambda: ["keras"])
+    baseline: bool = False
+    flops: bool = False
+    mixed: bool = False
+    strides: list = dataclasses.field(default_factory=list)
+    replicas: int = 1
+    batch: int = 2
+    config: str = ""
+    label: str = ""
+    device: str = "cpu"
+    warmup: int = 1
+    reps: int = 3
+    calibration_images: int = 2
+    n: int = 4096
+    data: str = ""
+
+    def describe(self) -> str:
+        where = "" if self.kind in ("matmul", "pipeline") else self.label or self.backbone
+        extra = {"latency": ", ".join(self.formats) + (" + baseline" if self.baseline else ""),
+                 "train": f"{self.replicas} replica(s), batch {self.batch}/replica",
+                 "strides": f"strides {self.strides}"}.get(self.kind, "")
+        size = "" if self.kind == "matmul" else "x".join(map(str, self.size))
+        extra += ", mixed precision" if self.mixed else ""
+        return " ".join(p for p in (self.kind, where, size, extra) if p)
+
+
+@dataclasses.dataclass
+class JobRecord(Job):
+    """A job with its figures (`result`: the child's dict, or {"error"}), the seconds it took
+    and the machine (gscnn_tf.benchmark.machine_info) at its start."""
+    result: dict = dataclasses.field(default_factory=dict)
+    wall_s: float = 0.0
+    machine: dict = dataclasses.field(default_factory=dict)
+    command: str = ""
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "JobRecord":
+        """A JSONL line, or a job of an earlier run's speed.json (batch_per_replica)."""
+        d = {**d, "batch": d.get("batch_per_replica", d.get("batch", 2))}
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
 
 
 def _config(job, *extra):
     from gscnn_tf.config import load_config
 
-    sets = ["model.backbone.weights="]
-    if job.get("backbone"):
-        sets.append(f"model.backbone.name={job['backbone']}")
-    return load_config(job.get("config"), [*sets, *job.get("set", []), *extra])
+    sets = ["model.backbone.weights="] + ([] if job.config else
+                                         [f"model.backbone.name={job.backbone}"])
+    return load_config(job.config or None, [*sets, *extra])
 
 
 def _build(job, *extra):
@@ -39,17 +86,16 @@ def _build(job, *extra):
 
     config = _config(job, *extra)
     keras.utils.set_random_seed(0)
-    if job.get("mixed"):
+    if job.mixed:
         keras.mixed_precision.set_dtype_policy("mixed_float16")
     return config, build_model(config.model, NUM_CLASSES)
 
 
 def _numpy(outputs):
-    if isinstance(outputs, dict):
-        return {k: v.numpy() for k, v in outputs.items()}
-    if isinstance(outputs, (list, tuple)):
-        return [v.numpy() for v in outputs]
-    return outputs.numpy()
+    """A tensor, or a list or dict of them, as numpy (waits until they exist)."""
+    import tensorflow as tf
+
+    return tf.nest.map_structure(lambda t: t.numpy(), outputs)
 
 
 def _images(height, width):
@@ -76,37 +122,37 @@ def _guarded(fn):
 
 
 def child_matmul(job):
-    return matmul_peak(job.get("n", 4096), job["warmup"], max(job["reps"], 5))
+    return matmul_peak(job.n, job.warmup, max(job.reps, 5))
 
 
 def child_latency(job):
     """GSCNN (and its DeepLab v3+ baseline) latency per format at one size."""
-    height, width = job["size"]
+    height, width = job.size
     start_rss = rss_mb()
     config, model = _build(job)
     image, image_u8 = _images(height, width)
     out = {"rss_after_build_mb": rss_mb(), "rss_before_build_mb": start_rss}
-    formats = job["formats"]
+    formats = job.formats
     if "keras" in formats:
         fns = {"keras": _keras_forward(model, image)}
         fns["keras"]()  # traces and allocates: the peak of GSCNN inference alone
         gscnn_peak = peak_rss_mb()
-        if job.get("baseline"):
+        if job.baseline:
             _, baseline = _build(job, "model.shape_stream=false")
             fns["keras_baseline"] = _keras_forward(baseline, image)
         # Round-robin: a change in the machine's load affects GSCNN and the baseline alike.
-        out.update(time_interleaved(fns, job["warmup"], job["reps"]))
+        out.update(time_interleaved(fns, job.warmup, job.reps))
         out["keras"]["peak_rss_mb"] = gscnn_peak
-        if job.get("baseline"):
+        if job.baseline:
             out["interleaved"] = True
             out["shape_stream_cost"] = (out["keras"]["median_s"]
                                         / out["keras_baseline"]["median_s"])
             out["shape_stream_cost_min"] = out["keras"]["min_s"] / out["keras_baseline"]["min_s"]
-        if job.get("flops"):
+        if job.flops:
             from gscnn_tf.models.summary import count_flops
 
             out["flops"] = count_flops(model, height, width)
-            if job.get("baseline"):
+            if job.baseline:
                 out["flops_baseline"] = count_flops(baseline, height, width)
     if "saved_model" in formats:
         out["saved_model"] = _guarded(lambda: _saved_model_latency(model, image_u8, job))
@@ -123,14 +169,12 @@ def _saved_model_latency(model, image_u8, job):
     from gscnn_tf.export import class_metadata, export_saved_model
 
     with tempfile.TemporaryDirectory() as tmp:
-        start = time.perf_counter()
-        path = export_saved_model(model, tmp, "gscnn", 1, class_metadata(None, NUM_CLASSES))
-        export_s = time.perf_counter() - start
-        start = time.perf_counter()
-        signature = tf.saved_model.load(path).signatures["serving_default"]
-        load_s = time.perf_counter() - start
+        path, export_s = time_once(lambda: export_saved_model(
+            model, tmp, "gscnn", 1, class_metadata(None, NUM_CLASSES)))
+        loaded, load_s = time_once(lambda: tf.saved_model.load(path))
+        signature = loaded.signatures["serving_default"]
         x = tf.constant(image_u8)
-        timing = time_call(lambda: _numpy(signature(images=x)), job["warmup"], job["reps"])
+        timing = time_call(lambda: _numpy(signature(images=x)), job.warmup, job.reps)
     return {**timing, "export_s": export_s, "load_s": load_s}
 
 
@@ -147,20 +191,19 @@ def _tflite_latency(model, config, image_u8, name, job):
     representative = None
     if name == "tflite_int8":
         rng = np.random.default_rng(1)
-        samples = rng.integers(0, 256, (job["calibration_images"], 1, height, width, 3),
+        samples = rng.integers(0, 256, (job.calibration_images, 1, height, width, 3),
                                dtype=np.uint8)
 
         def representative():
             for sample in samples:
                 yield [sample]
 
-    start = time.perf_counter()
-    content = convert_tflite(function, QUANTIZE[name], representative)
-    convert_s = time.perf_counter() - start
+    content, convert_s = time_once(lambda: convert_tflite(function, QUANTIZE[name],
+                                                          representative))
     interpreter = Interpreter(model_content=content, num_threads=os.cpu_count())
     interpreter.allocate_tensors()
     runner = interpreter.get_signature_runner("serving_default")
-    timing = time_call(lambda: runner(images=image_u8), job["warmup"], job["reps"])
+    timing = time_call(lambda: runner(images=image_u8), job.warmup, job.reps)
     return {**timing, "convert_s": convert_s, "bytes": len(content),
             "canny": f"{e.tflite_canny_step_form} form, {e.tflite_canny_max_steps} steps"}
 
@@ -188,14 +231,14 @@ def _part_functions(model, image):
 def child_parts(job):
     """Each part's latency, timed alone on the inputs the part before produced; the parts
     of GSCNN and of the baseline timed round-robin (the load drifts alike for all)."""
-    height, width = job["size"]
+    height, width = job.size
     image, _ = _images(height, width)
     fns = {}
     for tag, extra in (("gscnn", ()), ("baseline", ("model.shape_stream=false",))):
         _, model = _build(job, *extra)
         fns.update({(tag, k): v for k, v in _part_functions(model, image).items()})
-    timed = time_interleaved({f"{t}/{k}": fn for (t, k), fn in fns.items()}, job["warmup"],
-                             job["reps"])
+    timed = time_interleaved({f"{t}/{k}": fn for (t, k), fn in fns.items()}, job.warmup,
+                             job.reps)
     out = {"gscnn": {}, "baseline": {}, "interleaved": True}
     for key, timing in timed.items():
         tag, part = key.split("/")
@@ -208,25 +251,24 @@ def child_parts(job):
 
 def child_strides(job):
     """GSCNN latency at each shape_stream_stride (and the baseline's), timed round-robin."""
-    height, width = job["size"]
+    height, width = job.size
     image, _ = _images(height, width)
     fns = {}
-    if job.get("baseline"):
+    if job.baseline:
         fns["baseline"] = _keras_forward(_build(job, "model.shape_stream=false")[1], image)
-    for stride in job["strides"]:
+    for stride in job.strides:
         _, model = _build(job, f"model.shape_stream_stride={stride}")
         fns[f"stride{stride}"] = _keras_forward(model, image)
-    return {**time_interleaved(fns, job["warmup"], job["reps"]), "interleaved": True}
+    return {**time_interleaved(fns, job.warmup, job.reps), "interleaved": True}
 
 
 def child_train(job):
     """Training images/s of the project's train step (forward, GSCNNLoss, L2, SGD)."""
     from gscnn_tf.training.strategy import configure_cpu_replicas
 
-    replicas = job["replicas"]
-    if job["device"] == "cpu":
+    replicas = job.replicas
+    if job.device == "cpu":
         configure_cpu_replicas(replicas)
-    import numpy as np
     import tensorflow as tf
 
     from gscnn_tf.data.edges import label_edges
@@ -234,16 +276,16 @@ def child_train(job):
     from gscnn_tf.training.optimizers import build_optimizer, learning_rate_schedule
     from gscnn_tf.training.step import make_train_step
 
-    kind = "GPU" if job["device"] == "gpu" else "CPU"
+    kind = "GPU" if job.device == "gpu" else "CPU"
     devices = [d.name for d in tf.config.list_logical_devices(kind)][:replicas]
     if len(devices) < replicas:
         raise RuntimeError(f"{replicas} replicas asked, {len(devices)} {kind} devices found")
     strategy = (tf.distribute.MirroredStrategy(devices) if replicas > 1
                 else tf.distribute.OneDeviceStrategy(devices[0]))
-    size = job["size"]
-    batch = job["batch_per_replica"] * replicas
+    size = job.size
+    batch = job.batch * replicas
     config = _config(job, f"train.batch_size={batch}",
-                     f"train.mixed_precision={str(bool(job.get('mixed'))).lower()}")
+                     f"train.mixed_precision={str(job.mixed).lower()}")
     with strategy.scope():
         _, model = _build(job)
         optimizer = build_optimizer(config.train, model.trainable_variables)
@@ -251,38 +293,29 @@ def child_train(job):
     loss_fn = GSCNNLoss(config.loss, config.data.ignore_label)
     train_step = make_train_step(strategy, model, optimizer, loss_fn,
                                  learning_rate_schedule(config.train), config.train, step_var)
-    rng = np.random.default_rng(0)
-    images = rng.uniform(0, 255, (batch, *size, 3)).astype(np.float32)
-    coarse = rng.integers(0, NUM_CLASSES, (batch, max(size[0] // 32, 1),
-                                           max(size[1] // 32, 1)))
-    rows = np.arange(size[0]) * coarse.shape[1] // size[0]
-    cols = np.arange(size[1]) * coarse.shape[2] // size[1]
-    labels = coarse[:, rows][:, :, cols].astype(np.int32)  # 32-px blocks of random classes
+    images, labels = labelled_batch(batch, *size, NUM_CLASSES)
     edges = label_edges(tf.constant(labels), config.data.edge_radius)
     data = tf.data.Dataset.from_tensor_slices((images, {"labels": labels, "edges": edges}))
     iterator = iter(strategy.experimental_distribute_dataset(data.repeat().batch(batch)))
     timing = time_call(lambda: {k: float(v) for k, v in train_step(*next(iterator)).items()},
-                       job["warmup"], job["reps"])
+                       job.warmup, job.reps)
     return {**timing, "global_batch": batch, "images_per_s": batch / timing["median_s"],
             "peak_rss_mb": peak_rss_mb()}
 
 
 def child_pipeline(job):
     """The training input pipeline (PNG decode ... edges) at the training crop size."""
-    from data_pipeline import make_dataset, rate
-
+    from benchmarks.data_pipeline import make_dataset, rate
     from gscnn_tf.config import load_config
     from gscnn_tf.data.pipeline import build_dataset
 
-    root = make_dataset(job["data"], job["images"])
-    crop = job["size"]
+    root = make_dataset(job.data, PIPELINE_IMAGES)
     config = load_config(None, ["data.dataset=folder", f"data.root={root}",
-                                f"data.crop_size=[{crop[0]}, {crop[1]}]"])
-    load = load_average()
-    iterator = iter(build_dataset(config, "train", True, job["batch"]))
-    per_s = rate(iterator, job["batches"], job["batch"])
-    return {"images_per_s": per_s, "batch": job["batch"], "batches": job["batches"],
-            "load_average_1min": round((load + load_average()) / 2, 2)}
+                                f"data.crop_size=[{job.size[0]}, {job.size[1]}]"])
+    timing = rate(iter(build_dataset(config, "train", True, job.batch)), PIPELINE_BATCHES,
+                  job.batch)
+    return {"images_per_s": timing["per_s"], "batch": job.batch, "batches": PIPELINE_BATCHES,
+            "load_average_1min": timing["load_average_1min"]}
 
 
 CHILDREN = {"matmul": child_matmul, "latency": child_latency, "parts": child_parts,

@@ -17,7 +17,7 @@ backward = grad - forward - loss, optimizer = step - grad. Goal: GSCNN step / ba
 at most 1.3x GSCNN forward / baseline forward.
 
 Writes benchmarks/results/train_step.json and train_step.md.
-Run: python benchmarks/train_step.py [--cases synthetic synthetic-s1 resnet50] [--reps 3]
+Run: python -m benchmarks.train_step [--cases synthetic synthetic-s1 resnet50] [--reps 3]
 """
 
 from __future__ import annotations
@@ -25,24 +25,19 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+import tensorflow as tf
 
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
-
-from gscnn_tf import build_model  # noqa: E402
-from gscnn_tf.benchmark import (machine_info, machine_line, markdown_table,  # noqa: E402
-                                time_interleaved, write_results)
-from gscnn_tf.config import load_config  # noqa: E402
-from gscnn_tf.data.edges import label_edges  # noqa: E402
-from gscnn_tf.data.pipeline import dataset_info  # noqa: E402
-from gscnn_tf.losses import (GSCNNLoss, attention_loss, dual_task_loss,  # noqa: E402
-                             edge_loss, segmentation_loss, training_loss)
-from gscnn_tf.training.optimizers import (build_optimizer, l2_coefficient,  # noqa: E402
-                                          learning_rate_schedule)
-from gscnn_tf.training.step import make_train_step  # noqa: E402
+from gscnn_tf import build_model
+from gscnn_tf.benchmark import (labelled_batch, machine_info, machine_line, markdown_table,
+                                time_interleaved, time_once, write_results)
+from gscnn_tf.config import load_config
+from gscnn_tf.data.edges import label_edges
+from gscnn_tf.data.pipeline import dataset_info
+from gscnn_tf.losses import (GSCNNLoss, attention_loss, dual_task_loss, edge_loss,
+                             segmentation_loss, training_loss)
+from gscnn_tf.training.optimizers import build_optimizer, l2_coefficient, learning_rate_schedule
+from gscnn_tf.training.step import make_train_step
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -58,18 +53,13 @@ CASES = {
 }
 
 
-def batch(num_classes, size, n, seed=0):
-    """A fixed batch: images float32 [n, H, W, 3] 0..255 with blocky labels (so the
-    boundary terms see real boundaries) and their edges."""
-    rng = np.random.default_rng(seed)
-    h, w = size
-    blocks = rng.integers(0, num_classes, (n, h // 16, w // 16))
-    labels = np.repeat(np.repeat(blocks, 16, 1), 16, 2).astype(np.int32)
+def batch(num_classes, size, n):
+    """labelled_batch in 16-px blocks with an ignored band of 4 rows, as tensors: images
+    float32 [n, H, W, 3] and {"labels", "edges"}."""
+    images, labels = labelled_batch(n, *size, num_classes, block=16)
     labels[:, :4] = 255
-    images = rng.uniform(0, 255, (n, h, w, 3)).astype(np.float32)
-    images += 40.0 * (labels[..., None] % 5)
-    targets = {"labels": tf.constant(labels), "edges": label_edges(tf.constant(labels))}
-    return tf.constant(np.clip(images, 0, 255)), targets
+    return tf.constant(images), {"labels": tf.constant(labels),
+                                 "edges": label_edges(tf.constant(labels))}
 
 
 def model_items(config, num_classes, images, targets, tag):
@@ -135,8 +125,7 @@ def run_case(name, reps):
     for tag, extra in (("gscnn", []), ("baseline", BASELINE)):
         items.update(model_items(load_config(os.path.join(ROOT, path), overrides + extra),
                                  classes, images, targets, tag))
-    start = time.time()
-    timing = time_interleaved(items, warmup=1, reps=reps)
+    timing, wall_s = time_once(lambda: time_interleaved(items, warmup=1, reps=reps))
     ms = {k: 1000.0 * v["median_s"] for k, v in timing.items()}
     parts = {}
     for tag in ("gscnn", "baseline"):
@@ -153,7 +142,7 @@ def run_case(name, reps):
             "step_over_forward": step_ratio / forward_ratio,
             "step_over_forward_min": (mins["gscnn.step"] / mins["baseline.step"])
             / (mins["gscnn.forward"] / mins["baseline.forward"]),
-            "wall_s": time.time() - start}
+            "wall_s": wall_s}
 
 
 def markdown(record):
@@ -182,18 +171,20 @@ def markdown(record):
     return "\n".join(lines)
 
 
-def main(argv=None):
+def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--cases", nargs="+", default=list(CASES), choices=list(CASES))
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--name", default="train_step")
+    parser.add_argument("--out", default=RESULTS)
     args = parser.parse_args(argv)
     record = {"machine": machine_info(), "reps": args.reps,
-              "command": "python benchmarks/train_step.py " + " ".join(sys.argv[1:]),
+              "command": " ".join(["python -m benchmarks.train_step", *(argv or sys.argv[1:])]),
               "cases": [run_case(name, args.reps) for name in args.cases]}
-    write_results(RESULTS, args.name, record, markdown(record))
     print(markdown(record))
+    print("wrote", *write_results(args.out, args.name, record, markdown(record)))
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -93,21 +93,9 @@ def time_call(fn, warmup: int = 1, reps: int = 3, clock=time.perf_counter) -> di
     `fn` must block until its result exists (return numpy, not a pending tensor).
 
     Returns {"median_s", "min_s", "times_s" (each timed call), "warmup", "reps",
-    "load_average_1min" (mean of before and after the timed calls)}.
+    "load_average_1min" (the mean of the load read before each timed call)}.
     """
-    if reps < 1 or warmup < 0:
-        raise ValueError(f"time_call: reps {reps} must be >= 1 and warmup {warmup} >= 0")
-    for _ in range(warmup):
-        fn()
-    load_before = load_average()
-    times = []
-    for _ in range(reps):
-        start = clock()
-        fn()
-        times.append(clock() - start)
-    return {"median_s": statistics.median(times), "min_s": min(times), "times_s": times,
-            "warmup": warmup, "reps": reps,
-            "load_average_1min": round((load_before + load_average()) / 2, 2)}
+    return time_interleaved({"fn": fn}, warmup, reps, clock)["fn"]
 
 
 def time_once(fn, clock=time.perf_counter) -> tuple:
@@ -125,8 +113,7 @@ def time_interleaved(fns: dict, warmup: int = 1, reps: int = 3,
     alike (what comparing parts of one model needs on a shared machine).
     Returns {key: time_call's dict}."""
     if reps < 1 or warmup < 0:
-        raise ValueError(f"time_interleaved: reps {reps} must be >= 1 and warmup {warmup} "
-                         ">= 0")
+        raise ValueError(f"reps {reps} must be >= 1 and warmup {warmup} >= 0")
     for _ in range(warmup):
         for fn in fns.values():
             fn()
@@ -142,6 +129,20 @@ def time_interleaved(fns: dict, warmup: int = 1, reps: int = 3,
                   "warmup": warmup, "reps": reps,
                   "load_average_1min": round(statistics.fmean(loads[key]), 2)}
             for key, t in times.items()}
+
+
+def labelled_batch(n: int, height: int, width: int, classes: int = 19, block: int = 32,
+                   seed: int = 0) -> tuple:
+    """A synthetic training batch: labels int32 [n, H, W] of random classes in `block`-pixel
+    squares (so the boundary terms see real boundaries), images float32 [n, H, W, 3] in
+    0..255, random with a brightness that follows the label."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    blocks = rng.integers(0, classes, (n, height // block + 1, width // block + 1))
+    labels = np.repeat(np.repeat(blocks, block, 1), block, 2)[:, :height, :width]
+    images = rng.uniform(0, 255, (n, height, width, 3)) * 0.5 + 12.0 * (labels[..., None] % 8)
+    return np.clip(images, 0, 255).astype(np.float32), labels.astype(np.int32)
 
 
 def _proc_status_mb(key: str) -> float | None:

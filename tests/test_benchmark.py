@@ -1,50 +1,77 @@
-"""gscnn_tf.benchmark helpers and benchmarks/speed.py's planning, children and report at tiny
-sizes (structure and consistency of the figures; no timed assertions)."""
+"""gscnn_tf.benchmark helpers, every benchmark script's command line, and the speed suite's
+plan, children, JSONL records and report at tiny sizes (structure and consistency of the
+figures; no timed assertions)."""
 
-import importlib.util
+import dataclasses
+import glob
 import json
 import os
 import platform
 import re
 import resource
+import subprocess
 import sys
 import time
 
 import numpy as np
 import pytest
 
+from benchmarks import speed
+from benchmarks import speed_jobs as jobs
+from benchmarks import speed_report as report
 from gscnn_tf import benchmark
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RESULTS = os.path.join(ROOT, "benchmarks", "results")
+SCRIPTS = sorted(os.path.basename(p)[:-3] for p in glob.glob(os.path.join(ROOT, "benchmarks",
+                                                                          "*.py"))
+                 if not p.endswith("__init__.py"))
 
 
-def _load(name):
-    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
-    spec = importlib.util.spec_from_file_location(
-        f"benchmarks_{name}", os.path.join(ROOT, "benchmarks", f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def test_every_benchmark_module_imports_and_prints_its_help():
+    """One child process (one TensorFlow import) runs `main(["--help"])` of every module of
+    benchmarks/ that has a main, as `python -m benchmarks.NAME --help` does."""
+    code = f"""
+import contextlib, importlib, io, json
+out = {{}}
+for name in {SCRIPTS!r}:
+    module = importlib.import_module("benchmarks." + name)
+    if not hasattr(module, "main"):
+        out[name] = None
+        continue
+    text = io.StringIO()
+    with contextlib.redirect_stdout(text):
+        try:
+            module.main(["--help"])
+        except SystemExit as e:
+            out[name] = [e.code, text.getvalue()]
+print(json.dumps(out))
+"""
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    helps = json.loads(done.stdout.strip().splitlines()[-1])
+    assert set(helps) == set(SCRIPTS) and len(SCRIPTS) >= 15
+    assert [n for n, h in helps.items() if h is None] == ["speed_jobs", "speed_report"]
+    for name, (status, text) in ((n, h) for n, h in helps.items() if h is not None):
+        assert status == 0 and text.startswith("usage: "), (name, status, text[:200])
+        assert "--help" in text, name
 
 
-@pytest.fixture(scope="module")
-def speed():
-    return _load("speed")
-
-
-@pytest.fixture(scope="module")
-def jobs():
-    return _load("speed_jobs")
-
-
-@pytest.fixture(scope="module")
-def report():
-    return _load("speed_report")
+def test_benchmarks_use_the_shared_helpers():
+    """No script edits sys.path, imports from tests/, dumps JSON by hand, reads a clock or
+    declares --config / --set itself (gscnn_tf.benchmark and gscnn_tf.cli.arguments do)."""
+    for name in SCRIPTS:
+        with open(os.path.join(ROOT, "benchmarks", f"{name}.py"), encoding="utf-8") as f:
+            text = f.read()
+        for pattern in (r"sys\.path", r"^\s*(from|import) tests\b", r"json\.dump\(",
+                        r"perf_counter|time\.time\(", r"add_argument\(\"--(config|set)\""):
+            assert not re.search(pattern, text, re.M), (name, pattern)
 
 
 def test_time_call_skips_warmup_and_takes_the_median(monkeypatch):
     ticks = iter([0.0, 1.0, 1.0, 4.0, 4.0, 6.0])  # timed calls of 1, 3 and 2 s
-    loads = iter([1.0, 2.5])  # before and after the timed calls
+    loads = iter([1.0, 2.5, 2.0])  # before each timed call
     monkeypatch.setattr(benchmark, "load_average", lambda: next(loads))
     calls = []
     out = benchmark.time_call(lambda: calls.append(1), warmup=2, reps=3,
@@ -53,7 +80,7 @@ def test_time_call_skips_warmup_and_takes_the_median(monkeypatch):
     assert out["times_s"] == [1.0, 3.0, 2.0]
     assert out["median_s"] == 2.0 and out["min_s"] == 1.0
     assert (out["warmup"], out["reps"]) == (2, 3)
-    assert out["load_average_1min"] == 1.75  # their mean
+    assert out["load_average_1min"] == 1.83  # their mean, rounded
     with pytest.raises(ValueError, match="reps 0"):
         benchmark.time_call(lambda: None, reps=0)
     with pytest.raises(ValueError, match="warmup -1"):
@@ -138,31 +165,65 @@ def test_matmul_peak_counts_2n3_flops():
     assert out["gflops_best"] >= out["gflops_median"] > 0
 
 
-def test_plan_respects_budget_and_memory(speed):
-    args = speed.argparse.Namespace(
-        warmup=1, reps=3, reps_large=2, calibration_images=2, sizes=[[512, 1024], [1024, 2048]],
-        backbones=list(speed.BACKBONES), train_backbones=["small", "wrn38"],
-        train_size=[512, 512], train_batch=2, train_reps=2, formats=["keras", "tflite_int8"],
-        data="/tmp/x")
-    plan = speed.cpu_plan(args)
-    assert plan[0]["kind"] == "matmul" and all(speed.estimate_s(j) > 0 for j in plan)
-    chosen, skipped = speed.select(plan, 20 * 60, 6.0)
-    assert sum(speed.estimate_s(j) for j in chosen) <= 20 * 60
-    assert len(chosen) + len(skipped) == len(plan)
-    reasons = {s["job"]: s["reason"] for s in skipped}
-    assert "exceeds --max-memory-gb 6" in reasons["train wrn38 512x512 2 replica(s), "
-                                                  "batch 2/replica"]
-    assert any("budget" in r and "--all" in r for r in reasons.values())
-    everything, none = speed.select(plan, 0, 0.0, everything=True)
-    assert everything == plan and none == []
+def test_time_once_and_write_json(tmp_path):
+    ticks = iter([2.0, 5.5])
+    assert benchmark.time_once(lambda: "v", clock=lambda: next(ticks)) == ("v", 3.5)
+    path = benchmark.write_json(str(tmp_path / "a" / "r.json"),
+                                {"x": np.float32(0.5), "y": np.arange(3), "z": np.int64(7)})
+    assert json.load(open(path)) == {"x": 0.5, "y": [0, 1, 2], "z": 7}
 
 
-def test_latency_parts_and_report_at_tiny_size(jobs, report):
-    import keras
-    import tensorflow as tf
+def test_labelled_batch_has_blocks_of_one_class():
+    images, labels = benchmark.labelled_batch(2, 40, 70, classes=5, block=16, seed=3)
+    assert images.shape == (2, 40, 70, 3) and images.dtype == np.float32
+    assert labels.shape == (2, 40, 70) and labels.dtype == np.int32
+    assert 0 <= images.min() and images.max() <= 255 and set(np.unique(labels)) <= set(range(5))
+    for r in range(0, 40, 16):
+        for c in range(0, 70, 16):
+            block = labels[:, r:r + 16, c:c + 16]
+            assert (block == block[:, :1, :1]).all()
+    again = benchmark.labelled_batch(2, 40, 70, classes=5, block=16, seed=3)
+    np.testing.assert_array_equal(again[1], labels)
 
-    job = {"kind": "latency", "backbone": "small", "size": [32, 64], "warmup": 0, "reps": 2,
-           "formats": ["keras"], "baseline": True, "flops": True, "device": "cpu"}
+
+def _args(**overrides):
+    return speed.argparse.Namespace(**{
+        "warmup": 1, "reps": 3, "reps_large": 2, "calibration_images": 2,
+        "sizes": [[512, 1024], [1024, 2048]], "backbones": list(speed.BACKBONES),
+        "train_backbones": ["small", "wrn38"], "train_size": [512, 512], "train_batch": 2,
+        "train_reps": 2, "formats": ["keras", "tflite_int8"], "data": "/tmp/x", "only": [],
+        **overrides})
+
+
+def test_cpu_plan_is_every_cell_of_the_selection():
+    plan = speed.cpu_plan(_args())
+    described = [job.describe() for job in plan]
+    assert len(set(described)) == len(plan)  # the report keeps the latest record per job
+    assert plan[0].kind == "matmul"
+    latency = {(j.backbone, tuple(j.size), tuple(j.formats), j.baseline) for j in plan
+               if j.kind == "latency"}
+    for name in speed.BACKBONES:
+        assert (name, (512, 1024), ("keras",), True) in latency  # the shape stream's cost
+        assert (name, (1024, 2048), ("keras",), False) in latency
+        for size in ((512, 1024), (1024, 2048)):
+            assert (name, size, ("keras", "tflite_int8"), False) in latency
+    train = [(j.backbone, j.replicas, j.reps, j.batch) for j in plan if j.kind == "train"]
+    assert train == [("small", 1, 2, 2), ("small", 2, 2, 2), ("wrn38", 1, 2, 2),
+                     ("wrn38", 2, 2, 2)]
+    assert [j.reps for j in plan if tuple(j.size) == (1024, 2048)] == [2] * 10
+    only = speed.cpu_plan(_args(only=["train", "pipeline"], backbones=["small"]))
+    assert [j.kind for j in only] == ["train"] * 4 + ["pipeline"]
+    keras_only = speed.cpu_plan(_args(formats=["keras"], backbones=["resnet50"]))
+    assert all(j.formats == ["keras"] for j in keras_only if j.kind == "latency")
+    assert not any(j.kind == "strides" for j in keras_only)  # they need the small backbone
+
+
+def test_latency_and_report_at_tiny_size(monkeypatch):
+    from gscnn_tf.models import summary as model_summary
+
+    flops = iter([3e9, 2e9])  # count_flops itself: test_model; here GSCNN's, then baseline's
+    monkeypatch.setattr(model_summary, "count_flops", lambda model, h, w: next(flops))
+    job = jobs.Job("latency", "small", [32, 64], warmup=0, reps=2, baseline=True, flops=True)
     lat = jobs.child_latency(job)
     assert lat["keras"]["reps"] == 2 and lat["keras"]["median_s"] > 0
     assert lat["shape_stream_cost"] == pytest.approx(
@@ -170,57 +231,62 @@ def test_latency_parts_and_report_at_tiny_size(jobs, report):
     assert lat["interleaved"] and len(lat["keras_baseline"]["times_s"]) == 2
     assert lat["shape_stream_cost_min"] == pytest.approx(
         min(lat["keras"]["times_s"]) / min(lat["keras_baseline"]["times_s"]))
-    assert lat["flops"] > lat["flops_baseline"] > 0
+    assert (lat["flops"], lat["flops_baseline"]) == (3e9, 2e9)
     assert lat["peak_rss_mb"] >= lat["keras"]["peak_rss_mb"] >= lat["rss_after_build_mb"]
 
-    # The parts, run one after another on each other's outputs, are the whole model.
-    _, model = jobs._build(job)
-    image = np.random.default_rng(0).uniform(0, 255, (1, 32, 64, 3)).astype(np.float32)
-    values = {id(model.input): tf.constant(image)}
-    parts = jobs.part_graphs(model)
-    assert list(parts) == ["backbone", "shape_stream", "canny", "fusion_aspp", "decoder"]
-    for inputs, outputs in parts.values():
-        sub = keras.Model(inputs, outputs)
-        result = sub([values[id(t)] for t in inputs], training=False)
-        result = result if isinstance(result, (list, tuple)) else [result]
-        values.update({id(t): v for t, v in zip(outputs, result)})
-    np.testing.assert_allclose(values[id(parts["decoder"][1][0])],
-                               model(image, training=False)["seg_logits"], atol=1e-4)
-
-    record = {"device": "cpu", "machine": benchmark.machine_info(), "wall_s": 1.0,
-              "jobs": [{"kind": "matmul", "result": {"gflops_median": 80.0, "gflops_best": 100.0}},
-                       {**job, "result": lat},
-                       {"kind": "train", "backbone": "small", "size": [8, 8], "replicas": 1,
-                        "result": {"median_s": 2.0, "images_per_s": 1.0, "global_batch": 2,
-                                   "load_average_1min": 1.0, "peak_rss_mb": 10.0}},
-                       {"kind": "train", "backbone": "small", "size": [8, 8], "replicas": 2,
-                        "result": {"median_s": 2.5, "images_per_s": 1.6, "global_batch": 4,
-                                   "load_average_1min": 1.0, "peak_rss_mb": 10.0}},
-                       {"kind": "pipeline", "size": [8, 8],
-                        "result": {"images_per_s": 5.0, "load_average_1min": 1.0}}],
-              "not_measured": [{"job": "latency wrn38 1024x2048 keras", "reason": "why"}]}
-    summary = report.summarise(record)
+    machine = benchmark.machine_info()
+    records = [jobs.JobRecord(**dataclasses.asdict(j), result=r, machine=machine, wall_s=1.0)
+               for j, r in [
+        (jobs.Job("matmul"), {"gflops_median": 80.0, "gflops_best": 100.0}), (job, lat),
+        (jobs.Job("train", size=[8, 8], replicas=1),
+         {"median_s": 2.0, "images_per_s": 1.0, "global_batch": 2, "load_average_1min": 1.0,
+          "peak_rss_mb": 10.0}),
+        (jobs.Job("train", size=[8, 8], replicas=2),
+         {"median_s": 2.5, "images_per_s": 1.6, "global_batch": 4, "load_average_1min": 1.0,
+          "peak_rss_mb": 10.0}),
+        (jobs.Job("pipeline", size=[8, 8]), {"images_per_s": 5.0, "load_average_1min": 1.0}),
+        (jobs.Job("latency", "wrn38", [1024, 2048]), {"error": "exit status 9: killed"})]]
+    summary = report.summarise(records)
     achieved = lat["flops"] / lat["keras"]["median_s"] / 1e9
     assert summary["achieved_gflops"]["small_32x64"] == pytest.approx(achieved)
     assert summary["share_of_matmul_peak"]["small_32x64"] == pytest.approx(achieved / 100)
     assert summary["pipeline_over_train_step"] == pytest.approx(5.0)
     assert summary["two_replica_speedup"] == pytest.approx(1.6)
-    text = report.markdown({**record, "summary": summary})
-    cost = f"{lat['shape_stream_cost']:.2f} (min {lat['shape_stream_cost_min']:.2f}, FLOPs"
+    text = report.markdown(records)
+    assert benchmark.machine_line(machine) in text
+    cost = (f"{lat['shape_stream_cost']:.2f} (min {lat['shape_stream_cost_min']:.2f}, FLOPs "
+            "1.50) | - | - | - | - | 3 (baseline 2) |")
     assert cost in text
-    assert "- latency wrn38 1024x2048 keras: why" in text
+    assert "- latency wrn38 1024x2048 keras: failed: exit status 9: killed" in text
+    assert "| wrn38 | 1024x2048 | failed: exit status 9: killed |" in text
     assert "one after the other" not in text
     sequential = {k: v for k, v in lat.items() if k not in ("interleaved",
                                                              "shape_stream_cost_min")}
-    old = {**record, "jobs": [{**job, "result": sequential}]}
-    assert "one after the other" in report.markdown({**old, "summary": report.summarise(old)})
+    assert "one after the other" in report.markdown(
+        [dataclasses.replace(records[1], result=sequential)])
     for figure, value in report.REFERENCE:  # the reference's figures beside ours (CPU only)
         assert f"| {figure} | {value} |" in text
-    gpu = {**record, "device": "gpu"}
-    assert "reference" not in report.markdown({**gpu, "summary": report.summarise(gpu)})
+    gpu = [dataclasses.replace(r, device="gpu") for r in records]
+    assert "reference" not in report.markdown(gpu)
 
 
-def test_strides_are_timed_round_robin_with_the_baseline(jobs, monkeypatch):
+def test_report_of_an_earlier_speed_json_gives_its_tables_again(tmp_path):
+    """The committed run of 2026-12-01 (one JSON of every job) read back as records: the
+    same latency, parts, stride and training tables as the markdown written then."""
+    records = report.read_records(os.path.join(RESULTS, "speed_2026-12-01.json"))
+    with open(os.path.join(RESULTS, "speed_2026-12-01.json"), encoding="utf-8") as f:
+        run = json.load(f)
+    assert len(records) == len(run["jobs"])
+    assert all(r.machine == run["machine"] and r.command == run["command"] for r in records)
+    with open(os.path.join(RESULTS, "speed_2026-12-01.md"), encoding="utf-8") as f:
+        written = f.read()
+    text = report.markdown(records)
+    for section in ("## Inference latency", "## Training throughput"):
+        table = lambda md: md.split(section)[1].split("\n\n")[1]  # noqa: E731
+        assert table(text) == table(written), section
+
+
+def test_strides_are_timed_round_robin_with_the_baseline(monkeypatch):
     calls = []
 
     def forward(model, image):  # records which model runs: its shape-stream stride, 0 = none
@@ -228,49 +294,60 @@ def test_strides_are_timed_round_robin_with_the_baseline(jobs, monkeypatch):
         return lambda: calls.append(stride)
 
     monkeypatch.setattr(jobs, "_keras_forward", forward)
-    job = {"kind": "strides", "backbone": "small", "size": [32, 64], "strides": [1, 2],
-           "baseline": True, "warmup": 1, "reps": 2}
+    job = jobs.Job("strides", "small", [32, 64], strides=[4], baseline=True, reps=2)
     out = jobs.child_strides(job)
-    assert calls == [0, 1, 2] * 3  # the warm-up round, then each timed round in turn
-    assert out["interleaved"] and sorted(out) == ["baseline", "interleaved", "stride1",
-                                                   "stride2"]
-    assert all(len(out[k]["times_s"]) == 2 for k in ("baseline", "stride1", "stride2"))
+    assert calls == [0, 4] * 3  # the warm-up round, then each timed round in turn
+    assert out["interleaved"] and sorted(out) == ["baseline", "interleaved", "stride4"]
+    assert all(len(out[k]["times_s"]) == 2 for k in ("baseline", "stride4"))
 
 
-def test_gpu_plan(speed, monkeypatch):
+def test_gpu_plan(monkeypatch):
     import tensorflow as tf
 
-    args = speed.argparse.Namespace(warmup=1, reps=3, backbones=["resnet50"])
+    args = _args(backbones=["resnet50"])
     monkeypatch.setattr(tf.config, "list_physical_devices", lambda kind=None: [])
     with pytest.raises(SystemExit, match="no GPU"):
         speed.gpu_plan(args)
     monkeypatch.setattr(tf.config, "list_physical_devices", lambda kind=None: ["g0", "g1"])
     plan = speed.gpu_plan(args)
-    latency = [j for j in plan if j["kind"] == "latency"]
-    assert {(tuple(j["size"]), j["mixed"]) for j in latency} == {((1024, 2048), False),
-                                                                  ((1024, 2048), True)}
-    train = [j for j in plan if j["kind"] == "train"]
-    assert {(j["replicas"], j["mixed"]) for j in train} == {(1, False), (1, True), (2, False),
-                                                            (2, True)}
-    assert all(j["size"] == [800, 800] and j["batch_per_replica"] == 2 and
-               j["device"] == "gpu" for j in train)
+    latency = [j for j in plan if j.kind == "latency"]
+    assert {(tuple(j.size), j.mixed) for j in latency} == {((1024, 2048), False),
+                                                            ((1024, 2048), True)}
+    train = [j for j in plan if j.kind == "train"]
+    assert {(j.replicas, j.mixed) for j in train} == {(1, False), (1, True), (2, False),
+                                                      (2, True)}
+    assert all(j.size == [800, 800] and j.batch == 2 and j.device == "gpu" for j in train)
+    assert plan[0].n == 8192 and all(j.reps >= 10 for j in plan)
 
 
-def test_deadline_lists_the_jobs_not_started(speed, monkeypatch, tmp_path):
+def test_run_appends_typed_records_and_the_report_reads_them(monkeypatch, tmp_path):
     started = []
 
     def fake_child(argv, env=None):
-        started.append(json.loads(argv[-1])["kind"])
-        time.sleep(0.2)
-        return {"error": "stand-in child"}
+        job = jobs.Job(**json.loads(argv[argv.index("--child") + 1]))
+        started.append(job.describe())
+        time.sleep(0.05)
+        return {"error": "stand-in child"} if job.kind == "matmul" else {
+            "keras": {"median_s": 0.5, "load_average_1min": 1.0, "peak_rss_mb": 9.0}}
 
     monkeypatch.setattr(speed, "run_child", fake_child)
-    assert speed.main(["--backbones", "small", "--sizes", "64x128", "--train-backbones",
-                       "small", "--formats", "keras", "--budget-min", "1000",
-                       "--deadline-min", str(0.1 / 60), "--out", str(tmp_path)]) == 0
-    with open(tmp_path / "speed.json", encoding="utf-8") as f:
-        record = json.load(f)
-    assert started == ["matmul"] and [j["kind"] for j in record["jobs"]] == ["matmul"]
-    deadline = [s for s in record["not_measured"] if "deadline" in s["reason"]]
-    assert len(deadline) >= 3 and all("0.00166667-min deadline" in s["reason"] for s in deadline)
-    assert any(s["job"].startswith("latency small 64x128") for s in deadline)
+    common = ["--backbones", "small", "--sizes", "64x128", "--formats", "keras", "--out",
+              str(tmp_path), "--only", "matmul", "latency"]
+    assert speed.main([*common, "--jobs", "0", "1"]) == 0
+    assert started == ["matmul", "latency small 64x128 keras + baseline"]
+    assert speed.main([*common, "--jobs", "1"]) == 0  # appended, not rewritten
+    with open(tmp_path / "speed.jsonl", encoding="utf-8") as f:
+        lines = [json.loads(line) for line in f]
+    assert [line["kind"] for line in lines] == ["matmul", "latency", "latency"]
+    assert all(line["machine"]["cores"] == os.cpu_count() and line["wall_s"] >= 0.05
+               and line["command"].startswith("python -m benchmarks.speed") for line in lines)
+    records = report.read_records(str(tmp_path / "speed.jsonl"))
+    assert [r.kind for r in records] == ["matmul", "latency"]  # the latest of each job
+    assert records[1] == jobs.JobRecord.from_dict(lines[2])
+    text = open(tmp_path / "speed.md").read()
+    assert "| small | 64x128 | 500 ms (load 1.0) |" in text
+    assert "- matmul: failed: stand-in child" in text
+    started.clear()
+    assert speed.main([*common, "--deadline-min", "0", "--fresh"]) == 0
+    assert started == ["matmul"]  # the first job ran; the deadline had passed for the next
+    assert len(open(tmp_path / "speed.jsonl").readlines()) == 1
