@@ -68,7 +68,7 @@ if [ "$gpus" -gt 0 ]; then
   # ResNet-50 with their DeepLab v3+ baselines, 800x800 training steps (batch 2 per GPU, one
   # GPU and all of them), an FP32 matmul for scale; writes speed_gpu.{json,md}.
   section "timings: 1024x2048 inference fp32/fp16, 800x800 training" 240 \
-    python benchmarks/speed.py --device gpu --backbones wrn38 resnet50 \
+    python -m benchmarks.speed --device gpu --backbones wrn38 resnet50 \
       --train-backbones wrn38 resnet50 --deadline-min 3 --name speed_gpu
 else
   echo "| tests, training and timings | skipped: TensorFlow sees no GPU | 0 |" >> "$report"
@@ -80,7 +80,7 @@ fi
 # the labels must agree with the Keras model's (>= 99.9 % / >= 99.5 % of pixels).
 # About a minute; writes benchmarks/results/litert_gpu.{json,md}.
 section "TFLite GPU target on LiteRT's GPU accelerator" 60 \
-  python benchmarks/litert_gpu.py "$model" --images 8
+  python -m benchmarks.litert_gpu "$model" --images 8
 
 {
   echo
