@@ -9,6 +9,7 @@ behind `compile()`, the steps of `fit`, and the mean-IoU metric.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 
 import keras
 import tensorflow as tf
@@ -131,3 +132,118 @@ def compile_arguments(model, config: dict) -> dict:
             "metrics": [keras.saving.deserialize_keras_object(m) for m in config["metrics"]],
             "weight_decay": config["weight_decay"], "seed": config["seed"]}
 
+
+class GSCNNTask(keras.Model):
+    """The task half of `GSCNN` (keras-hub's `Task` shape): `compile()` with the paper's
+    recipe by default, `fit` on the pipeline's batches, the four-term loss and its
+    trackers, and the compile config that `keras.saving.load_model` restores. A subclass
+    builds its functional graph and calls `super().__init__(inputs, outputs)`; it provides
+    `num_classes`, `ignore_label` and `loss_config`, and sets `self._task = None`.
+    """
+
+    def compile(self, optimizer=None, loss=None, metrics=None, *, steps=None,
+                weight_decay=None, seed=0, **kwargs):
+        """The paper's recipe by default; every piece can be replaced.
+
+        Args:
+            optimizer: default SGD, momentum 0.9, lr 0.01 with polynomial decay (power 1)
+                to 0 over `steps` (or over the steps of the first `fit`). Any Keras
+                optimizer (or its name) otherwise.
+            loss: a `gscnn_tf.losses.GSCNNLoss` (default: one from `loss_config` and
+                `ignore_label`) or any callable with its contract (`(targets, outputs,
+                seed) -> {"seg", "edge", "att", "dual", "total"}`). Keras losses do not fit
+                the two-output targets and are refused.
+            metrics: default `[SegmentationMeanIoU(num_classes, ignore_label)]` ("miou");
+                metrics get `(targets dict, outputs dict)`.
+            steps: total training steps of the default learning-rate schedule.
+            weight_decay: the L2 term `weight_decay / 2 * sum(kernel ** 2)` added to the loss
+                (kernels only). Default 1e-4, or 0 when the optimizer decays weights itself
+                (e.g. AdamW).
+            seed: seed of the dual loss's Gumbel noise (with the optimizer's step).
+            **kwargs: the rest of `keras.Model.compile` (`steps_per_execution`,
+                `jit_compile`, `run_eagerly`, ...).
+        """
+        for key in ("loss_weights", "weighted_metrics"):
+            if kwargs.get(key) is not None:
+                raise ValueError(f"GSCNN.compile: '{key}' is not supported; the loss terms "
+                                 "are weighted by loss_config (lambda_seg, lambda_edge, ...)")
+        with self.distribute_strategy.scope():
+            self._task = make_task(self, optimizer, loss, metrics, steps, weight_decay, seed)
+            super().compile(optimizer=self._task.optimizer, **kwargs)
+            self.optimizer.build(self.trainable_variables)
+
+    def fit(self, *args, **kwargs):
+        """`keras.Model.fit` on the pipeline's `(images, {"labels", "edges"})` batches
+        (`gscnn_tf.data.pipeline.build_dataset`). `sample_weight` and `class_weight` are
+        refused (the loss weights pixels itself: `loss_config.class_weighting`). The default
+        schedule decays over `(epochs - initial_epoch) * steps_per_epoch` steps unless
+        `compile(steps=...)` fixed them."""
+        bound = inspect.signature(keras.Model.fit).bind(self, *args, **kwargs)
+        if isinstance(bound.arguments.get("x"), tf.data.Dataset):
+            bound.arguments.setdefault("shuffle", False)  # it shuffles itself; Keras warns
+        bound.apply_defaults()
+        arguments = {k: v for k, v in bound.arguments.items() if k != "self"}
+        reject_sample_weights(arguments["sample_weight"], arguments["class_weight"])
+        if self._task is not None and self._task.pending_schedule is not None:
+            self._task.pending_schedule.total_steps = fit_steps(arguments)
+            self._task.pending_schedule = None
+            self.train_function = None
+        return super().fit(**arguments)
+
+    def make_train_function(self, force=False):
+        if self._task is not None and self._task.pending_schedule is not None:
+            raise ValueError("GSCNN: the default learning-rate schedule decays over the "
+                             "training steps, unknown here: pass compile(steps=N) or train "
+                             "with fit(..., steps_per_epoch=S, epochs=E)")
+        return super().make_train_function(force)
+
+    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
+        """The training loss of `fit`, `evaluate` and the custom loop
+        (`gscnn_tf.losses.training_loss`): GSCNNLoss plus the kernel L2 term, this replica's
+        share of the global-batch value under `tf.distribute`. Tracks each term."""
+        from gscnn_tf.losses import training_loss
+
+        task = self._require_task()
+        reject_sample_weights(sample_weight)
+        seed = None
+        if training:
+            seed = tf.stack([tf.constant(task.seed, tf.int64),
+                             tf.cast(self.optimizer.iterations, tf.int64)])
+        terms = training_loss(task.loss, y, y_pred, self.trainable_variables,
+                              task.weight_decay, seed)
+        context = tf.distribute.get_replica_context()
+        replicas = context.num_replicas_in_sync if context is not None else 1
+        for tracker in task.terms:
+            tracker.update_state(terms[tracker.name] * replicas)
+        return terms["total"]
+
+    def compute_metrics(self, x, y, y_pred, sample_weight=None):
+        for metric in self._require_task().metrics:
+            metric.update_state(y, y_pred)
+        return self.get_metrics_result()
+
+    @property
+    def metrics(self):
+        metrics = list(super().metrics)
+        if getattr(self, "_task", None) is not None:
+            metrics += [m for m in self._task.terms + self._task.metrics
+                        if all(m is not n for n in metrics)]
+        return metrics
+
+    def get_compile_config(self):
+        """What `keras.saving.load_model` needs to compile the loaded model as this one
+        (optimizer with its schedule, loss config, metrics, weight decay, seed), so training
+        goes on with the saved optimizer state. None when uncompiled, or compiled with a
+        loss other than a `GSCNNLoss` or a schedule still waiting for `fit`'s steps (the
+        loaded model is then uncompiled: call `compile()`)."""
+        task = getattr(self, "_task", None)
+        return None if task is None else compile_config(task)
+
+    def compile_from_config(self, config):
+        self.compile(**compile_arguments(self, config))
+
+    def _require_task(self):
+        if getattr(self, "_task", None) is None:
+            raise RuntimeError("GSCNN: call model.compile() (the paper's recipe by default) "
+                               "before fit / evaluate / train_on_batch")
+        return self._task
