@@ -9,6 +9,10 @@ through `global_sum` (identity by default). Under `tf.distribute`, `GSCNNLoss` p
 cross-replica sum, so each replica returns its local sums divided by GLOBAL counts: the
 replica values (and their gradients) add up exactly to the single-device loss of the global
 batch, with no further division by the number of replicas.
+
+One module past 300 lines on purpose: it is one idea, the training loss, whose four terms
+share the input checks, the pixel weighting (seg, att) and the global-count contract that
+`GSCNNLoss` and `training_loss` state once for all of them.
 """
 
 from __future__ import annotations
