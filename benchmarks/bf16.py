@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import collections
 import os
-import sys
 import tempfile
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -29,8 +28,8 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from gscnn_tf import build_model, load_config  # noqa: E402
-from gscnn_tf.benchmark import (machine_info, machine_line, markdown_table,  # noqa: E402
-                                time_interleaved, time_once, write_results)
+from gscnn_tf.benchmark import (command_line, machine_info, machine_line,  # noqa: E402
+                                markdown_table, time_interleaved, time_once, write_results)
 from gscnn_tf.cli.arguments import parse_size  # noqa: E402
 from gscnn_tf.export import class_metadata, export_saved_model  # noqa: E402
 from gscnn_tf.precision import with_precision  # noqa: E402
@@ -172,10 +171,9 @@ def main(argv=None) -> int:
     rows, wall_s = time_once(lambda: [run_backbone(b, size, args.reps, args.profile, m)
                                       for b, m in sources])
     record = {"machine": machine_info(), "reps": args.reps,
-              "command": " ".join(["python -m benchmarks.bf16", *(argv or sys.argv[1:])]),
+              "command": command_line("benchmarks.bf16", argv),
               "backbones": rows, "wall_s": wall_s}
-    print(markdown(record))
-    print("wrote", *write_results(args.out, args.name, record, markdown(record)))
+    write_results(args.out, args.name, record, markdown(record), echo=True)
     return 0
 
 

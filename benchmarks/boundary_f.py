@@ -127,8 +127,7 @@ def main(argv=None) -> int:
         "f_first_image": {str(k): round(v, 4) for k, v in results[0][3].items()},
         "machine": machine_info(),
     }
-    print(markdown(record))
-    print("wrote", *write_results(args.out, "boundary_f", record, markdown(record)))
+    write_results(args.out, "boundary_f", record, markdown(record), echo=True)
     return 0
 
 

@@ -208,8 +208,7 @@ def main(argv=None) -> int:
     speed(r, args.reps)
     bounded(r)
     tflite(r)
-    print(_markdown(r))
-    print("wrote", *write_results(args.out, "canny", r, _markdown(r)))
+    write_results(args.out, "canny", r, _markdown(r), echo=True)
     return 0
 
 

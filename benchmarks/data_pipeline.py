@@ -132,9 +132,8 @@ def main(argv=None) -> int:
                                       model_step_rate(config, args.batch, args.model_steps))
     if r["model_step_examples_per_s"]:
         r["pipeline_over_step"] = r["train_examples_per_s"] / r["model_step_examples_per_s"]
-    text = markdown(r, config.model.backbone.name)
-    print(text)
-    print("wrote", *write_results(args.out, "data_pipeline", r, text))
+    write_results(args.out, "data_pipeline", r, markdown(r, config.model.backbone.name),
+                  echo=True)
     return 0
 
 

@@ -113,8 +113,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     r = {"machine": machine_info(), "repeats": args.repeats, "edges": edge_rows(args.repeats),
          "loss": [] if args.no_loss else loss_rows(args.repeats)}
-    print(markdown(r))
-    print("wrote", *write_results(args.out, "edges", r, markdown(r)))
+    write_results(args.out, "edges", r, markdown(r), echo=True)
     return 0
 
 

@@ -80,8 +80,7 @@ def main(argv=None) -> int:
     record = {"benchmark": "evaluate_memory", "height": height, "width": width,
               "model": f"{os.path.basename(args.config)} (GSCNN)", "rows": rows,
               "machine": machine_info()}
-    print(markdown(record))
-    print("wrote", *write_results(args.out, "evaluate_memory", record, markdown(record)))
+    write_results(args.out, "evaluate_memory", record, markdown(record), echo=True)
     return 0
 
 

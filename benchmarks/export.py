@@ -254,8 +254,7 @@ def main(argv=None) -> int:
         print(f"TFLite GPU target {quantize}:", record["tflite_gpu"][quantize], flush=True)
     record["canny_found"] = canny_found_share(images, config)
     print("bounded Canny:", record["canny_found"], flush=True)
-    print(_markdown(record))
-    print("wrote", *write_results(args.out, "export", record, _markdown(record)))
+    write_results(args.out, "export", record, _markdown(record), echo=True)
     return 0
 
 

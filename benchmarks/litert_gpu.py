@@ -218,8 +218,7 @@ def main(argv=None) -> int:
                 failed = failed or not passed
             record["files"][quantize] = entry
             print(f"{quantize}: {entry}", flush=True)
-    print(_markdown(record))
-    print("wrote", *write_results(args.out, "litert_gpu", record, _markdown(record)))
+    write_results(args.out, "litert_gpu", record, _markdown(record), echo=True)
     return 1 if failed else 0
 
 

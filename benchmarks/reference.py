@@ -24,14 +24,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import tempfile
 
 import numpy as np
 
-from gscnn_tf.benchmark import (labelled_batch, machine_info, machine_line, markdown_table,
-                                peak_rss_mb, run_child, time_call, time_interleaved,
-                                time_once, write_results)
+from gscnn_tf.benchmark import (command_line, labelled_batch, machine_info, machine_line,
+                                markdown_table, peak_rss_mb, run_child, time_call,
+                                time_interleaved, time_once, write_results)
 from gscnn_tf.cli.arguments import add_config_arguments, parse_size
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -246,7 +245,7 @@ def main(argv=None) -> int:
     import torch
 
     record = {"machine": machine_info(), "torch": torch.__version__,
-              "command": " ".join(["python -m benchmarks.reference", *(argv or sys.argv[1:])])}
+              "command": command_line("benchmarks.reference", argv)}
     run = {"inference": lambda: inference(args.size, args.reps),
            "train": lambda: training(args.train_size, args.batch, args.train_reps,
                                      args.config, args.set),
@@ -257,8 +256,7 @@ def main(argv=None) -> int:
         elapsed += seconds
         write_results(args.out, args.name, record, markdown(record))
     record["wall_s"] = elapsed
-    print(markdown(record))
-    print("wrote", *write_results(args.out, args.name, record, markdown(record)))
+    write_results(args.out, args.name, record, markdown(record), echo=True)
     return 0
 
 

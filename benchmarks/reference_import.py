@@ -82,8 +82,7 @@ def main(argv=None) -> int:
     parser.add_argument("--out", default=RESULTS)
     args = parser.parse_args(argv)
     record = measure(*parse_size(args.size))
-    print(markdown(record))
-    print("wrote", *write_results(args.out, "reference_import", record, markdown(record)))
+    write_results(args.out, "reference_import", record, markdown(record), echo=True)
     return 0
 
 

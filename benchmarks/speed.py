@@ -30,12 +30,11 @@ import argparse
 import dataclasses
 import json
 import os
-import sys
 import tempfile
 
 from benchmarks.speed_jobs import CHILDREN, EXPORT_FORMATS, Job, JobRecord
 from benchmarks.speed_report import read_records, write_report
-from gscnn_tf.benchmark import machine_info, run_child, time_once
+from gscnn_tf.benchmark import command_line, machine_info, run_child, time_once
 from gscnn_tf.cli.arguments import parse_size
 
 BACKBONES = ("small", "mobilenetv2", "resnet50", "resnet101", "wrn38")
@@ -168,7 +167,7 @@ def main(argv=None) -> int:
     path = os.path.join(args.out, f"{name}.jsonl")
     if args.fresh and os.path.exists(path):
         os.remove(path)
-    command = " ".join(["python -m benchmarks.speed", *(argv or sys.argv[1:])])
+    command = command_line("benchmarks.speed", argv)
     deadline = None if args.deadline_min is None else 60 * args.deadline_min
     for left in run_jobs(chosen, path, command, deadline, env):
         print(f"not started (the {args.deadline_min:g}-min deadline had passed): {left}")

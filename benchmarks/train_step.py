@@ -24,13 +24,12 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 
 import tensorflow as tf
 
 from gscnn_tf import build_model
-from gscnn_tf.benchmark import (labelled_batch, machine_info, machine_line, markdown_table,
-                                time_interleaved, time_once, write_results)
+from gscnn_tf.benchmark import (command_line, labelled_batch, machine_info, machine_line,
+                                markdown_table, time_interleaved, time_once, write_results)
 from gscnn_tf.config import load_config
 from gscnn_tf.data.edges import label_edges
 from gscnn_tf.data.pipeline import dataset_info
@@ -179,10 +178,9 @@ def main(argv=None) -> int:
     parser.add_argument("--out", default=RESULTS)
     args = parser.parse_args(argv)
     record = {"machine": machine_info(), "reps": args.reps,
-              "command": " ".join(["python -m benchmarks.train_step", *(argv or sys.argv[1:])]),
+              "command": command_line("benchmarks.train_step", argv),
               "cases": [run_case(name, args.reps) for name in args.cases]}
-    print(markdown(record))
-    print("wrote", *write_results(args.out, args.name, record, markdown(record)))
+    write_results(args.out, args.name, record, markdown(record), echo=True)
     return 0
 
 

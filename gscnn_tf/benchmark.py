@@ -203,6 +203,12 @@ def run_child(argv: list[str], timeout: float | None = None, env: dict | None = 
     return {"error": f"exit status {out.returncode}: {out.stderr.strip()[-800:]}"}
 
 
+def command_line(module: str, argv: list[str] | None = None) -> str:
+    """The command that runs `python -m module` with `argv` (None: this process's
+    arguments), for results files."""
+    return " ".join(["python -m", module, *(sys.argv[1:] if argv is None else argv)])
+
+
 def markdown_table(headers: list[str], rows: list[list]) -> str:
     """A GitHub markdown table; None cells print as "-"."""
     cells = [[("-" if v is None else str(v)) for v in row] for row in rows]
@@ -226,12 +232,16 @@ def write_json(path: str, value, indent: int = 2) -> str:
     return path
 
 
-def write_results(out_dir: str, name: str, record: dict, markdown: str) -> tuple[str, str]:
+def write_results(out_dir: str, name: str, record: dict, markdown: str,
+                  echo: bool = False) -> tuple[str, str]:
     """Writes `<out_dir>/<name>.json` and `<name>.md` (each via a temporary file and a
-    rename: a failed run leaves the previous results whole). Returns both paths."""
+    rename: a failed run leaves the previous results whole); with `echo`, prints the
+    markdown and the two paths too. Returns both paths."""
     from gscnn_tf import files
 
     paths = (files.join(out_dir, f"{name}.json"), files.join(out_dir, f"{name}.md"))
     write_json(paths[0], record)
     files.atomic_write_text(paths[1], markdown.rstrip() + "\n")
+    if echo:
+        print(f"{markdown.rstrip()}\nwrote", *paths)
     return paths

@@ -139,16 +139,23 @@ def test_peak_memory_follows_allocations():
     del block
 
 
-def test_write_results_and_markdown_table(tmp_path):
+def test_write_results_and_markdown_table(tmp_path, capsys):
     table = benchmark.markdown_table(["a", "b"], [[1, None], ["x", 2.5]])
     assert table.splitlines() == ["| a | b |", "|---|---|", "| 1 | - |", "| x | 2.5 |"]
     json_path, md_path = benchmark.write_results(str(tmp_path / "r"), "speed",
                                                  {"x": [1, 2]}, "# T\n\n" + table)
     assert json.load(open(json_path)) == {"x": [1, 2]}
     assert open(md_path).read() == "# T\n\n" + table + "\n"
-    benchmark.write_results(str(tmp_path / "r"), "speed", {"x": 3}, "# U")
+    assert capsys.readouterr().out == ""
+    benchmark.write_results(str(tmp_path / "r"), "speed", {"x": 3}, "# U\n", echo=True)
     assert json.load(open(json_path)) == {"x": 3}
+    assert capsys.readouterr().out == f"# U\nwrote {json_path} {md_path}\n"
     assert sorted(os.listdir(tmp_path / "r")) == ["speed.json", "speed.md"]  # no .tmp left
+
+
+def test_command_line():
+    assert benchmark.command_line("benchmarks.x", ["--a", "1"]) == "python -m benchmarks.x --a 1"
+    assert benchmark.command_line("m", None) == " ".join(["python -m m", *sys.argv[1:]])
 
 
 def test_run_child_reads_the_last_json_line_or_reports_the_error():
