@@ -158,6 +158,8 @@ def main(argv=None) -> int:
     env = {"CUDA_VISIBLE_DEVICES": ""} if args.device == "cpu" else {}
     os.environ.update(env)
     plan = cpu_plan(args) if args.device == "cpu" else gpu_plan(args)
+    if any(not 0 <= i < len(plan) for i in args.jobs or []):
+        parser.error(f"--jobs: the plan has jobs 0 to {len(plan) - 1} (see --list)")
     chosen = [plan[i] for i in args.jobs] if args.jobs is not None else plan
     for index, job in enumerate(plan):
         print(f"{'run ' if job in chosen else 'skip'} {index:3d}  {job.describe()}")

@@ -343,6 +343,8 @@ def test_run_appends_typed_records_and_the_report_reads_them(monkeypatch, tmp_pa
     assert speed.main([*common, "--jobs", "0", "1"]) == 0
     assert started == ["matmul", "latency small 64x128 keras + baseline"]
     assert speed.main([*common, "--jobs", "1"]) == 0  # appended, not rewritten
+    with pytest.raises(SystemExit, match="^2$"):  # argparse's usage error
+        speed.main([*common, "--jobs", "2"])  # the plan has jobs 0 and 1
     with open(tmp_path / "speed.jsonl", encoding="utf-8") as f:
         lines = [json.loads(line) for line in f]
     assert [line["kind"] for line in lines] == ["matmul", "latency", "latency"]
