@@ -109,7 +109,7 @@ _MD = ".md"
 
 @pytest.mark.parametrize("text, source, expected", [
     (f"(REFERENCE{_MD} section 6)", "gscnn_tf/losses.py", f"REFERENCE{_MD}: no such file"),
-    (f"rules in docs CANNY{_MD}", "gscnn_tf/export.py", f"CANNY{_MD}: no such file"),
+    (f"rules in docs CANNY{_MD}", "gscnn_tf/export/tflite.py", f"CANNY{_MD}: no such file"),
     (f"measured in `docs/CANNY{_MD}`", "gscnn_tf/ops/canny.py",
      f"docs/CANNY{_MD}: no such file"),
     (f"# the recipe (docs/recipe{_MD})", "configs/x.yaml", f"docs/recipe{_MD}: no such file"),

@@ -61,6 +61,24 @@ def test_fixed_input_and_builtin_ops_only(converted):
     assert "QUANTIZE" in export.tflite_ops(converted["int8"])
 
 
+def test_op_lists_read_the_file_as_litert_does(converted):
+    """tflite_op_list and float_ops read the flatbuffer itself; LiteRT's interpreter, built
+    without delegates, is the independent reference for the ops in order and their input
+    dtypes."""
+    from ai_edge_litert.interpreter import Interpreter, OpResolverType
+
+    for content in converted.values():
+        interpreter = Interpreter(
+            model_content=content,
+            experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
+        nodes = interpreter._get_ops_details()
+        dtypes = {t["index"]: t["dtype"] for t in interpreter.get_tensor_details()}
+        assert export.tflite_op_list(content) == [op["op_name"] for op in nodes]
+        assert export.float_ops(content) == sorted(
+            op["op_name"] for op in nodes
+            if any(dtypes[i] == np.float32 for i in op["inputs"] if i >= 0))
+
+
 def test_int8_is_full_integer(converted):
     """Every convolution, activation and elementwise op of the int8 file computes in int8;
     only Canny's grey-level rounding (no int8 kernel in TFLite) and the (de)quantize ops at
