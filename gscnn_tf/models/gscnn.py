@@ -112,7 +112,8 @@ _MODEL_DEFAULTS = ModelConfig()
 class GSCNN(GSCNNTask):
     """Gated-SCNN (or, with `shape_stream=False`, the DeepLab v3+ baseline) as a Keras model
     and task: a functional graph built here from explicit arguments, plus the training recipe
-    (`compile`, `fit`, `compute_loss`) and presets (`save_to_preset`, `from_preset`).
+    (`compile`, `fit`, `compute_loss`: the `GSCNNTask` base) and presets (`save_to_preset`,
+    `from_preset`).
 
     Input `image` float32 `[B, H, W, 3]`, RGB 0..255, any H and W. Outputs
     `{"seg_logits": [B, H, W, num_classes], "edge_logits": [B, H, W, 1]}`, float32 logits

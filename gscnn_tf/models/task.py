@@ -1,5 +1,6 @@
-"""The task half of `gscnn_tf.GSCNN` (keras-hub's task shape): the paper's training recipe
-behind `compile()`, the steps of `fit`, and the mean-IoU metric.
+"""The task half of `gscnn_tf.GSCNN` (keras-hub's task shape): `GSCNNTask`, its base class,
+with the paper's training recipe behind `compile()`, the steps of `fit`, and the mean-IoU
+metric.
 
     model.compile()                      # SGD 0.9, lr 0.01 poly decay, L2 1e-4 on kernels,
                                          # GSCNNLoss(model.loss_config), mean IoU
