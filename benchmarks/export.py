@@ -5,7 +5,7 @@ argmax, largest |difference| of `edge_prob` and `probabilities`, export time. TF
 quantization (none, fp16, dynamic, int8): file size and its ratio to float32, conversion time
 (int8: calibration on training-pipeline crops included), argmax agreement with the Keras model
 (LiteRT, ai-edge-litert) against the targets, LiteRT CPU time per image, ops left in float32,
-and the TFLite GPU delegate's static audit of each file (`gscnn_tf.tflite_audit`: partitions,
+and the TFLite GPU delegate's static audit of each file (`gscnn_tf.export.gpu_audit`: partitions,
 unsupported ops). The GPU target (`--target gpu`, fp32 and fp16 weights) the same way, beside
 the share of OpenCV's Canny edge pixels its bounded Canny finds on the held-out images.
 Writes benchmarks/results/export.json and export.md.
@@ -27,7 +27,8 @@ import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from gscnn_tf import export, tflite_audit, tflite_gpu  # noqa: E402
+from gscnn_tf import export  # noqa: E402
+from gscnn_tf.export import gpu as tflite_gpu, gpu_audit  # noqa: E402
 from gscnn_tf.benchmark import (machine_info, machine_line, markdown_table,  # noqa: E402
                                 time_once, write_results)
 from gscnn_tf.cli.arguments import add_config_arguments, parse_size  # noqa: E402
@@ -119,7 +120,7 @@ def tflite_gpu_target(model, config, images: np.ndarray, labels: np.ndarray,
 def _gpu_audit(content: bytes) -> dict:
     """The GPU delegate's static audit of a TFLite file: partitions, ops it takes, the
     unsupported ops by name."""
-    report = tflite_audit.audit(content)
+    report = gpu_audit.audit(content)
     unsupported: dict[str, int] = {}
     for op in report.unsupported:
         unsupported[op.name] = unsupported.get(op.name, 0) + 1

@@ -184,7 +184,8 @@ def main(argv=None) -> int:
 
     import ai_edge_litert
 
-    from gscnn_tf import export, tflite_audit, tflite_gpu
+    from gscnn_tf import export
+    from gscnn_tf.export import gpu as tflite_gpu, gpu_audit
     from gscnn_tf.cli.arguments import parse_size
     from gscnn_tf.benchmark import machine_info, write_results
 
@@ -205,7 +206,7 @@ def main(argv=None) -> int:
                 f.write(content)
             result = check_on_accelerator(path, images, args.accelerator)
             entry = {"bytes": len(content), "status": result["status"],
-                     "audit": tflite_audit.audit(content).summary()
+                     "audit": gpu_audit.audit(content).summary()
                      .replace("GPU delegate audit: ", "")}
             if result["status"] == "skipped":
                 entry["reason"] = result["reason"]
