@@ -219,7 +219,10 @@ def test_converted_model_exports_saved_model(converted, tmp_path):
                                      export.class_metadata(None, 19))
     out = tf.saved_model.load(path).signatures["serving_default"](images=tf.constant(images))
     np.testing.assert_array_equal(out["labels"].numpy(), labels)
-    np.testing.assert_allclose(out["edge_prob"].numpy(), edges, atol=1e-4)
+    # The SavedModel's graph runs Canny in another step form and is optimised apart from
+    # the Keras call: the same float32 reordering argument as the TFLite test below.
+    np.testing.assert_allclose(out["edge_prob"].numpy(), edges,
+                               atol=_edge_tolerance(model, images))
 
 
 @pytest.mark.slow
