@@ -1,21 +1,8 @@
-"""Our WRN-38 GSCNN against the reference PyTorch GSCNN on this CPU, round-robin.
-
-The reference is `gscnn_tf.reference_torch` (the published architecture as the import tests
-describe it, random weights; torch is the `convert` extra). Inference: the same random
-state dict converted by `gscnn-tf import-reference` and the PyTorch forward pass, both in
-one process, timed round-robin at --size (batch 1). Training: one step at --train-size,
-batch --batch, each framework in its own child process (its own peak memory: the two
-together do not fit a small machine), the children alternating ours / reference for --reps
-rounds; each child builds its model, runs one untimed step (tracing, allocation) and one
-timed step, and reports the step time and its peak RSS. Ours is the training step of
-`gscnn-tf train` (configs/cityscapes_wrn38.yaml, random weights, GSCNNLoss with all four
-terms, SGD); the reference's is `reference_torch.make_train_step` (the four terms, SGD).
-With --memory-parts, our training step's peak memory at --parts-size by variant (the full
-step, no dual-task loss, the shape stream at stride 2, the DeepLab v3+ baseline): where the
-peak comes from.
-
-Goals: inference <= 0.6, training step <= 0.8, training peak memory <= 0.75 of the reference.
-Writes benchmarks/results/reference.json and reference.md.
+"""Our WRN-38 GSCNN against the reference PyTorch GSCNN (`gscnn_tf.reference_torch`, random
+weights; torch is the `convert` extra) on this CPU: converting its checkpoint (time, file
+sizes, agreement of the logits), inference round-robin in one process, one training step per
+framework in its own child process and our step's peak memory by variant. Goals: inference
+<= 0.6, training step <= 0.8, training peak memory <= 0.75 of the reference.
 Run: python -m benchmarks.reference [--reps 2] [--parts inference train memory]
 """
 
@@ -28,13 +15,12 @@ import tempfile
 
 import numpy as np
 
-from gscnn_tf.benchmark import (command_line, labelled_batch, machine_info, machine_line,
+from benchmarks import ROOT, argument_parser
+from gscnn_tf.benchmark import (command_line, labelled_batch, machine_info, markdown_report,
                                 markdown_table, peak_rss_mb, run_child, time_call,
-                                time_interleaved, time_once, write_results)
+                                time_interleaved, time_once, training_step, write_results)
 from gscnn_tf.cli.arguments import add_config_arguments, parse_size
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-RESULTS = os.path.join(ROOT, "benchmarks", "results")
 # Peak RSS seen for one 512x512 batch-2 training step (ours 12.3 GB, reference 8.4 GB), about
 # 3 GB of it weights, gradients and momentum: a child starts only when the machine has its
 # estimate (scaled by pixels x batch) available.
@@ -80,19 +66,10 @@ def child_train(who, height, width, n, config_path, overrides):
         import tensorflow as tf
 
         from gscnn_tf import build_model, load_config
-        from gscnn_tf.losses import GSCNNLoss
-        from gscnn_tf.training.optimizers import build_optimizer, learning_rate_schedule
-        from gscnn_tf.training.step import make_train_step
 
         config = load_config(config_path, ["model.backbone.weights=", "model.sync_batch_norm=false",
                               *overrides])
-        model = build_model(config.model, 19)
-        variables = model.trainable_variables
-        optimizer = build_optimizer(config.train, variables)
-        step_var = tf.Variable(0, dtype=tf.int64, trainable=False)
-        step = make_train_step(tf.distribute.get_strategy(), model, optimizer,
-                               GSCNNLoss(config.loss), learning_rate_schedule(config.train),
-                               config.train, step_var)
+        step = training_step(config, build_model(config.model, 19))
         x = tf.constant(images)
         targets = {"labels": tf.constant(labels), "edges": tf.constant(edges)}
 
@@ -106,30 +83,40 @@ def child_train(who, height, width, n, config_path, overrides):
 
 
 def inference(size, reps):
-    import numpy as np
+    """The reference's random checkpoint (with DataParallel's `module.` prefixes) converted
+    by import-reference (timed; file sizes, load time), then both models on the same weights
+    at `size`, batch 1: the logits' largest differences, label agreement, and `reps`
+    round-robin runs after one warm-up."""
+    import keras
     import tensorflow as tf
     import torch
 
-    import keras
     from gscnn_tf import reference_import, reference_torch
 
     torch.set_num_threads(os.cpu_count())
     state = reference_torch.random_state_dict(19, seed=0)
     with tempfile.TemporaryDirectory() as tmp:
         checkpoint, out = os.path.join(tmp, "ref.pth"), os.path.join(tmp, "ref.keras")
-        torch.save({"state_dict": state}, checkpoint)
-        reference_import.import_reference(checkpoint, out, preset=None)
-        model = keras.saving.load_model(out, compile=False)
+        torch.save({"state_dict": {f"module.{k}": v for k, v in state.items()}}, checkpoint)
+        report = reference_import.import_reference(checkpoint, out, preset=None)
+        files_mb = {"checkpoint_mb": os.path.getsize(checkpoint) / 1e6,
+                    "keras_mb": os.path.getsize(out) / 1e6}
+        model, load_s = time_once(lambda: keras.saving.load_model(out, compile=False))
     images = _batch(*size, 1)[0]
     x = tf.constant(images)
-    forward = tf.function(lambda v: model(v, training=False)["seg_logits"])
-    ours = forward(x).numpy()
-    ref = reference_torch.forward(state, images)[0]
-    timing = time_interleaved({"ours": lambda: forward(x).numpy(),
+    forward = tf.function(lambda v: model(v, training=False))
+    ours = {k: v.numpy() for k, v in forward(x).items()}
+    seg, edge = reference_torch.forward(state, images)
+    timing = time_interleaved({"ours": lambda: forward(x)["seg_logits"].numpy(),
                                "reference": lambda: reference_torch.forward(state, images)},
                               warmup=1, reps=reps)
-    return {"size": list(size), "timing": timing,
-            "label_agreement": float(np.mean(ours.argmax(-1) == ref.argmax(-1))),
+    return {"size": list(size), "timing": timing, "conversion_s": report.seconds,
+            "load_s": load_s, "parameters": report.parameters, **files_mb,
+            "seg_max_abs_diff": float(np.abs(ours["seg_logits"] - seg).max()),
+            "seg_max_abs": float(np.abs(seg).max()),
+            "edge_max_abs_diff": float(np.abs(ours["edge_logits"] - edge).max()),
+            "edge_max_abs": float(np.abs(edge).max()),
+            "label_agreement": float(np.mean(ours["seg_logits"].argmax(-1) == seg.argmax(-1))),
             "ratio": timing["ours"]["median_s"] / timing["reference"]["median_s"],
             "ratio_min": timing["ours"]["min_s"] / timing["reference"]["min_s"]}
 
@@ -181,12 +168,19 @@ def memory_parts(size, n, config, overrides=()):
 
 
 def markdown(r):
-    lines = ["# Against the reference PyTorch GSCNN (WRN-38, random weights)", "",
-             machine_line(r["machine"]) + f" torch {r['torch']}.", "",
-             f"Command: `{r['command']}`.", ""]
+    lines = [f"Command: `{r['command']}`.", ""]
     if "inference" in r:
         i, t = r["inference"], r["inference"]["timing"]
-        lines += [f"## Inference, {i['size'][0]}x{i['size'][1]}, batch 1", "",
+        lines += ["## Converting the reference checkpoint (import-reference)", "",
+                  markdown_table(["measure", "value"], [
+            ["conversion (read .pth, build, map, save .keras)", f"{i['conversion_s']:.1f} s"],
+            ["load .keras", f"{i['load_s']:.1f} s"],
+            ["files", f".pth {i['checkpoint_mb']:.0f} MB, .keras {i['keras_mb']:.0f} MB"],
+            ["parameters", f"{i['parameters']:,}"],
+            ["seg / edge logits max abs diff", f"{i['seg_max_abs_diff']:.3g} / "
+             f"{i['edge_max_abs_diff']:.3g} (largest values {i['seg_max_abs']:.3g} / "
+             f"{i['edge_max_abs']:.3g})"]]), "",
+                  f"## Inference, {i['size'][0]}x{i['size'][1]}, batch 1", "",
                   f"Round-robin in one process, {t['ours']['reps']} runs after one warm-up: "
                   f"ours {t['ours']['median_s']:.1f} s, reference "
                   f"{t['reference']['median_s']:.1f} s median: **ratio {i['ratio']:.2f}** "
@@ -218,12 +212,13 @@ def markdown(r):
         lines += [f"## Where our training peak comes from ({m['size'][0]}x{m['size'][1]}, "
                   f"batch {m['batch']}, one child process per variant)", "",
                   markdown_table(["variant", "peak RSS GiB", "step s"], rows)]
-    return "\n".join(lines)
+    return markdown_report("Against the reference PyTorch GSCNN (WRN-38, random weights)",
+                           r["machine"], "\n".join(lines), versions=f" torch {r['torch']}.")
 
 
 def main(argv=None) -> int:
     size = lambda text: tuple(parse_size(text))  # noqa: E731
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argument_parser(__doc__, "reference")
     add_config_arguments(parser, "our training step's YAML config (default "
                          "configs/cityscapes_wrn38.yaml)")
     parser.set_defaults(config=os.path.join(ROOT, "configs", "cityscapes_wrn38.yaml"))
@@ -235,8 +230,6 @@ def main(argv=None) -> int:
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--reps", type=int, default=2, help="inference rounds")
     parser.add_argument("--train-reps", type=int, default=1, help="training rounds")
-    parser.add_argument("--name", default="reference")
-    parser.add_argument("--out", default=RESULTS)
     parser.add_argument("--child", choices=("ours", "reference"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:

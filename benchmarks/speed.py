@@ -1,27 +1,8 @@
-"""Speed figures side by side in one run: batch-1 inference latency per backbone and format
-(Keras under tf.function, the SavedModel, TFLite fp32 / fp16 / int8 on LiteRT), the shape
-stream's cost (GSCNN / DeepLab v3+ latency) and where its time goes (parts, shape-stream
-stride 1 / 2 / 4), training images/s (1 replica, 2-replica MirroredStrategy), the input
-pipeline against the training step, FLOPs and achieved FLOP/s against a measured FP32 matmul,
-and peak memory. Appends to benchmarks/results/speed.jsonl and writes speed.md (speed_gpu.*
-on a GPU).
-
-    python -m benchmarks.speed --list                # the plan, numbered; nothing runs
-    python -m benchmarks.speed --jobs 0 1 4          # these jobs of the plan
-    python -m benchmarks.speed                       # every job of the plan
-    python -m benchmarks.speed --device gpu          # 1024x2048 fp32 / mixed, 800x800 training
-    python -m benchmarks.speed --only latency --backbones small --sizes 64x128   # smoke
-    python -m benchmarks.speed --report benchmarks/results/speed.jsonl   # markdown again
-
-The plan is every cell of the selection (--backbones, --sizes, --formats, --train-backbones,
---only); --jobs picks cells of it by number. Every job (speed_jobs.py) runs in its own process
-(its own peak memory; logical CPU devices must be set up before TensorFlow initialises) and
-its typed record is appended to the JSONL file as soon as it ends, so an interrupted run
-keeps its figures and later runs add cells to it (--fresh starts the file anew; the report
-takes the latest record of each job). speed_report.py writes the markdown from that file.
-Weights are random (no downloads): speed does not depend on them. Each figure is the median of
---reps timed runs after --warmup untimed ones, with the 1-minute load average beside it
-(other processes share the cores).
+"""Speed figures side by side: batch-1 latency per backbone and format, the shape stream's
+cost and where its time goes, training images/s, the input pipeline, FLOPs against a measured
+matmul, peak memory. Each job of the plan runs in its own process and is appended to
+results/speed.jsonl as it ends; speed_report.py writes speed.md from that file.
+Run: python -m benchmarks.speed [--list] [--jobs N ...] [--device gpu] [--report JSONL]
 """
 
 from __future__ import annotations
@@ -32,14 +13,13 @@ import json
 import os
 import tempfile
 
+from benchmarks import ROOT, argument_parser
 from benchmarks.speed_jobs import CHILDREN, EXPORT_FORMATS, Job, JobRecord
 from benchmarks.speed_report import read_records, write_report
 from gscnn_tf.benchmark import command_line, machine_info, run_child, time_once
 from gscnn_tf.cli.arguments import parse_size
 
 BACKBONES = ("small", "mobilenetv2", "resnet50", "resnet101", "wrn38")
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-RESULTS = os.path.join(ROOT, "benchmarks", "results")
 SYNTHETIC = os.path.join(ROOT, "configs", "synthetic.yaml")
 
 
@@ -114,7 +94,7 @@ def run_jobs(jobs: list[Job], path: str, command: str, deadline_s: float | None 
 
 def main(argv=None) -> int:
     size = lambda text: list(parse_size(text))  # noqa: E731
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argument_parser(__doc__, "")
     parser.add_argument("--device", choices=("cpu", "gpu"), default="cpu")
     parser.add_argument("--backbones", nargs="+", default=list(BACKBONES), choices=BACKBONES)
     parser.add_argument("--sizes", nargs="+", type=size, default=[[512, 1024], [1024, 2048]],
@@ -141,11 +121,8 @@ def main(argv=None) -> int:
                         help="start the JSONL file anew instead of appending to it")
     parser.add_argument("--data", default=os.path.join(tempfile.gettempdir(),
                                                        "gscnn_bench_2048x1024"))
-    parser.add_argument("--out", default=RESULTS)
-    parser.add_argument("--name", default="", help="results file name (speed / speed_gpu)")
     parser.add_argument("--report", default="", metavar="JSONL",
-                        help="rewrite the markdown of a JSONL file (or an earlier run's "
-                             "speed.json) and exit")
+                        help="rewrite the markdown of a JSONL file and exit")
     parser.add_argument("--child", default="", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:

@@ -1,8 +1,6 @@
 """The jobs of `python -m benchmarks.speed`: a `Job` (what to measure) runs in its own process
 (`--child JSON`) and comes back as a `JobRecord` (the job, its figures, the machine), one
-line of the run's JSONL file. Weights are random (speed does not depend on them); images are
-random, batch 1 for inference.
-"""
+line of the run's JSONL file. Random weights and images, batch 1 for inference."""
 
 from __future__ import annotations
 
@@ -11,7 +9,7 @@ import os
 import tempfile
 
 from gscnn_tf.benchmark import (labelled_batch, matmul_peak, peak_rss_mb, rss_mb, time_call,
-                                time_interleaved, time_once)
+                                time_interleaved, time_once, training_step)
 from gscnn_tf.models.parts import part_graphs
 
 EXPORT_FORMATS = ("saved_model", "tflite_fp32", "tflite_fp16", "tflite_int8")
@@ -62,13 +60,6 @@ class JobRecord(Job):
     wall_s: float = 0.0
     machine: dict = dataclasses.field(default_factory=dict)
     command: str = ""
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "JobRecord":
-        """A JSONL line, or a job of an earlier run's speed.json (batch_per_replica)."""
-        d = {**d, "batch": d.get("batch_per_replica", d.get("batch", 2))}
-        names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in names})
 
 
 def _config(job, *extra):
@@ -144,7 +135,6 @@ def child_latency(job):
         out.update(time_interleaved(fns, job.warmup, job.reps))
         out["keras"]["peak_rss_mb"] = gscnn_peak
         if job.baseline:
-            out["interleaved"] = True
             out["shape_stream_cost"] = (out["keras"]["median_s"]
                                         / out["keras_baseline"]["median_s"])
             out["shape_stream_cost_min"] = out["keras"]["min_s"] / out["keras_baseline"]["min_s"]
@@ -239,7 +229,7 @@ def child_parts(job):
         fns.update({(tag, k): v for k, v in _part_functions(model, image).items()})
     timed = time_interleaved({f"{t}/{k}": fn for (t, k), fn in fns.items()}, job.warmup,
                              job.reps)
-    out = {"gscnn": {}, "baseline": {}, "interleaved": True}
+    out = {"gscnn": {}, "baseline": {}}
     for key, timing in timed.items():
         tag, part = key.split("/")
         out[tag][part] = timing
@@ -259,7 +249,7 @@ def child_strides(job):
     for stride in job.strides:
         _, model = _build(job, f"model.shape_stream_stride={stride}")
         fns[f"stride{stride}"] = _keras_forward(model, image)
-    return {**time_interleaved(fns, job.warmup, job.reps), "interleaved": True}
+    return time_interleaved(fns, job.warmup, job.reps)
 
 
 def child_train(job):
@@ -272,9 +262,6 @@ def child_train(job):
     import tensorflow as tf
 
     from gscnn_tf.data.edges import label_edges
-    from gscnn_tf.losses import GSCNNLoss
-    from gscnn_tf.training.optimizers import build_optimizer, learning_rate_schedule
-    from gscnn_tf.training.step import make_train_step
 
     kind = "GPU" if job.device == "gpu" else "CPU"
     devices = [d.name for d in tf.config.list_logical_devices(kind)][:replicas]
@@ -282,18 +269,13 @@ def child_train(job):
         raise RuntimeError(f"{replicas} replicas asked, {len(devices)} {kind} devices found")
     strategy = (tf.distribute.MirroredStrategy(devices) if replicas > 1
                 else tf.distribute.OneDeviceStrategy(devices[0]))
-    size = job.size
     batch = job.batch * replicas
     config = _config(job, f"train.batch_size={batch}",
                      f"train.mixed_precision={str(job.mixed).lower()}")
     with strategy.scope():
         _, model = _build(job)
-        optimizer = build_optimizer(config.train, model.trainable_variables)
-        step_var = tf.Variable(0, dtype=tf.int64, trainable=False)
-    loss_fn = GSCNNLoss(config.loss, config.data.ignore_label)
-    train_step = make_train_step(strategy, model, optimizer, loss_fn,
-                                 learning_rate_schedule(config.train), config.train, step_var)
-    images, labels = labelled_batch(batch, *size, NUM_CLASSES)
+    train_step = training_step(config, model, strategy)
+    images, labels = labelled_batch(batch, *job.size, NUM_CLASSES)
     edges = label_edges(tf.constant(labels), config.data.edge_radius)
     data = tf.data.Dataset.from_tensor_slices((images, {"labels": labels, "edges": edges}))
     iterator = iter(strategy.experimental_distribute_dataset(data.repeat().batch(batch)))

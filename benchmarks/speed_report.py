@@ -1,5 +1,5 @@
 """The markdown report and derived figures of `python -m benchmarks.speed`, read from its
-JSONL file of JobRecords (or from an earlier run's speed.json)."""
+JSONL file of JobRecords."""
 
 from __future__ import annotations
 
@@ -11,18 +11,11 @@ from gscnn_tf.benchmark import machine_line, markdown_table
 
 
 def read_records(path: str) -> list[JobRecord]:
-    """The latest record of each job of a JSONL file, in first-run order; a `.json` file is an
-    earlier run's speed.json (one record with its jobs, machine and command)."""
-    with open(path, encoding="utf-8") as f:
-        if path.endswith(".json"):
-            run = json.load(f)
-            rows = [{"machine": run["machine"], "command": run.get("command", ""), **job}
-                    for job in run["jobs"]]
-        else:
-            rows = [json.loads(line) for line in f if line.strip()]
+    """The latest record of each job of a JSONL file, in first-run order."""
     latest = {}
-    for record in map(JobRecord.from_dict, rows):
-        latest[record.describe()] = record
+    with open(path, encoding="utf-8") as f:
+        for record in (JobRecord(**json.loads(line)) for line in f if line.strip()):
+            latest[record.describe()] = record
     return list(latest.values())
 
 
@@ -35,10 +28,8 @@ def _size(r):
 
 
 def _ms(timing):
-    if not isinstance(timing, dict):
-        return "-"
-    if "median_s" not in timing:
-        return "failed (JSONL)" if "error" in timing else "-"
+    if not isinstance(timing, dict) or "median_s" not in timing:
+        return "failed" if isinstance(timing, dict) and "error" in timing else "-"
     return f"{1000 * timing['median_s']:.0f} ms (load {timing['load_average_1min']:.1f})"
 
 
@@ -66,28 +57,15 @@ def summarise(records: list[JobRecord]) -> dict:
     return out
 
 
-REFERENCE = [
-    ("WRN-38 forward, 512x1024, batch 1", "18.91 s (trunk 11.49, shape stream 1.99, ASPP "
-     "2.48, decoder 2.39)"),
-    ("WRN-38 forward, 256x512 / 1024x2048", "4.00 s / 79.7 s"),
-    ("WRN-38 without the shape stream, 512x1024", "16.04 s (shape stream cost 1.18x)"),
-    ("WRN-38 FLOPs per 512x1024 image, achieved", "~3.0 TFLOP, ~160 GFLOP/s"),
-    ("peak memory 256x512 / 512x1024 / 1024x2048 inference", "1.2 / 2.4 / 6.3 GB"),
-    ("WRN-38 training step 512x512, batch 2, SGD", "63.2 s, peak 8.4 GB"),
-    ("FP32 matmul in TensorFlow, same machine", "219 GFLOP/s"),
-]
-
-
 def _latency_row(j, s) -> list:
     r = j.result
     if "error" in r:
         return [j.backbone, _size(j), f"failed: {r['error'][:100]}"] + [""] * 9
     key = f"{j.backbone}_{j.size[0]}x{j.size[1]}"
-    cost = f"{r['shape_stream_cost']:.2f}" if "shape_stream_cost" in r else "-"
-    brackets = [f"min {r['shape_stream_cost_min']:.2f}"] if "shape_stream_cost_min" in r else []
-    if "flops_baseline" in r:
-        brackets.append(f"FLOPs {r['flops'] / r['flops_baseline']:.2f}")
-    cost += f" ({', '.join(brackets)})" if brackets else ""
+    cost = "-"
+    if "shape_stream_cost" in r:
+        cost = f"{r['shape_stream_cost']:.2f} (min {r['shape_stream_cost_min']:.2f}" + (
+            f", FLOPs {r['flops'] / r['flops_baseline']:.2f})" if "flops_baseline" in r else ")")
     gflop = f"{r['flops'] / 1e9:.0f}" if "flops" in r else "-"
     if "flops_baseline" in r:
         gflop += f" (baseline {r['flops_baseline'] / 1e9:.0f})"
@@ -114,11 +92,7 @@ def _parts(j) -> list[str]:
             "Each part timed alone on the outputs of the part before it. What GSCNN adds "
             f"(shape stream, Canny, fusion): {1000 * extra:.0f} ms, "
             f"{100 * extra / g['sum_of_parts_s']:.0f} % of its sum of parts; the shape stream "
-            f"alone {1000 * stream:.0f} ms ({100 * stream / g['sum_of_parts_s']:.0f} %)."
-            + ("" if j.result.get("interleaved") else
-               " These parts were timed one after another, not round-robin: the load drifted "
-               "between them (the two models' decoders are the same layers), so compare "
-               "within a column only; later runs interleave."), ""]
+            f"alone {1000 * stream:.0f} ms ({100 * stream / g['sum_of_parts_s']:.0f} %).", ""]
 
 
 def markdown(records: list[JobRecord]) -> str:
@@ -143,8 +117,6 @@ def markdown(records: list[JobRecord]) -> str:
                   "run under the same sharing of the cores).", ""]
     lat = [r for r in records if r.kind == "latency"]
     if lat:
-        sequential = any("keras_baseline" in j.result and not j.result.get("interleaved")
-                         for j in lat)
         lines += ["## Inference latency", "", markdown_table(
             ["backbone", "size", "Keras tf.function", "DeepLab v3+ baseline",
              "shape-stream cost", "SavedModel", "TFLite fp32", "TFLite fp16", "TFLite int8",
@@ -152,10 +124,7 @@ def markdown(records: list[JobRecord]) -> str:
             [_latency_row(j, s) for j in lat]),
             "", "Shape-stream cost = GSCNN / DeepLab v3+ median latency on the same "
             "backbone (goal <= 1.15), the two timed round-robin; in brackets the ratio "
-            "of the fastest runs and the ratio of FLOPs (not affected by the load)."
-            + (" Rows without the fastest-run ratio timed the two one after the other "
-               "(this run predates round-robin timing)." if sequential else "")
-            + " FLOPs: TensorFlow's graph profiler on the traced forward pass (multiply and "
+            "of the fastest runs and the ratio of FLOPs (not affected by the load). FLOPs: TensorFlow's graph profiler on the traced forward pass (multiply and "
             "add counted separately). Peak RSS: the process's VmHWM after building the model "
             "and running the Keras GSCNN (the full-resolution inference memory at "
             "1024x2048). TFLite: LiteRT CPU, builtin ops, "
@@ -199,9 +168,6 @@ def markdown(records: list[JobRecord]) -> str:
         lines += ["## Not measured", ""]
         lines += [f"- {r.describe()}: failed: {r.result['error'][-300:]}" for r in failed]
         lines.append("")
-    if device == "cpu":
-        lines += ["## The PyTorch reference on the same machine class (benchmarks/README.md)",
-                  "", markdown_table(["figure", "reference"], REFERENCE), ""]
     return "\n".join(lines)
 
 

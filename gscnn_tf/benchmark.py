@@ -1,15 +1,6 @@
-"""Speed measurement helpers (timing, machine info, peak memory, results files), shared by
-the scripts in `benchmarks/`, and `gscnn-tf benchmark`: the latency of one config's model.
-
-    gscnn-tf benchmark [--config X.yaml] [--set model.backbone.name=resnet50]
-                       [--size 512x1024] [--warmup 1] [--reps 3] [--json out.json]
-
-prints the median batch-1 latency of the model under `tf.function` (random weights unless the
-config names weights: speed does not depend on them), its FLOPs, the achieved FLOP/s and the
-machine (CPU model, cores, TensorFlow / Keras versions, load average). Other processes share
-the CPU: the load average is recorded beside every figure. The full tables (every backbone,
-SavedModel, TFLite, training, memory) are `python -m benchmarks.speed`.
-"""
+"""Speed measurement helpers shared by the scripts in `benchmarks/` and `gscnn-tf benchmark`:
+timing (round-robin, with the load average beside each figure), machine info, peak memory,
+child processes, and results files (JSON and markdown, each naming the machine)."""
 
 from __future__ import annotations
 
@@ -23,11 +14,11 @@ import sys
 import time
 
 
-def _cpuinfo_field(name: str) -> str | None:
-    """The value of the first `name : value` line of /proc/cpuinfo (None where there is
-    no such line or no /proc/cpuinfo)."""
+def _proc_field(path: str, name: str) -> str | None:
+    """The value of the first `name: value` line of the /proc file `path` (None where there
+    is no such line or no such file)."""
     try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
+        with open(path, encoding="utf-8") as f:
             for line in f:
                 if line.startswith(name):
                     return line.split(":", 1)[1].strip()
@@ -38,7 +29,7 @@ def _cpuinfo_field(name: str) -> str | None:
 
 def cpu_model() -> str:
     """The CPU's model name from /proc/cpuinfo ("unknown" where there is none)."""
-    return _cpuinfo_field("model name") or platform.processor() or "unknown"
+    return _proc_field("/proc/cpuinfo", "model name") or platform.processor() or "unknown"
 
 
 VECTOR_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile")
@@ -47,7 +38,7 @@ VECTOR_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_til
 def cpu_vector_flags() -> list:
     """Which of VECTOR_FLAGS /proc/cpuinfo lists (what sets the FP32 matmul peak: hosts
     with the same model name differ in them); [] where there is no /proc/cpuinfo."""
-    present = set((_cpuinfo_field("flags") or "").split())
+    present = set((_proc_field("/proc/cpuinfo", "flags") or "").split())
     return [flag for flag in VECTOR_FLAGS if flag in present]
 
 
@@ -145,15 +136,28 @@ def labelled_batch(n: int, height: int, width: int, classes: int = 19, block: in
     return np.clip(images, 0, 255).astype(np.float32), labels.astype(np.int32)
 
 
+def training_step(config, model, strategy=None):
+    """The training step `gscnn-tf train` runs for `model` (built in `strategy`'s scope) under
+    `config`: make_train_step with GSCNNLoss, L2 and the configured optimizer, a tf.function
+    `(images float32 [N, H, W, 3], {"labels" int32 [N, H, W], "edges"}) -> loss terms`."""
+    import tensorflow as tf
+
+    from gscnn_tf.losses import GSCNNLoss
+    from gscnn_tf.training.optimizers import build_optimizer, learning_rate_schedule
+    from gscnn_tf.training.step import make_train_step
+
+    strategy = strategy or tf.distribute.get_strategy()
+    with strategy.scope():
+        optimizer = build_optimizer(config.train, model.trainable_variables)
+        step = tf.Variable(0, dtype=tf.int64, trainable=False)
+    return make_train_step(strategy, model, optimizer,
+                           GSCNNLoss(config.loss, config.data.ignore_label),
+                           learning_rate_schedule(config.train), config.train, step)
+
+
 def _proc_status_mb(key: str) -> float | None:
-    try:
-        with open("/proc/self/status", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith(key + ":"):
-                    return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return None
+    value = _proc_field("/proc/self/status", key + ":")
+    return None if value is None else int(value.split()[0]) / 1024
 
 
 def peak_rss_mb() -> float:
@@ -207,6 +211,13 @@ def command_line(module: str, argv: list[str] | None = None) -> str:
     """The command that runs `python -m module` with `argv` (None: this process's
     arguments), for results files."""
     return " ".join(["python -m", module, *(sys.argv[1:] if argv is None else argv)])
+
+
+def markdown_report(title: str, machine: dict, *blocks: str, versions: str = "") -> str:
+    """A results file's markdown: `# title`, the machine line (with `versions` after it),
+    then `blocks` (paragraphs, tables), separated by blank lines; empty blocks left out."""
+    return "\n\n".join([f"# {title}", machine_line(machine) + versions,
+                         *(b.strip("\n") for b in blocks if b)])
 
 
 def markdown_table(headers: list[str], rows: list[list]) -> str:
