@@ -1,23 +1,12 @@
-"""bfloat16 inference on this CPU: latency and label agreement against float32, per
-backbone at 512x1024, batch 1, timed round-robin in one process.
-
-For each backbone: the Keras model in float32, the same weights under the `mixed_bfloat16`
-policy (`gscnn_tf.precision.with_precision`, what `--precision bf16` runs), and the
-SavedModel `gscnn-tf export --precision bf16` writes (its `serving_default`: uint8 in,
-labels out). Agreement: share of pixels whose label equals the float32 model's, on images
-from the synthetic dataset's generator (random weights: near-tied logits make this a harsh
-test). With `--profile`, TensorFlow's op profile of one float32 and one bfloat16 run: the
-time per op type, which says where bfloat16 does not help.
-
---model adds a trained model (e.g. the main job's run directory): agreement with real
-margins between the classes. Writes benchmarks/results/bf16.json and bf16.md.
-Run: python -m benchmarks.bf16 [--backbones wrn38 resnet50 small] [--reps 2] [--profile]
-                              [--model runs/synthetic]
+"""bfloat16 inference on this CPU against float32, per backbone at 512x1024, batch 1: the
+Keras model under `mixed_bfloat16` (`--precision bf16`) and the bf16 SavedModel, timed
+round-robin with float32; label agreement on synthetic scenes (--model: also a trained
+model's); with --profile, TensorFlow's op profile (where bfloat16 does not help).
+Run: python -m benchmarks.bf16 [--backbones wrn38 resnet50 small] [--profile] [--model RUN]
 """
 
 from __future__ import annotations
 
-import argparse
 import collections
 import os
 import tempfile
@@ -27,14 +16,14 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
+from benchmarks import argument_parser  # noqa: E402
 from gscnn_tf import build_model, load_config  # noqa: E402
-from gscnn_tf.benchmark import (command_line, machine_info, machine_line,  # noqa: E402
+from gscnn_tf.benchmark import (command_line, machine_info, markdown_report,  # noqa: E402
                                 markdown_table, time_interleaved, time_once, write_results)
 from gscnn_tf.cli.arguments import parse_size  # noqa: E402
 from gscnn_tf.export import class_metadata, export_saved_model  # noqa: E402
 from gscnn_tf.precision import with_precision  # noqa: E402
 
-RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 # Profiler events that are not TensorFlow ops (executor phases).
 NOT_OPS = {"Process", "Start", "Execute", "ExecuteAsyncOnStream"}
 
@@ -136,8 +125,7 @@ def markdown(record):
                      f"{1000 * t['saved_model_bf16']['median_s']:.0f}",
                      f"{r['ratio']['saved_model_bf16']:.2f}",
                      f"{100 * r['agreement']['saved_model_bf16']:.3f} %"])
-    lines = ["# bfloat16 inference (CPU)", "", machine_line(record["machine"]), "",
-             f"Command: `{record['command']}`. Batch 1, random weights and 19 classes "
+    lines = [f"Command: `{record['command']}`. Batch 1, random weights and 19 classes "
              f"unless marked trained; medians of {record['reps']} round-robin runs after one "
              "warm-up, ms. Ratio = bfloat16 / float32 latency (goal <= 0.6); agreement = "
              "pixels with the float32 model's "
@@ -152,19 +140,17 @@ def markdown(record):
             lines.append(markdown_table(["op", "fp32", "bf16"], [
                 [op, f"{r['profile_ms']['fp32'].get(op, 0):.0f}",
                  f"{r['profile_ms']['bf16'].get(op, 0):.0f}"] for op in ops]))
-    return "\n".join(lines)
+    return markdown_report("bfloat16 inference (CPU)", record["machine"], "\n".join(lines))
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argument_parser(__doc__, "bf16")
     parser.add_argument("--backbones", nargs="*", default=["wrn38", "resnet50", "small"])
     parser.add_argument("--size", default="512x1024", help="HEIGHTxWIDTH")
     parser.add_argument("--reps", type=int, default=2)
     parser.add_argument("--profile", action="store_true")
     parser.add_argument("--model", default="", help="also a trained model (run directory, "
                         ".keras or preset): agreement with trained weights")
-    parser.add_argument("--name", default="bf16")
-    parser.add_argument("--out", default=RESULTS)
     args = parser.parse_args(argv)
     size = parse_size(args.size)
     sources = [(b, "") for b in args.backbones] + ([("", args.model)] if args.model else [])

@@ -1,29 +1,21 @@
-"""Boundary F-score speed: N synthetic 1024x2048 prediction / ground-truth pairs, 19 classes,
-tolerances 3/5/9/12 (the paper's protocol), through `BoundaryFAccumulator`; extrapolated to
-the 500 images of Cityscapes val. Also times the confusion matrix and crop-factor matrices.
-
-The maps are Cityscapes-like: the argmax of 19 smooth random fields (curvy regions of varied
-size), the prediction the argmax of the same fields plus a smaller smooth perturbation (its
-boundaries move by a few pixels, regions appear and vanish), ground truth void in a bottom
-band (the ego vehicle) and a few blobs.
-
-    python -m benchmarks.boundary_f [--images 4] [--workers 1]
+"""Boundary F-score speed: synthetic Cityscapes-like 1024x2048 prediction / ground-truth pairs
+(19 classes, tolerances 3/5/9/12 px) through `BoundaryFAccumulator`, extrapolated to the 500
+images of Cityscapes val, beside the confusion and crop-factor matrices and an estimate of the
+reference's per-class dilations.
+Run: python -m benchmarks.boundary_f [--images 4] [--workers 1]
 """
 
 from __future__ import annotations
 
-import argparse
-import os
 from concurrent.futures import ProcessPoolExecutor
 
 import cv2
 import numpy as np
 
-from gscnn_tf.benchmark import (machine_info, machine_line, markdown_table, time_once,
+from benchmarks import argument_parser
+from gscnn_tf.benchmark import (machine_info, markdown_report, markdown_table, time_once,
                                 write_results)
 from gscnn_tf.evaluation import metrics
-
-RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 
 H, W, C, TOLERANCES = 1024, 2048, 19, [3, 5, 9, 12]
 
@@ -34,6 +26,9 @@ def smooth_field(rng, scale):
 
 
 def make_pair(seed):
+    """(prediction, ground truth) uint8 [H, W]: the argmax of 19 smooth random fields (curvy
+    regions of varied size), the prediction with a smaller smooth perturbation (boundaries
+    move a few pixels), ground truth void (255) in a few blobs and a bottom band."""
     rng = np.random.default_rng(seed)
     field = smooth_field(rng, 128) + 0.25 * smooth_field(rng, 32)
     label = np.argmax(field, -1).astype(np.uint8)
@@ -89,23 +84,21 @@ def markdown(r: dict) -> str:
                      f"{reference:.1f} s"])
     rows.append(["ground-truth class-boundary pixels (two classes count twice)",
                  f"{100 * r['gt_boundary_pixel_class_pairs_per_pixel']:.2f} % of the image"])
-    return "\n".join([
-        "# Boundary F-score speed", "",
+    return markdown_report(
+        "Boundary F-score speed", r["machine"],
         f"{r['images']} synthetic {H}x{W} pairs, {C} classes, tolerances {TOLERANCES}, "
-        f"{r['workers']} worker process(es).", "", machine_line(r["machine"]), "",
-        markdown_table(["measure", "value"], rows), "",
+        f"{r['workers']} worker process(es).", markdown_table(["measure", "value"], rows),
         "The cost grows with the number of boundary pixels (one k-d tree query each), not "
         "with the tolerances; the reference dilates every class map of every image with "
-        "each disk."])
+        "each disk.")
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argument_parser(__doc__, "boundary_f")
     parser.add_argument("--images", type=int, default=4)
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--no-reference", action="store_true",
                         help="skip timing the reference's dilations on one image")
-    parser.add_argument("--out", default=RESULTS)
     args = parser.parse_args(argv)
     with ProcessPoolExecutor(args.workers) as pool:
         results, wall = time_once(lambda: list(pool.map(score, range(args.images))))
@@ -127,7 +120,7 @@ def main(argv=None) -> int:
         "f_first_image": {str(k): round(v, 4) for k, v in results[0][3].items()},
         "machine": machine_info(),
     }
-    write_results(args.out, "boundary_f", record, markdown(record), echo=True)
+    write_results(args.out, args.name, record, markdown(record), echo=True)
     return 0
 
 

@@ -1,16 +1,10 @@
-"""Speed and agreement of gscnn_tf.ops.canny against cv2.Canny(gray, 10, 100).
-
-Times every TF step form, the TFLite file as `gscnn-tf export` writes it and OpenCV at
-1024x2048 on this CPU, round-robin in one process; profiles the stages (gradient, non-maximum
-suppression, hysteresis) as plain TF ops and XLA-compiled; measures the bounded-steps
-agreement on scikit-image's photos, and converts a tf.function wrapping canny to TFLite with
-builtin ops only (checking it stays exact). Writes benchmarks/results/canny.json and
-canny.md.  Run: python -m benchmarks.canny [--reps 5]
+"""gscnn_tf.ops.canny against cv2.Canny(gray, 10, 100) on this CPU: every step form, the
+exported TFLite forms and OpenCV timed round-robin at 1024x2048, the stages as plain TF ops
+and XLA-compiled, the agreement of bounded hysteresis on scikit-image's photos, and TFLite
+conversion with builtin ops only. Run: python -m benchmarks.canny [--reps 5]
 """
 
-import argparse
 import importlib
-import os
 
 import cv2
 import numpy as np
@@ -18,7 +12,8 @@ import skimage.data
 import tensorflow as tf
 from ai_edge_litert.interpreter import Interpreter
 
-from gscnn_tf.benchmark import (machine_info, machine_line, markdown_table, time_call,
+from benchmarks import argument_parser
+from gscnn_tf.benchmark import (machine_info, markdown_report, markdown_table, time_call,
                                 time_interleaved, write_results)
 from gscnn_tf.ops import canny
 
@@ -26,7 +21,6 @@ from gscnn_tf.ops import canny
 C = importlib.import_module("gscnn_tf.ops.canny")
 
 PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "camera")
-RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 
 
 def _photo(name):
@@ -160,55 +154,48 @@ def _markdown(r):
     def ms(key):
         return f"{r[key + '_ms']:.1f} (min {r[key + '_min_ms']:.1f})"
 
-    def stage(tag):
+    def stages(tag):
         g, n, f = (r[f"stage_{tag}_{s}_ms"] for s in ("gradient", "nms", "full"))
-        return f"{g:.1f} | {n - g:.1f} | {f - n:.1f} | {f:.1f}"
+        return [f"{g:.1f}", f"{n - g:.1f}", f"{f - n:.1f}", f"{f:.1f}"]
 
-    reps = r["timing"]["opencv"]["reps"]
-    lines = [
-        "# Canny benchmark", "",
-        machine_line(r["machine"]) + f" OpenCV {r['opencv']}.", "",
-        "## 1024x2048 (photo mosaic), ms per image", "",
-        f"Median of {reps} round-robin runs in one process (min in brackets); every form "
-        "gives cv2.Canny's edges.", "",
-        "| form | ms | mismatched px vs cv2.Canny |", "|---|---|---|",
-        f"| OpenCV `cv2.Canny` | {ms('opencv')} | - |"]
-    for form in ("fused", "bits", "bool", "pool"):
-        lines.append(f"| TF `{form}` | {ms('tf_' + form)} | "
-                     f"{r['tf_' + form + '_mismatched_px']} |")
-    for key in ("pool64", "mask64"):
-        lines.append(f"| TFLite `{key[:-2]}`, 64 steps (LiteRT CPU, 2 threads) | "
-                     f"{ms('tflite_' + key)} | found {r['tflite_' + key + '_found']:.4f} of "
-                     f"OpenCV's edges, {r['tflite_' + key + '_extra_px']} extra px |")
-    lines += [
-        "", "Stages (ms, medians; differences of cumulative prefixes of the detector, each "
-        "reduced to a scalar so no output copy is timed):", "",
-        "| graph | gradient | + NMS and thresholds | + hysteresis (bits, to convergence) | "
-        "whole |", "|---|---|---|---|---|",
-        f"| TF ops (depthwise Sobel) | {stage('ops')} |",
-        f"| XLA (`fused`: Sobel by shifted adds) | {stage('xla')} |", "",
+    forms = [[f"TF `{form}`", ms("tf_" + form), r[f"tf_{form}_mismatched_px"]]
+             for form in ("fused", "bits", "bool", "pool")]
+    forms += [[f"TFLite `{key[:-2]}`, 64 steps (LiteRT CPU, 2 threads)", ms("tflite_" + key),
+               f"found {r['tflite_' + key + '_found']:.4f} of OpenCV's edges, "
+               f"{r['tflite_' + key + '_extra_px']} extra px"] for key in ("pool64", "mask64")]
+    return markdown_report(
+        "Canny benchmark", r["machine"], "## 1024x2048 (photo mosaic), ms per image",
+        f"Median of {r['timing']['opencv']['reps']} round-robin runs in one process (min in "
+        "brackets); every form gives cv2.Canny's edges.",
+        markdown_table(["form", "ms", "mismatched px vs cv2.Canny"],
+                       [["OpenCV `cv2.Canny`", ms("opencv"), "-"], *forms]),
+        "Stages (ms, medians; differences of cumulative prefixes of the detector, each "
+        "reduced to a scalar so no output copy is timed):",
+        markdown_table(["graph", "gradient", "+ NMS and thresholds",
+                        "+ hysteresis (bits, to convergence)", "whole"],
+                       [["TF ops (depthwise Sobel)", *stages("ops")],
+                        ["XLA (`fused`: Sobel by shifted adds)", *stages("xla")]]),
         "## Bounded hysteresis (`max_steps`, no WHILE op): found share of OpenCV edges "
-        "(extra is always 0)", "",
+        "(extra is always 0)",
         markdown_table(["steps", *PHOTOS], [[steps, *[f"{per[n]['found']:.4f}" for n in PHOTOS]]
                                             for steps, per in r["bounded_steps"].items()]),
-        "", "## TFLite (builtin ops only, chelsea 300x451)", "",
+        "## TFLite (builtin ops only, chelsea 300x451)",
         markdown_table(["form", "converts", "ms", "mismatch vs TF", "mismatch vs OpenCV"],
                        [[key, "yes", f"{v['ms_300x451']:.0f}", v["mismatch_vs_tf"],
                          v["mismatch_vs_opencv"]] if v["converts"] else [key, "no", "", "", ""]
-                        for key, v in r["tflite"].items()])]
-    return "\n".join(lines) + "\n"
+                        for key, v in r["tflite"].items()]),
+        versions=f" OpenCV {r['opencv']}.")
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argument_parser(__doc__, "canny")
     parser.add_argument("--reps", type=int, default=5)
-    parser.add_argument("--out", default=RESULTS)
     args = parser.parse_args(argv)
     r = {"machine": machine_info(), "opencv": cv2.__version__}
     speed(r, args.reps)
     bounded(r)
     tflite(r)
-    write_results(args.out, "canny", r, _markdown(r), echo=True)
+    write_results(args.out, args.name, r, _markdown(r), echo=True)
     return 0
 
 

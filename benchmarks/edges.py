@@ -1,30 +1,22 @@
-"""Ground-truth edges and loss cost: `label_edges` on 720x720 and 1024x2048 label maps
-(radius 1-4, graph mode), the scipy distance-transform definition for comparison, and one
-forward + backward pass of `GSCNNLoss` on a 720x720 crop with 19 classes.
-
-    python -m benchmarks.edges                  # writes benchmarks/results/edges.{json,md}
-    python -m benchmarks.edges --repeats 3 --no-loss
-
-Label maps are synthetic street scenes (`gscnn_tf.data.synthetic.render`). Times are medians
-of `--repeats` runs after one warm-up run.
+"""Ground-truth edges and loss cost: `label_edges` on synthetic 720x720 and 1024x2048 street
+scene label maps (radius 1-4, graph mode) against scipy's distance-transform definition, and
+one forward + backward pass of `GSCNNLoss` on a 720x720 crop with 19 classes.
+Run: python -m benchmarks.edges [--repeats 3] [--no-loss]
 """
 
 from __future__ import annotations
-
-import argparse
-import os
 
 import numpy as np
 import tensorflow as tf
 from scipy import ndimage
 
-from gscnn_tf.benchmark import machine_info, machine_line, markdown_table, time_call, write_results
+from benchmarks import argument_parser
+from gscnn_tf.benchmark import (machine_info, markdown_report, markdown_table, time_call,
+                                write_results)
 from gscnn_tf.config import LossConfig
 from gscnn_tf.data import synthetic
 from gscnn_tf.data.edges import label_edges
 from gscnn_tf.losses import GSCNNLoss
-
-RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 
 
 def median_ms(fn, repeats: int) -> float:
@@ -92,28 +84,26 @@ def markdown(r: dict) -> str:
              f"{e['megapixels_per_s']:.0f}",
              f"{scipy[e['size'], e['batch']]:.0f}" if e["radius"] == 2 else ""]
             for e in r["edges"] if "tf_ms" in e]
-    lines = ["# Ground-truth edges and loss cost", "", machine_line(r["machine"]) + " Figures "
-             f"are upper bounds on time. Medians of {r['repeats']} runs; synthetic "
-             "street-scene label maps.", "",
-             markdown_table(["label map", "batch", "radius", "`label_edges` ms", "Mpixel/s",
-                             "scipy EDT ms"], rows)]
-    if r["loss"]:
-        lines += ["", markdown_table(
+    return markdown_report(
+        "Ground-truth edges and loss cost", r["machine"],
+        markdown_table(["label map", "batch", "radius", "`label_edges` ms", "Mpixel/s",
+                        "scipy EDT ms"], rows),
+        r["loss"] and markdown_table(
             ["GSCNNLoss forward + backward", "classes", "Gumbel noise", "ms"],
             [[f"{e['size']}, batch 1", e["classes"], e["gumbel_noise"],
-              f"{e['forward_backward_ms']:.0f}"] for e in r["loss"]])]
-    return "\n".join(lines)
+              f"{e['forward_backward_ms']:.0f}"] for e in r["loss"]]),
+        versions=f" Figures are upper bounds on time. Medians of {r['repeats']} runs; "
+        "synthetic street-scene label maps.")
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argument_parser(__doc__, "edges")
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--no-loss", action="store_true")
-    parser.add_argument("--out", default=RESULTS)
     args = parser.parse_args(argv)
     r = {"machine": machine_info(), "repeats": args.repeats, "edges": edge_rows(args.repeats),
          "loss": [] if args.no_loss else loss_rows(args.repeats)}
-    write_results(args.out, "edges", r, markdown(r), echo=True)
+    write_results(args.out, args.name, r, markdown(r), echo=True)
     return 0
 
 

@@ -1,10 +1,8 @@
 """Batch-1 full-resolution evaluation cost: peak host memory and time of one 1024x2048 image
-through the Evaluator's inference (`Predictor.probabilities` + argmax) with the ResNet-50
-Gated-SCNN of configs/cityscapes_resnet50.yaml (random weights: memory and time do not depend
-on them), whole image vs sliding windows. Each mode runs in its own process, so its peak
-resident set size is its own; the figure after building the model is subtracted.
-
-    python -m benchmarks.evaluate_memory [--modes full window] [--size 1024x2048]
+through the Evaluator's inference with the ResNet-50 GSCNN of configs/cityscapes_resnet50.yaml
+(random weights), whole image against sliding windows, each mode in its own process (the
+memory after building the model subtracted).
+Run: python -m benchmarks.evaluate_memory [--modes full window] [--size 1024x2048]
 """
 
 from __future__ import annotations
@@ -13,12 +11,10 @@ import argparse
 import json
 import os
 
-from gscnn_tf.benchmark import (machine_info, machine_line, markdown_table, peak_rss_mb,
+from benchmarks import ROOT, argument_parser
+from gscnn_tf.benchmark import (machine_info, markdown_report, markdown_table, peak_rss_mb,
                                 run_child, time_once, write_results)
 from gscnn_tf.cli.arguments import add_config_arguments, parse_size
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-RESULTS = os.path.join(ROOT, "benchmarks", "results")
 
 
 def child(args) -> dict:
@@ -45,24 +41,22 @@ def child(args) -> dict:
 
 
 def markdown(r: dict) -> str:
-    return "\n".join([
-        "# Batch-1 evaluation memory, ResNet-50 Gated-SCNN", "",
-        f"One {r['width']}x{r['height']} image, float32, CPU.", "", machine_line(r["machine"]),
-        "", markdown_table(["mode", "window", "time", "peak RSS", "of which inference"],
+    return markdown_report(
+        "Batch-1 evaluation memory, ResNet-50 Gated-SCNN", r["machine"],
+        f"One {r['width']}x{r['height']} image, float32, CPU.", markdown_table(["mode", "window", "time", "peak RSS", "of which inference"],
                            [[m["mode"], m["window"] or "-", f"{m['seconds']} s",
                              f"{m['peak_rss_mb']} MB", f"{m['inference_peak_mb']} MB"]
-                            for m in r["rows"]])])
+                            for m in r["rows"]]))
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argument_parser(__doc__, "evaluate_memory")
     add_config_arguments(parser, "YAML config (default configs/cityscapes_resnet50.yaml)")
     parser.set_defaults(config=os.path.join(ROOT, "configs", "cityscapes_resnet50.yaml"))
     parser.add_argument("--modes", nargs="+", default=["full", "window"],
                         choices=("full", "window"))
     parser.add_argument("--size", default="1024x2048", help="HEIGHTxWIDTH of the image")
     parser.add_argument("--window", type=int, default=1024)
-    parser.add_argument("--out", default=RESULTS)
     parser.add_argument("--child", default="", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
@@ -80,7 +74,7 @@ def main(argv=None) -> int:
     record = {"benchmark": "evaluate_memory", "height": height, "width": width,
               "model": f"{os.path.basename(args.config)} (GSCNN)", "rows": rows,
               "machine": machine_info()}
-    write_results(args.out, "evaluate_memory", record, markdown(record), echo=True)
+    write_results(args.out, args.name, record, markdown(record), echo=True)
     return 0
 
 

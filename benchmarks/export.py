@@ -1,22 +1,12 @@
-"""Exports of a trained model measured against the Keras model on held-out images.
-
-SavedModel: labels of `serving_default` and `serve_bytes` (PNG files) equal to the Keras
-argmax, largest |difference| of `edge_prob` and `probabilities`, export time. TFLite, per
-quantization (none, fp16, dynamic, int8): file size and its ratio to float32, conversion time
-(int8: calibration on training-pipeline crops included), argmax agreement with the Keras model
-(LiteRT, ai-edge-litert) against the targets, LiteRT CPU time per image, ops left in float32,
-and the TFLite GPU delegate's static audit of each file (`gscnn_tf.export.gpu_audit`: partitions,
-unsupported ops). The GPU target (`--target gpu`, fp32 and fp16 weights) the same way, beside
-the share of OpenCV's Canny edge pixels its bounded Canny finds on the held-out images.
-Writes benchmarks/results/export.json and export.md.
-
-    python train.py                                    # the synthetic default: runs/synthetic
-    python -m benchmarks.export [runs/synthetic] [--images 20] [--size 128x128]
+"""A trained model's exports against the Keras model on held-out images: the SavedModel's
+signatures, each TFLite quantization and the `--target gpu` files (size, conversion time,
+label agreement on LiteRT against the targets, LiteRT CPU time, ops left in float32, the GPU
+delegate's audit), and the bounded Canny against OpenCV's.
+Run: python -m benchmarks.export [runs/synthetic] [--images 20] [--size 128x128]
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import tempfile
@@ -27,14 +17,34 @@ import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
+from benchmarks import argument_parser  # noqa: E402
 from gscnn_tf import export  # noqa: E402
 from gscnn_tf.export import gpu as tflite_gpu, gpu_audit  # noqa: E402
-from gscnn_tf.benchmark import (machine_info, machine_line, markdown_table,  # noqa: E402
+from gscnn_tf.benchmark import (machine_info, markdown_report, markdown_table,  # noqa: E402
                                 time_once, write_results)
 from gscnn_tf.cli.arguments import add_config_arguments, parse_size  # noqa: E402
 from gscnn_tf.inference import Predictor  # noqa: E402
 
-RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+
+def heldout(model_path: str, size, count: int, config: str | None = None, overrides=()):
+    """(the Predictor of a trained model with its training config, uint8 held-out validation
+    images [count, H, W, 3] at `size` (None: the validation images' own size))."""
+    predictor = Predictor(model_path, config, list(overrides))
+    if predictor.model is None or predictor.config is None:
+        raise ValueError(f"{model_path}: needs a Keras model and its training config")
+    if size is None:
+        from gscnn_tf.data.pipeline import build_dataset
+
+        first, _ = next(iter(build_dataset(predictor.config, predictor.config.data.val_split,
+                                           training=False, batch_size=1)))
+        size = first.shape[1:3]
+    return predictor, export.heldout_images(predictor.config, *size, count)
+
+
+def audit_line(content: bytes) -> str:
+    """The GPU delegate's static audit of a TFLite file in one line: partitions, ops, the
+    unsupported ops by kind."""
+    return gpu_audit.audit(content).summary().removeprefix("GPU delegate audit: ")
 
 
 def _model_record(predictor, model_path: str) -> dict:
@@ -92,7 +102,7 @@ def _measure(convert, run, images: np.ndarray, labels: np.ndarray, target: float
     return {"bytes": len(content), "convert_s": round(seconds, 1), "agreement": agreement,
             "target": target, "meets_target": agreement >= target,
             "litert_ms_per_image": round(1000 * run_s / len(images), 1),
-            "gpu_delegate": _gpu_audit(content)}, content
+            "gpu_delegate": audit_line(content)}, content
 
 
 def tflite(model, config, images: np.ndarray, labels: np.ndarray, quantize: str) -> dict:
@@ -117,18 +127,6 @@ def tflite_gpu_target(model, config, images: np.ndarray, labels: np.ndarray,
                     tflite_gpu.AGREEMENT_TARGET[quantize])[0]
 
 
-def _gpu_audit(content: bytes) -> dict:
-    """The GPU delegate's static audit of a TFLite file: partitions, ops it takes, the
-    unsupported ops by name."""
-    report = gpu_audit.audit(content)
-    unsupported: dict[str, int] = {}
-    for op in report.unsupported:
-        unsupported[op.name] = unsupported.get(op.name, 0) + 1
-    return {"partitions": len(report.partitions), "ops": len(report.ops),
-            "largest_partition": max((len(p) for p in report.partitions), default=0),
-            "unsupported": unsupported, "clean": report.clean}
-
-
 def canny_found_share(images: np.ndarray, config) -> dict:
     """The exported graphs' bounded Canny (`export.tflite_canny_max_steps` steps, step form
     "mask"; the default export's "pool" steps give the same map) against `cv2.Canny` on the
@@ -147,7 +145,7 @@ def canny_found_share(images: np.ndarray, config) -> dict:
 
 
 def _markdown(r: dict) -> str:
-    m, s, model = r["machine"], r["saved_model"], r["model"]
+    s, model = r["saved_model"], r["model"]
     c = r.get("canny_found")
     canny_line = "" if c is None else (
         f"Bounded Canny ({c['max_steps']} steps, the exported graphs') on the held-out images: "
@@ -162,51 +160,41 @@ def _markdown(r: dict) -> str:
         if "checkpoint" in model else ""
     if model.get("val_miou") is not None:
         trained += f", validation mIoU {100 * model['val_miou']:.1f} %"
-    return "\n".join([
-        "# Export benchmark", "",
-        machine_line(m) + f" ai-edge-litert {r['litert']}.", "",
+    return markdown_report(
+        "Export benchmark", r["machine"],
         f"Model: `{model['path']}` ({model['backbone']} backbone, {model['parameters']:,} "
         f"parameters, {model['dataset']} data{trained}); "
         f"{r['images']} held-out validation images at {r['size'][0]}x{r['size'][1]} "
-        f"({r['pixels']:,} pixels).", "",
-        "## SavedModel vs Keras", "",
+        f"({r['pixels']:,} pixels).",
+        "## SavedModel vs Keras",
         markdown_table(
             ["labels equal", "serve_bytes (PNG) labels equal", "max abs diff edge_prob",
              "max abs diff probabilities", "export s", "bytes"],
             [[f"{100 * s['labels_equal']:.3f} %", f"{100 * s['serve_bytes_labels_equal']:.3f} %",
               f"{s['edge_prob_max_abs_diff']:.1e}", f"{s['probabilities_max_abs_diff']:.1e}",
-              s["export_s"], f"{s['bytes']:,}"]]), "",
-        "## TFLite vs Keras (argmax agreement on the held-out pixels)", "",
+              s["export_s"], f"{s['bytes']:,}"]]),
+        "## TFLite vs Keras (argmax agreement on the held-out pixels)",
         markdown_table(["quantize", "bytes", "vs float32", "agreement", "target", "met",
-                        "convert s", "LiteRT ms / image", "float32 ops / ops"], rows), "",
+                        "convert s", "LiteRT ms / image", "float32 ops / ops"], rows),
         "GPU delegate audit of each file (`gscnn-tf audit-tflite`): " + "; ".join(
-            f"{q}: {_audit_text(t['gpu_delegate'])}" for q, t in r["tflite"].items()) + ".",
-        "", "## TFLite GPU target (`--target gpu`) vs Keras", "",
+            f"{q}: {t['gpu_delegate']}" for q, t in r["tflite"].items()) + ".",
+        "## TFLite GPU target (`--target gpu`) vs Keras",
         markdown_table(["weights", "bytes", "agreement", "target", "met", "GPU delegate audit",
                         "convert s", "LiteRT CPU ms / image"],
                        [[q, f"{t['bytes']:,}", f"{100 * t['agreement']:.3f} %",
                          f"{100 * t['target']:.1f} %", "yes" if t["meets_target"] else "**no**",
-                         _audit_text(t["gpu_delegate"]), t["convert_s"],
-                         t["litert_ms_per_image"]]
-                        for q, t in r.get("tflite_gpu", {}).items()]), "",
-        canny_line, "",
+                         t["gpu_delegate"], t["convert_s"], t["litert_ms_per_image"]]
+                        for q, t in r.get("tflite_gpu", {}).items()]),
+        canny_line,
         f"float32 weights alone: {4 * model['parameters']:,} bytes. Conversion times include "
         "freezing and, for int8, calibration on "
         f"{r['representative_images']} training-pipeline crops; LiteRT times are one CPU "
         "interpreter with its default XNNPACK delegate, under the load average above.",
-    ])
-
-
-def _audit_text(a: dict) -> str:
-    if a["clean"]:
-        return f"clean, {a['ops']} ops in 1 partition"
-    names = ", ".join(f"{k} x{n}" for k, n in a["unsupported"].items())
-    return (f"{a['partitions']} partitions, largest {a['largest_partition']} of {a['ops']} "
-            f"ops; unsupported {names}")
+        versions=f" ai-edge-litert {r['litert']}.")
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argument_parser(__doc__, "export")
     parser.add_argument("model", nargs="?", default="runs/synthetic",
                         help="run directory, checkpoint or .keras file (default runs/synthetic,"
                              " what `python train.py` writes)")
@@ -215,24 +203,17 @@ def main(argv=None) -> int:
     parser.add_argument("--size", help="HEIGHTxWIDTH (default: the validation images' size)")
     parser.add_argument("--quantize", nargs="+", default=list(export.QUANTIZE),
                         choices=export.QUANTIZE)
-    parser.add_argument("--out", default=RESULTS)
     args = parser.parse_args(argv)
     quantizations = ["none"] + [q for q in args.quantize if q != "none"]  # the size base
     if not os.path.exists(args.model):
         parser.error(f"{args.model} does not exist: train it first (python train.py)")
-    predictor = Predictor(args.model, args.config, args.set)
+    try:
+        predictor, images = heldout(args.model, args.size and parse_size(args.size),
+                                    args.images, args.config, args.set)
+    except ValueError as e:
+        parser.error(f"{e} (--config)")
     model, config = predictor.model, predictor.config
-    if model is None or config is None:
-        parser.error(f"{args.model}: needs a Keras model and its training config (--config)")
-    if args.size:
-        height, width = parse_size(args.size)
-    else:
-        from gscnn_tf.data.pipeline import build_dataset
-
-        first, _ = next(iter(build_dataset(config, config.data.val_split, training=False,
-                                           batch_size=1)))
-        height, width = first.shape[1:3]
-    images = export.heldout_images(config, height, width, args.images)
+    height, width = images.shape[1:3]
     labels = export.keras_labels(model, images)
     import ai_edge_litert
 
@@ -255,7 +236,7 @@ def main(argv=None) -> int:
         print(f"TFLite GPU target {quantize}:", record["tflite_gpu"][quantize], flush=True)
     record["canny_found"] = canny_found_share(images, config)
     print("bounded Canny:", record["canny_found"], flush=True)
-    write_results(args.out, "export", record, _markdown(record), echo=True)
+    write_results(args.out, args.name, record, _markdown(record), echo=True)
     return 0
 
 

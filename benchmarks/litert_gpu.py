@@ -1,20 +1,8 @@
-"""The GPU target on LiteRT's GPU accelerator: `CompiledModel` with `HardwareAccelerator.GPU`
-(float32 precision, `GpuOptions(enforce_f32=True)`) must report `is_fully_accelerated()` for
-the `gscnn-tf export --target gpu` file, fp32 and fp16 weights, and its labels (argmax of
-`probabilities`, as the app takes it) must agree with the Keras model's on >= 99.9 % (fp32) /
->= 99.5 % (fp16) of the pixels.
-
-The GPU run happens in a child process that imports only LiteRT and numpy, so a driver that
-aborts takes only the child down. Where LiteRT can create no GPU accelerator (no GPU, or, as on
-a CPU-only host with a software Vulkan driver, no adapter its WebGPU backend accepts) the step
-is skipped and the reason, LiteRT's own error line, is recorded.
-
-    python -m benchmarks.litert_gpu [runs/synthetic] [--size 128x128] [--images 8]
-
-Without a trained model (none at the path) it uses the synthetic default config's model with
-random weights on random images: the file must still run whole on the GPU and agree. Writes
-benchmarks/results/litert_gpu.json and .md. Exit status 0 when passed or skipped, 1 when the
-GPU ran the file but not whole or with too few agreeing labels.
+"""The `--target gpu` files (fp32, fp16 weights) on LiteRT's GPU accelerator (float32
+precision): `is_fully_accelerated()` must hold and the labels agree with Keras on >= 99.9 % /
+99.5 % of the pixels. It runs in a child process importing only LiteRT and numpy; where LiteRT
+can create no GPU accelerator the step is skipped with LiteRT's reason (exit status 0).
+Run: python -m benchmarks.litert_gpu [runs/synthetic: random weights where absent] [--images 8]
 """
 
 from __future__ import annotations
@@ -29,8 +17,8 @@ import tempfile
 
 import numpy as np
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-RESULTS = os.path.join(ROOT, "benchmarks", "results")
+from benchmarks import ROOT, argument_parser
+
 ACCELERATORS = ("gpu", "cpu")
 
 
@@ -115,20 +103,11 @@ def _model_and_images(model_path: str | None, size, count: int):
     """(Keras model, uint8 images, description): the trained model and its held-out images,
     or the synthetic default config's model with random weights and random images."""
     import gscnn_tf
-    from gscnn_tf import export
 
     if model_path and os.path.exists(model_path):
-        from gscnn_tf.inference import Predictor
+        from benchmarks.export import heldout
 
-        predictor = Predictor(model_path)
-        if size is None:  # the validation images' own size
-            from gscnn_tf.data.pipeline import build_dataset
-
-            first, _ = next(iter(build_dataset(predictor.config,
-                                               predictor.config.data.val_split,
-                                               training=False, batch_size=1)))
-            size = tuple(first.shape[1:3])
-        images = export.heldout_images(predictor.config, *size, count)
+        predictor, images = heldout(model_path, size, count)
         return predictor.model, images, f"{model_path}, {len(images)} held-out images"
     from gscnn_tf.config import load_config
     from gscnn_tf.data.pipeline import dataset_info
@@ -142,7 +121,7 @@ def _model_and_images(model_path: str | None, size, count: int):
 
 
 def _markdown(record: dict) -> str:
-    from gscnn_tf.benchmark import machine_line, markdown_table
+    from gscnn_tf.benchmark import markdown_report, markdown_table
 
     rows = []
     for q, r in record["files"].items():
@@ -152,19 +131,18 @@ def _markdown(record: dict) -> str:
             rows.append([q, f"{r['bytes']:,}", r["audit"], "yes" if r["fully_accelerated"]
                          else "**no**", f"{100 * r['agreement']:.3f} %",
                          f"{100 * r['target']:.1f} %", "passed" if r["passed"] else "**failed**"])
-    return "\n".join([
-        "# The GPU target on LiteRT's GPU accelerator", "",
-        machine_line(record["machine"]) + f" ai-edge-litert {record['litert']}; accelerator "
-        f"requested: {record['accelerator']}.", "",
+    return markdown_report(
+        "The GPU target on LiteRT's GPU accelerator", record["machine"],
         f"Model: {record['model']}, {record['size'][0]}x{record['size'][1]}, Canny "
-        f"{record['canny_max_steps']} steps (`gscnn-tf export --target gpu`).", "",
+        f"{record['canny_max_steps']} steps (`gscnn-tf export --target gpu`).",
         markdown_table(["weights", "bytes", "static audit", "fully accelerated",
                         "labels agree with Keras", "target", "result"], rows),
-    ])
+        versions=f" ai-edge-litert {record['litert']}; accelerator requested: "
+        f"{record['accelerator']}.")
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argument_parser(__doc__, "litert_gpu")
     parser.add_argument("model", nargs="?", default="runs/synthetic",
                         help="run directory or .keras file (default runs/synthetic; random "
                              "weights when it does not exist)")
@@ -175,7 +153,6 @@ def main(argv=None) -> int:
                         help="gpu (the check); cpu runs the same steps on LiteRT's CPU "
                              "accelerator, where 'fully accelerated' is false, to try the "
                              "script on a machine without a GPU")
-    parser.add_argument("--out", default=RESULTS)
     parser.add_argument("--child", nargs=3, metavar=("TFLITE", "IMAGES_NPY", "LABELS_NPY"),
                         help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -184,8 +161,9 @@ def main(argv=None) -> int:
 
     import ai_edge_litert
 
+    from benchmarks.export import audit_line
     from gscnn_tf import export
-    from gscnn_tf.export import gpu as tflite_gpu, gpu_audit
+    from gscnn_tf.export import gpu as tflite_gpu
     from gscnn_tf.cli.arguments import parse_size
     from gscnn_tf.benchmark import machine_info, write_results
 
@@ -206,8 +184,7 @@ def main(argv=None) -> int:
                 f.write(content)
             result = check_on_accelerator(path, images, args.accelerator)
             entry = {"bytes": len(content), "status": result["status"],
-                     "audit": gpu_audit.audit(content).summary()
-                     .replace("GPU delegate audit: ", "")}
+                     "audit": audit_line(content)}
             if result["status"] == "skipped":
                 entry["reason"] = result["reason"]
             else:
@@ -219,7 +196,7 @@ def main(argv=None) -> int:
                 failed = failed or not passed
             record["files"][quantize] = entry
             print(f"{quantize}: {entry}", flush=True)
-    write_results(args.out, "litert_gpu", record, _markdown(record), echo=True)
+    write_results(args.out, args.name, record, _markdown(record), echo=True)
     return 1 if failed else 0
 
 

@@ -285,19 +285,50 @@ def child_train(job):
             "peak_rss_mb": peak_rss_mb()}
 
 
-def child_pipeline(job):
-    """The training input pipeline (PNG decode ... edges) at the training crop size."""
-    from benchmarks.data_pipeline import make_dataset, rate
+def make_dataset(root: str, count: int) -> str:
+    """`count` synthetic 2048x1024 PNG scenes in the folder format under `root` (reused when
+    present); returns the dataset root."""
     from gscnn_tf.config import load_config
-    from gscnn_tf.data.pipeline import build_dataset
+    from gscnn_tf.data import synthetic
+
+    config = load_config(None, [f"data.root={root}", f"data.synthetic.num_train={count}",
+                                "data.synthetic.num_val=0", "data.synthetic.height=1024",
+                                "data.synthetic.width=2048"])
+    return synthetic.ensure_synthetic(config)
+
+
+def _rate(dataset, batches: int, batch_size: int, warmup: int = 2) -> dict:
+    """time_call of one `next` per batch of `dataset` (repeated): {"per_s": examples per
+    second over `batches` batches after `warmup`, "load_average_1min"}."""
+    iterator = iter(dataset.repeat())
+    timing = time_call(lambda: next(iterator), warmup, batches)
+    return {"per_s": batches * batch_size / sum(timing["times_s"]),
+            "load_average_1min": timing["load_average_1min"]}
+
+
+def child_pipeline(job):
+    """Images/s of the training input pipeline (PNG decode, labels, scale, crop, flip, jitter,
+    blur, edges) at the training crop size, of the evaluation pipeline (decode, labels, edges
+    at 2048x1024) and of PNG decoding alone."""
+    import tensorflow as tf
+
+    from gscnn_tf.config import load_config
+    from gscnn_tf.data.pipeline import build_dataset, list_examples
 
     root = make_dataset(job.data, PIPELINE_IMAGES)
     config = load_config(None, ["data.dataset=folder", f"data.root={root}",
                                 f"data.crop_size=[{job.size[0]}, {job.size[1]}]"])
-    timing = rate(iter(build_dataset(config, "train", True, job.batch)), PIPELINE_BATCHES,
-                  job.batch)
-    return {"images_per_s": timing["per_s"], "batch": job.batch, "batches": PIPELINE_BATCHES,
-            "load_average_1min": timing["load_average_1min"]}
+    train = _rate(build_dataset(config, "train", True, job.batch), PIPELINE_BATCHES, job.batch)
+    files = tf.data.Dataset.from_tensor_slices(tuple(map(list, zip(*list_examples(config,
+                                                                                 "train")))))
+    decoded = files.map(lambda i, m: (tf.io.decode_png(tf.io.read_file(i), channels=3),
+                                      tf.io.decode_png(tf.io.read_file(m), channels=1)),
+                        num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+    return {"images_per_s": train["per_s"], "batch": job.batch, "batches": PIPELINE_BATCHES,
+            "load_average_1min": train["load_average_1min"],
+            "eval_images_per_s": _rate(build_dataset(config, "train", False, 1),
+                                       2 * PIPELINE_IMAGES, 1)["per_s"],
+            "decode_images_per_s": _rate(decoded, 3 * PIPELINE_IMAGES, 1)["per_s"]}
 
 
 CHILDREN = {"matmul": child_matmul, "latency": child_latency, "parts": child_parts,

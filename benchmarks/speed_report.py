@@ -161,8 +161,12 @@ def markdown(records: list[JobRecord]) -> str:
                   f"{_size(pipe)} crops from 2048x1024 PNGs): "
                   f"{pipe.result['images_per_s']:.2f} images/s (load "
                   f"{pipe.result['load_average_1min']:.1f})"
-                  + (f", {s['pipeline_over_train_step']:.0f}x the 1-replica training step."
-                     if "pipeline_over_train_step" in s else "."), ""]
+                  + (f", {s['pipeline_over_train_step']:.0f}x the 1-replica training step"
+                     if "pipeline_over_train_step" in s else "")
+                  + "".join(f"; {what} {pipe.result[key]:.2f} images/s" for key, what in (
+                      ("eval_images_per_s", "evaluation (decode, labels, edges at 2048x1024)"),
+                      ("decode_images_per_s", "PNG decoding alone")) if key in pipe.result)
+                  + ".", ""]
     failed = [r for r in records if "error" in r.result]
     if failed:
         lines += ["## Not measured", ""]

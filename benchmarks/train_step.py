@@ -1,45 +1,28 @@
-"""Where a training step's time goes: forward, each loss term, backward, optimizer, for
-GSCNN and the DeepLab v3+ baseline on the same backbone, timed round-robin in one process.
-
-Cases: `synthetic` (configs/synthetic.yaml as `python train.py` runs it: small backbone,
-batch 8 at 128x128, shape stream at stride 2), `synthetic-s1` (the same at stride 1, the
-paper's full resolution) and `resnet50` (configs/cityscapes_resnet50.yaml, 512x512 batch 2,
-random weights). The baseline is the same config with `model.shape_stream=false` and the
-DeepLab v3+ configs' loss (lambda_edge = lambda_att = lambda_dual = 0).
-
-Items per model (each a tf.function, timed round-robin with every other item of the case):
-  forward      model(images, training=True)
-  loss.<term>  the term and its gradient with respect to the model outputs, on fixed outputs
-  loss         GSCNNLoss (every term) and its gradient, on fixed outputs
-  grad         forward + training loss + gradients of every trainable variable
-  step         the training step as `gscnn-tf train` runs it (`make_train_step`: + SGD)
-backward = grad - forward - loss, optimizer = step - grad. Goal: GSCNN step / baseline step
-at most 1.3x GSCNN forward / baseline forward.
-
-Writes benchmarks/results/train_step.json and train_step.md.
+"""Where a training step's time goes (forward, each loss term, backward, optimizer) for GSCNN
+and the DeepLab v3+ baseline (`model.shape_stream=false`, segmentation loss only) on the same
+backbone, timed round-robin in one process. Cases: `synthetic` (configs/synthetic.yaml),
+`synthetic-s1` (its shape stream at stride 1), `resnet50` (512x512, batch 2). Goal: GSCNN step
+/ baseline step at most 1.3x GSCNN forward / baseline forward.
 Run: python -m benchmarks.train_step [--cases synthetic synthetic-s1 resnet50] [--reps 3]
 """
 
 from __future__ import annotations
 
-import argparse
 import os
 
 import tensorflow as tf
 
+from benchmarks import ROOT, argument_parser
 from gscnn_tf import build_model
-from gscnn_tf.benchmark import (command_line, labelled_batch, machine_info, machine_line,
-                                markdown_table, time_interleaved, time_once, write_results)
+from gscnn_tf.benchmark import (command_line, labelled_batch, machine_info, markdown_report,
+                                markdown_table, time_interleaved, time_once, training_step,
+                                write_results)
 from gscnn_tf.config import load_config
 from gscnn_tf.data.edges import label_edges
 from gscnn_tf.data.pipeline import dataset_info
 from gscnn_tf.losses import (GSCNNLoss, attention_loss, dual_task_loss, edge_loss,
                              segmentation_loss, training_loss)
-from gscnn_tf.training.optimizers import build_optimizer, l2_coefficient, learning_rate_schedule
-from gscnn_tf.training.step import make_train_step
-
-RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from gscnn_tf.training.optimizers import l2_coefficient
 BASELINE = ["model.shape_stream=false", "loss.lambda_edge=0", "loss.lambda_att=0",
             "loss.lambda_dual=0"]
 CASES = {
@@ -62,7 +45,11 @@ def batch(num_classes, size, n):
 
 
 def model_items(config, num_classes, images, targets, tag):
-    """{item: callable} for one model (see the module docstring)."""
+    """{item: blocking call} for one model, each a tf.function: `forward` (training mode),
+    `loss.<term>` (the term and its gradient with respect to fixed outputs), `loss` (all of
+    GSCNNLoss, the same way), `grad` (forward + training loss + every variable's gradient),
+    `step` (`gscnn-tf train`'s step: + the optimizer). backward = grad - forward - loss,
+    optimizer = step - grad."""
     tf.keras.utils.set_random_seed(0)
     model = build_model(config.model, num_classes)
     loss_fn = GSCNNLoss(config.loss)
@@ -101,11 +88,7 @@ def model_items(config, num_classes, images, targets, tag):
         grads = tape.gradient(loss, variables)
         return tf.add_n([tf.reduce_sum(g) for g in grads if g is not None])
 
-    strategy = tf.distribute.get_strategy()
-    optimizer = build_optimizer(c, variables)
-    step_var = tf.Variable(0, dtype=tf.int64, trainable=False)
-    step = make_train_step(strategy, model, optimizer, loss_fn, learning_rate_schedule(c), c,
-                           step_var)
+    step = training_step(config, model)
     items = {f"{tag}.forward": lambda: forward()["seg_logits"].numpy()}
     for name, term in terms.items():
         fn = with_grad(term)
@@ -145,8 +128,7 @@ def run_case(name, reps):
 
 
 def markdown(record):
-    lines = ["# Training step breakdown", "", machine_line(record["machine"]), "",
-             f"Command: `{record['command']}`. Medians of {record['reps']} round-robin runs "
+    lines = [f"Command: `{record['command']}`. Medians of {record['reps']} round-robin runs "
              "(GSCNN and baseline items interleaved in one process), ms. backward = grad - "
              "forward - loss; optimizer = step - grad. Goal: step ratio <= 1.3x forward "
              "ratio.", ""]
@@ -167,15 +149,13 @@ def markdown(record):
                   f"Forward ratio {r['forward_ratio']:.2f}, step ratio {r['step_ratio']:.2f}: "
                   f"step / forward ratio **{r['step_over_forward']:.2f}** (of the fastest "
                   f"runs {r['step_over_forward_min']:.2f}).", ""]
-    return "\n".join(lines)
+    return markdown_report("Training step breakdown", record["machine"], "\n".join(lines))
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argument_parser(__doc__, "train_step")
     parser.add_argument("--cases", nargs="+", default=list(CASES), choices=list(CASES))
     parser.add_argument("--reps", type=int, default=3)
-    parser.add_argument("--name", default="train_step")
-    parser.add_argument("--out", default=RESULTS)
     args = parser.parse_args(argv)
     record = {"machine": machine_info(), "reps": args.reps,
               "command": command_line("benchmarks.train_step", argv),

@@ -27,19 +27,8 @@ def _proc_field(path: str, name: str) -> str | None:
     return None
 
 
-def cpu_model() -> str:
-    """The CPU's model name from /proc/cpuinfo ("unknown" where there is none)."""
-    return _proc_field("/proc/cpuinfo", "model name") or platform.processor() or "unknown"
-
-
+# The CPU flags that set the FP32 matmul peak (hosts with the same model name differ in them).
 VECTOR_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile")
-
-
-def cpu_vector_flags() -> list:
-    """Which of VECTOR_FLAGS /proc/cpuinfo lists (what sets the FP32 matmul peak: hosts
-    with the same model name differ in them); [] where there is no /proc/cpuinfo."""
-    present = set((_proc_field("/proc/cpuinfo", "flags") or "").split())
-    return [flag for flag in VECTOR_FLAGS if flag in present]
 
 
 def load_average() -> float:
@@ -48,23 +37,23 @@ def load_average() -> float:
 
 
 def machine_info() -> dict:
-    """{"cpu", "cpu_flags" (cpu_vector_flags), "cores", "load_average_1min", "load_average"
-    [1, 5, 15 min], "python", "tensorflow", "keras", "platform", "gpus" (count),
-    "gpu_names"}."""
+    """{"cpu" (the model name in /proc/cpuinfo), "cpu_flags" (which of VECTOR_FLAGS it
+    lists), "cores", "load_average_1min", "load_average" [1, 5, 15 min], "python",
+    "tensorflow", "keras", "platform", "gpus" (count), "gpu_names"}."""
     import keras
     import tensorflow as tf
 
     gpus = tf.config.list_physical_devices("GPU")
-    names = []
-    for gpu in gpus:
-        details = tf.config.experimental.get_device_details(gpu)
-        names.append(details.get("device_name", gpu.name))
-    return {"cpu": cpu_model(), "cpu_flags": cpu_vector_flags(), "cores": os.cpu_count(),
-            "load_average_1min": load_average(),
+    flags = set((_proc_field("/proc/cpuinfo", "flags") or "").split())
+    return {"cpu": _proc_field("/proc/cpuinfo", "model name") or platform.processor()
+            or "unknown", "cpu_flags": [f for f in VECTOR_FLAGS if f in flags],
+            "cores": os.cpu_count(), "load_average_1min": load_average(),
             "load_average": [round(v, 2) for v in os.getloadavg()],
             "python": platform.python_version(), "tensorflow": tf.__version__,
             "keras": keras.__version__, "platform": platform.platform(), "gpus": len(gpus),
-            "gpu_names": names}
+            "gpu_names": [tf.config.experimental.get_device_details(g).get("device_name",
+                                                                           g.name)
+                          for g in gpus]}
 
 
 def machine_line(machine: dict) -> str:

@@ -50,7 +50,7 @@ print(json.dumps(out))
                           text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     helps = json.loads(done.stdout.strip().splitlines()[-1])
-    assert SCRIPTS == ["ablation", "bf16", "boundary_f", "canny", "data_pipeline", "edges",
+    assert SCRIPTS == ["ablation", "bf16", "boundary_f", "canny", "edges",
                        "evaluate_memory", "export", "litert_gpu", "reference", "speed",
                        "speed_jobs", "speed_report", "train_step"]
     assert [n for n, h in helps.items() if h is None] == ["speed_jobs", "speed_report"]
@@ -60,13 +60,15 @@ print(json.dumps(out))
 
 
 def test_benchmarks_use_the_shared_helpers():
-    """No script edits sys.path, imports from tests/, dumps JSON by hand, reads a clock or
-    declares --config / --set itself (gscnn_tf.benchmark and gscnn_tf.cli.arguments do)."""
+    """No script edits sys.path, imports from tests/, dumps JSON by hand, reads a clock,
+    builds its own parser or results path or declares --config / --set itself
+    (gscnn_tf.benchmark, benchmarks.argument_parser and gscnn_tf.cli.arguments do)."""
     for name in SCRIPTS:
         with open(os.path.join(ROOT, "benchmarks", f"{name}.py"), encoding="utf-8") as f:
             text = f.read()
         for pattern in (r"sys\.path", r"^\s*(from|import) tests\b", r"json\.dump\(",
-                        r"perf_counter|time\.time\(", r"add_argument\(\"--(config|set)\""):
+                        r"perf_counter|time\.time\(", r"add_argument\(\"--(config|set|out)\"",
+                        r"ArgumentParser\(", r"^RESULTS ="):
             assert not re.search(pattern, text, re.M), (name, pattern)
 
 
@@ -260,7 +262,8 @@ def test_latency_and_report_at_tiny_size(monkeypatch):
         (jobs.Job("train", size=[8, 8], replicas=2),
          {"median_s": 2.5, "images_per_s": 1.6, "global_batch": 4, "load_average_1min": 1.0,
           "peak_rss_mb": 10.0}),
-        (jobs.Job("pipeline", size=[8, 8]), {"images_per_s": 5.0, "load_average_1min": 1.0}),
+        (jobs.Job("pipeline", size=[8, 8]), {"images_per_s": 5.0, "load_average_1min": 1.0,
+                                             "decode_images_per_s": 7.0}),
         (jobs.Job("latency", "wrn38", [1024, 2048]), {"error": "exit status 9: killed"})]]
     summary = report.summarise(records)
     achieved = lat["flops"] / lat["keras"]["median_s"] / 1e9
@@ -274,6 +277,8 @@ def test_latency_and_report_at_tiny_size(monkeypatch):
             "1.50) | - | - | - | - | 3 (baseline 2) |")
     assert cost in text
     assert "- latency wrn38 1024x2048 keras: failed: exit status 9: killed" in text
+    assert ("5.00 images/s (load 1.0), 5x the 1-replica training step; PNG decoding alone "
+            "7.00 images/s.") in text
     assert "| wrn38 | 1024x2048 | failed: exit status 9: killed |" in text
     gpu = [dataclasses.replace(r, device="gpu") for r in records]
     assert report.markdown(gpu).startswith("# Speed (GPU)")
