@@ -1,14 +1,8 @@
 #!/usr/bin/env bash
-# GPU check: the figures and checks that need a GPU, in one run on a machine that has one.
-#
-#     bash benchmarks/gpu_check.sh [MODEL]     # MODEL: a run directory or .keras file
-#                                              # (default runs/synthetic; random weights
-#                                              # when it does not exist)
-#
-# Each section below is self-contained: it runs on its own, writes its own results under
-# benchmarks/results/, and on a machine where its hardware cannot be had it prints why and
-# counts as skipped, not failed. The script exits 1 if any section failed. Together they fit
-# in 8 minutes on one GPU (the section time limits add up to 480 s); every section's outcome and time go to benchmarks/results/gpu.md.
+# The figures and checks that need a GPU, in sections whose time limits add up to 8 minutes;
+# each section's outcome and time go to benchmarks/results/gpu.md, a section whose hardware
+# is missing counts as skipped, and the exit status is 1 if any section failed.
+#     bash benchmarks/gpu_check.sh [MODEL]   # run directory or .keras (default runs/synthetic)
 set -u
 cd "$(dirname "$0")/.."
 model="${1:-runs/synthetic}"
@@ -45,8 +39,6 @@ section() {
 }
 
 if [ "$gpus" -gt 0 ]; then
-  # --- GPU-relevant tests: mixed-precision and XLA training steps, fused Canny under XLA,
-  # float32 logits under mixed precision, the loss under XLA.
   section "tests: mixed precision, XLA on/off, fused Canny" 100 \
     python -m pytest -q -x -p no:cacheprovider \
       tests/test_training_loop.py -k "options_train_finite" \
@@ -55,8 +47,6 @@ if [ "$gpus" -gt 0 ]; then
       tests/test_losses.py::test_mixed_precision_logits_are_computed_in_float32 \
       tests/test_canny.py::test_fused_form_equals_the_other_forms
 
-  # --- The main job's model, 20 steps with mixed precision and XLA (and 2 replicas of
-  # MirroredStrategy when there are several GPUs).
   strategy=one_device
   [ "$gpus" -gt 1 ] && strategy=mirrored
   section "train 20 steps: mixed_float16 + XLA, strategy $strategy" 80 \
@@ -64,21 +54,13 @@ if [ "$gpus" -gt 0 ]; then
       --set train.mixed_precision=true --set train.xla=true --set train.strategy=$strategy \
       --set train.run_dir="$work/run"
 
-  # --- Timings: 1024x2048 inference fp32 / fp16 (mixed precision) for WRN-38 and
-  # ResNet-50 with their DeepLab v3+ baselines, 800x800 training steps (batch 2 per GPU, one
-  # GPU and all of them), an FP32 matmul for scale; writes speed_gpu.{json,md}.
   section "timings: 1024x2048 inference fp32/fp16, 800x800 training" 240 \
     python -m benchmarks.speed --device gpu --backbones wrn38 resnet50 \
-      --train-backbones wrn38 resnet50 --deadline-min 3 --name speed_gpu
+      --deadline-min 3 --name speed_gpu
 else
   echo "| tests, training and timings | skipped: TensorFlow sees no GPU | 0 |" >> "$report"
 fi
 
-# --- TFLite GPU target on LiteRT's GPU accelerator --------------------------------------
-# `gscnn-tf export --target gpu` (fp32 and fp16 weights) compiled by LiteRT's CompiledModel
-# with HardwareAccelerator.GPU at float32 precision: is_fully_accelerated() must be true and
-# the labels must agree with the Keras model's (>= 99.9 % / >= 99.5 % of pixels).
-# About a minute; writes benchmarks/results/litert_gpu.{json,md}.
 section "TFLite GPU target on LiteRT's GPU accelerator" 60 \
   python -m benchmarks.litert_gpu "$model" --images 8
 
