@@ -32,11 +32,6 @@ def _ref(rgb):
     return cv2.Canny(cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY), 10, 100) > 0
 
 
-def _timed(fn, reps):
-    """Median milliseconds of `reps` calls after one warm-up call."""
-    return 1000.0 * time_call(fn, 1, reps)["median_s"]
-
-
 def _mosaic():
     tiles = [cv2.resize(_photo(n), (512, 512)) for n in PHOTOS[:4]] * 2
     return np.concatenate([np.concatenate(tiles[:4], 1), np.concatenate(tiles[4:], 1)], 0)
@@ -141,7 +136,7 @@ def tflite(result):
                 out[key] = {"converts": False, "error": str(e)[-300:]}
                 continue
             it, output = _interpreter(buf, rgb)
-            ms = _timed(it.invoke, 1)
+            ms = 1000.0 * time_call(it.invoke, 1, 1)["median_s"]
             edges = it.get_tensor(output)[0, ..., 0] > 0.5
             tf_edges = fn(tf.constant(rgb[None])).numpy()[0, ..., 0] > 0.5
             out[key] = {"converts": True, "bytes": len(buf), "ms_300x451": ms,
