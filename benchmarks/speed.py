@@ -21,12 +21,14 @@ from gscnn_tf.cli.arguments import parse_size
 
 BACKBONES = ("small", "mobilenetv2", "resnet50", "resnet101", "wrn38")
 SYNTHETIC = os.path.join(ROOT, "configs", "synthetic.yaml")
+RESNET50 = os.path.join(ROOT, "configs", "cityscapes_resnet50.yaml")
 
 
 def cpu_plan(args) -> list[Job]:
     """Every cell of the selection: the matmul peak, the shape stream's cost per backbone,
-    the stride variants, where the time goes, training, the input pipeline, full resolution
-    and the exports."""
+    the stride variants, where the time goes, training, the input pipeline, full resolution,
+    the exports, and evaluation memory at the largest size (ResNet-50 GSCNN, whole image and
+    square windows of the image's height)."""
     common = {"warmup": args.warmup, "reps": args.reps,
               "calibration_images": args.calibration_images}
     large_reps = {**common, "reps": args.reps_large}
@@ -48,6 +50,8 @@ def cpu_plan(args) -> list[Job]:
     if any(f in EXPORT_FORMATS for f in args.formats):
         plan += [Job("latency", n, size, formats=list(args.formats), **reps)
                  for size, reps in sizes for n in b]
+    plan += [Job("evaluate", size=large, config=RESNET50, label="ResNet-50 GSCNN", window=w)
+             for w in (0, large[0])]
     return [job for job in plan if not args.only or job.kind in args.only]
 
 

@@ -20,9 +20,10 @@ PIPELINE_IMAGES, PIPELINE_BATCHES = 6, 10
 
 @dataclasses.dataclass
 class Job:
-    """One measurement. kind: matmul | latency | parts | strides | train | pipeline; `size`
-    [H, W]; `batch` per replica (train) or per batch (pipeline); `config` a YAML in place of
-    the defaults (with `label` naming it in the report)."""
+    """One measurement. kind: matmul | latency | parts | strides | train | pipeline |
+    evaluate; `size` [H, W]; `batch` per replica (train) or per batch (pipeline); `config` a
+    YAML in place of the defaults (with `label` naming it in the report); `window` the
+    evaluation's sliding window (0: the whole image)."""
     kind: str
     backbone: str = "small"
     size: list = dataclasses.field(default_factory=lambda: [512, 1024])
@@ -41,12 +42,15 @@ class Job:
     calibration_images: int = 2
     n: int = 4096
     data: str = ""
+    window: int = 0
 
     def describe(self) -> str:
         where = "" if self.kind in ("matmul", "pipeline") else self.label or self.backbone
         extra = {"latency": ", ".join(self.formats) + (" + baseline" if self.baseline else ""),
                  "train": f"{self.replicas} replica(s), batch {self.batch}/replica",
-                 "strides": f"strides {self.strides}"}.get(self.kind, "")
+                 "strides": f"strides {self.strides}",
+                 "evaluate": f"window {self.window}" if self.window else "whole image"}.get(
+                     self.kind, "")
         size = "" if self.kind == "matmul" else "x".join(map(str, self.size))
         extra += ", mixed precision" if self.mixed else ""
         return " ".join(p for p in (self.kind, where, size, extra) if p)
@@ -331,5 +335,25 @@ def child_pipeline(job):
             "decode_images_per_s": _rate(decoded, 3 * PIPELINE_IMAGES, 1)["per_s"]}
 
 
+def child_evaluate(job):
+    """Peak memory and time of one batch-1 image through the Evaluator's inference
+    (`Predictor.probabilities` + argmax), whole or in `job.window` windows; the memory after
+    building the model is subtracted."""
+    import numpy as np
+
+    from gscnn_tf.evaluation.evaluator import Evaluator
+    from gscnn_tf.inference import Predictor
+
+    window = [f"eval.window=[{job.window},{job.window}]"] if job.window else []
+    config, model = _build(job, *window)
+    evaluator = Evaluator(Predictor.from_model(model, config), config)
+    image = np.random.default_rng(0).uniform(0, 255, (*job.size, 3)).astype(np.float32)
+    built = peak_rss_mb()
+    _, seconds = time_once(lambda: evaluator.predict(image))
+    return {"seconds": seconds, "peak_rss_mb": peak_rss_mb(), "rss_after_build_mb": built,
+            "inference_peak_mb": peak_rss_mb() - built}
+
+
 CHILDREN = {"matmul": child_matmul, "latency": child_latency, "parts": child_parts,
-            "strides": child_strides, "train": child_train, "pipeline": child_pipeline}
+            "strides": child_strides, "train": child_train, "pipeline": child_pipeline,
+            "evaluate": child_evaluate}

@@ -167,6 +167,16 @@ def markdown(records: list[JobRecord]) -> str:
                       ("eval_images_per_s", "evaluation (decode, labels, edges at 2048x1024)"),
                       ("decode_images_per_s", "PNG decoding alone")) if key in pipe.result)
                   + ".", ""]
+    evaluate = _ok(records, "evaluate")
+    if evaluate:
+        lines += ["## Batch-1 evaluation memory", "", markdown_table(
+            ["model", "image", "mode", "time", "peak RSS", "of which inference"],
+            [[j.label, _size(j), f"window {j.window}" if j.window else "whole image",
+              f"{j.result['seconds']:.1f} s", f"{j.result['peak_rss_mb']:.0f} MiB",
+              f"{j.result['inference_peak_mb']:.0f} MiB"] for j in evaluate]), "",
+            "The Evaluator's inference (`Predictor.probabilities` + argmax) of one random "
+            "float32 image, each mode in its own process; of which inference = peak RSS minus "
+            "the peak after building the model.", ""]
     failed = [r for r in records if "error" in r.result]
     if failed:
         lines += ["## Not measured", ""]

@@ -51,7 +51,7 @@ print(json.dumps(out))
     assert done.returncode == 0, done.stderr[-2000:]
     helps = json.loads(done.stdout.strip().splitlines()[-1])
     assert SCRIPTS == ["ablation", "bf16", "boundary_f", "canny", "edges",
-                       "evaluate_memory", "export", "litert_gpu", "reference", "speed",
+                       "export", "litert_gpu", "reference", "speed",
                        "speed_jobs", "speed_report", "train_step"]
     assert [n for n, h in helps.items() if h is None] == ["speed_jobs", "speed_report"]
     for name, (status, text) in ((n, h) for n, h in helps.items() if h is not None):
@@ -228,7 +228,10 @@ def test_cpu_plan_is_every_cell_of_the_selection():
     train = [(j.backbone, j.replicas, j.reps, j.batch) for j in plan if j.kind == "train"]
     assert train == [("small", 1, 2, 2), ("small", 2, 2, 2), ("wrn38", 1, 2, 2),
                      ("wrn38", 2, 2, 2)]
-    assert [j.reps for j in plan if tuple(j.size) == (1024, 2048)] == [2] * 10
+    assert [j.reps for j in plan if tuple(j.size) == (1024, 2048) and j.kind == "latency"] == [
+        2] * 10
+    assert [(j.window, j.size) for j in plan if j.kind == "evaluate"] == [
+        (0, [1024, 2048]), (1024, [1024, 2048])]  # whole image, windows of its height
     only = speed.cpu_plan(_args(only=["train", "pipeline"], backbones=["small"]))
     assert [j.kind for j in only] == ["train"] * 4 + ["pipeline"]
     keras_only = speed.cpu_plan(_args(formats=["keras"], backbones=["resnet50"]))
@@ -252,6 +255,7 @@ def test_latency_and_report_at_tiny_size(monkeypatch):
     assert (lat["flops"], lat["flops_baseline"]) == (3e9, 2e9)
     assert lat["peak_rss_mb"] >= lat["keras"]["peak_rss_mb"] >= lat["rss_after_build_mb"]
 
+    evaluate = jobs.Job("evaluate", "small", [32, 64], window=32, label="small GSCNN")
     machine = benchmark.machine_info()
     records = [jobs.JobRecord(**dataclasses.asdict(j), result=r, machine=machine, wall_s=1.0)
                for j, r in [
@@ -264,7 +268,8 @@ def test_latency_and_report_at_tiny_size(monkeypatch):
           "peak_rss_mb": 10.0}),
         (jobs.Job("pipeline", size=[8, 8]), {"images_per_s": 5.0, "load_average_1min": 1.0,
                                              "decode_images_per_s": 7.0}),
-        (jobs.Job("latency", "wrn38", [1024, 2048]), {"error": "exit status 9: killed"})]]
+        (jobs.Job("latency", "wrn38", [1024, 2048]), {"error": "exit status 9: killed"}),
+        (evaluate, jobs.child_evaluate(evaluate))]]
     summary = report.summarise(records)
     achieved = lat["flops"] / lat["keras"]["median_s"] / 1e9
     assert summary["achieved_gflops"]["small_32x64"] == pytest.approx(achieved)
@@ -277,6 +282,10 @@ def test_latency_and_report_at_tiny_size(monkeypatch):
             "1.50) | - | - | - | - | 3 (baseline 2) |")
     assert cost in text
     assert "- latency wrn38 1024x2048 keras: failed: exit status 9: killed" in text
+    figures = records[-1].result
+    assert figures["peak_rss_mb"] >= figures["rss_after_build_mb"] > 0 and figures["seconds"] > 0
+    assert (f"| small GSCNN | 32x64 | window 32 | {figures['seconds']:.1f} s | "
+            f"{figures['peak_rss_mb']:.0f} MiB | {figures['inference_peak_mb']:.0f} MiB |") in text
     assert ("5.00 images/s (load 1.0), 5x the 1-replica training step; PNG decoding alone "
             "7.00 images/s.") in text
     assert "| wrn38 | 1024x2048 | failed: exit status 9: killed |" in text
