@@ -1,9 +1,10 @@
 """Our WRN-38 GSCNN against the reference PyTorch GSCNN (`gscnn_tf.reference_torch`, random
 weights; torch is the `convert` extra) on this CPU: converting its checkpoint (time, file
 sizes, agreement of the logits), inference round-robin in one process, one training step per
-framework in its own child process and our step's peak memory by variant. Goals: inference
-<= 0.6, training step <= 0.8, training peak memory <= 0.75 of the reference.
-Run: python -m benchmarks.reference [--reps 2] [--parts inference train memory]
+framework in its own child process, our step's peak memory by variant, and WRN-38's
+convolution shapes one by one (`--parts convs`: where the inference gap comes from). Goals:
+inference <= 0.6, training step <= 0.8, training peak memory <= 0.75 of the reference.
+Run: python -m benchmarks.reference [--reps 2] [--parts inference train memory convs]
 """
 
 from __future__ import annotations
@@ -106,8 +107,11 @@ def inference(size, reps):
     x = tf.constant(images)
     forward = tf.function(lambda v: model(v, training=False))
     ours = {k: v.numpy() for k, v in forward(x).items()}
+    frozen = _frozen(forward.get_concrete_function(x))
+    frozen_diff = float(np.abs(frozen(x).numpy() - ours["seg_logits"]).max())
     seg, edge = reference_torch.forward(state, images)
     timing = time_interleaved({"ours": lambda: forward(x)["seg_logits"].numpy(),
+                               "ours_frozen": lambda: frozen(x).numpy(),
                                "reference": lambda: reference_torch.forward(state, images)},
                               warmup=1, reps=reps)
     return {"size": list(size), "timing": timing, "conversion_s": report.seconds,
@@ -118,7 +122,80 @@ def inference(size, reps):
             "edge_max_abs": float(np.abs(edge).max()),
             "label_agreement": float(np.mean(ours["seg_logits"].argmax(-1) == seg.argmax(-1))),
             "ratio": timing["ours"]["median_s"] / timing["reference"]["median_s"],
-            "ratio_min": timing["ours"]["min_s"] / timing["reference"]["min_s"]}
+            "ratio_min": timing["ours"]["min_s"] / timing["reference"]["min_s"],
+            "ratio_frozen": timing["ours_frozen"]["median_s"] / timing["reference"]["median_s"],
+            "frozen_seg_max_abs_diff": frozen_diff}
+
+
+def _frozen(concrete):
+    """`concrete` (our forward pass, outputs a dict) as a graph whose weights are constants
+    (`gscnn_tf.export.tflite.frozen_graph_def`, as the TFLite export freezes it), returning
+    the seg logits: TensorFlow's oneDNN convolutions then take their filters in a blocked
+    layout, reordered once and cached, where a variable's filter at batch 1 is used in its
+    plain HWIO layout (and a dilated one reordered at every call)."""
+    import tensorflow as tf
+
+    from gscnn_tf.export.tflite import frozen_graph_def
+
+    graph_def = frozen_graph_def(concrete)
+    feed = [t.name for t in concrete.inputs if t.dtype != tf.resource][0]
+    fetch = concrete.outputs[sorted(concrete.structured_outputs).index("seg_logits")].name
+    wrapped = tf.compat.v1.wrap_function(
+        lambda: tf.graph_util.import_graph_def(graph_def, name=""), [])
+    return wrapped.prune(wrapped.graph.get_tensor_by_name(feed),
+                         wrapped.graph.get_tensor_by_name(fetch))
+
+
+# WRN-38's convolution shapes at a 512x1024 input (output stride 8), batch 1:
+# (name, height, width, in channels, out channels, kernel, dilation).
+CONV_SHAPES = (
+    ("mod2 3x3", 256, 512, 128, 128, 3, 1),
+    ("mod3 3x3", 128, 256, 256, 256, 3, 1),
+    ("mod4 3x3", 64, 128, 512, 512, 3, 1),
+    ("mod5 3x3 d2", 64, 128, 1024, 1024, 3, 2),
+    ("mod6 3x3 d4", 64, 128, 512, 1024, 3, 4),
+    ("mod7 1x1", 64, 128, 2048, 1024, 1, 1),
+    ("mod7 3x3 d4", 64, 128, 1024, 2048, 3, 4),
+)
+
+
+def conv_paths(reps, shapes=CONV_SHAPES):
+    """Each shape at batch 1, round-robin three ways: as our model runs it (the filter a
+    variable), with the filter a graph constant (a frozen graph), and PyTorch's `conv2d` on
+    the same numbers. {name: {"shape", "gflop", "variable", "constant", "torch" (median s),
+    "max_abs_diff"}}."""
+    import tensorflow as tf
+    import torch
+
+    torch.set_num_threads(os.cpu_count())
+    rng = np.random.default_rng(0)
+    out = {}
+    for name, h, w, cin, cout, k, d in shapes:
+        x = rng.standard_normal((1, h, w, cin), np.float32)
+        kernel = (rng.standard_normal((k, k, cin, cout), np.float32)
+                  / np.float32(np.sqrt(k * k * cin)))
+        xt, variable = tf.constant(x), tf.Variable(kernel)
+        by_variable = tf.function(
+            lambda: tf.nn.convolution(xt, variable, padding="SAME", dilations=d))
+        by_constant = tf.function(
+            lambda: tf.nn.convolution(xt, tf.constant(kernel), padding="SAME", dilations=d))
+        xp = torch.from_numpy(x.transpose(0, 3, 1, 2).copy())
+        wp = torch.from_numpy(kernel.transpose(3, 2, 0, 1).copy())
+
+        def reference():
+            with torch.no_grad():
+                return torch.nn.functional.conv2d(xp, wp, padding=d * (k // 2), dilation=d)
+
+        ours = by_variable().numpy()
+        diff = max(float(np.abs(by_constant().numpy() - ours).max()),
+                   float(np.abs(reference().numpy().transpose(0, 2, 3, 1) - ours).max()))
+        timing = time_interleaved({"variable": lambda: by_variable().numpy(),
+                                   "constant": lambda: by_constant().numpy(),
+                                   "torch": reference}, warmup=1, reps=reps)
+        out[name] = {"shape": [h, w, cin, cout, k, d], "max_abs_diff": diff,
+                     "gflop": 2e-9 * h * w * cin * cout * k * k,
+                     **{key: value["median_s"] for key, value in timing.items()}}
+    return out
 
 
 def _child(who, size, n, config, overrides):
@@ -187,6 +264,11 @@ def markdown(r):
                   f"(fastest runs {i['ratio_min']:.2f}; goal <= 0.6). Same weights (converted "
                   f"by import-reference): labels agree on {100 * i['label_agreement']:.3f} %.",
                   ""]
+        if "ratio_frozen" in i:
+            lines += [f"Ours with the weights frozen into graph constants: "
+                      f"{t['ours_frozen']['median_s']:.1f} s, **ratio "
+                      f"{i['ratio_frozen']:.2f}** (seg logits within "
+                      f"{i['frozen_seg_max_abs_diff']:.2g} of the live model's).", ""]
     if "train" in r:
         tr = r["train"]
         lines += [f"## Training step, {tr['size'][0]}x{tr['size'][1]}, batch {tr['batch']}",
@@ -212,6 +294,16 @@ def markdown(r):
         lines += [f"## Where our training peak comes from ({m['size'][0]}x{m['size'][1]}, "
                   f"batch {m['batch']}, one child process per variant)", "",
                   markdown_table(["variant", "peak RSS GiB", "step s"], rows)]
+    if "convs" in r:
+        rows = [[name, "x".join(map(str, v["shape"][:2])) + f" {v['shape'][2]}->{v['shape'][3]}"
+                 f" k{v['shape'][4]} d{v['shape'][5]}"]
+                + [f"{1e3 * v[key]:.0f} ({v['gflop'] / v[key]:.0f})"
+                   for key in ("variable", "constant", "torch")]
+                + [f"{v['variable'] / v['torch']:.2f}"] for name, v in r["convs"].items()]
+        lines += ["", "## WRN-38's convolutions one by one (batch 1, ms median, GFLOP/s)", "",
+                  markdown_table(["layer", "shape", "ours (filter a variable)",
+                                  "ours (filter a constant)", "PyTorch", "ours / PyTorch"],
+                                 rows)]
     return markdown_report("Against the reference PyTorch GSCNN (WRN-38, random weights)",
                            r["machine"], "\n".join(lines), versions=f" torch {r['torch']}.")
 
@@ -223,7 +315,7 @@ def main(argv=None) -> int:
                          "configs/cityscapes_wrn38.yaml)")
     parser.set_defaults(config=os.path.join(ROOT, "configs", "cityscapes_wrn38.yaml"))
     parser.add_argument("--parts", nargs="+", default=["inference", "train", "memory"],
-                        choices=("inference", "train", "memory"))
+                        choices=("inference", "train", "memory", "convs"))
     parser.add_argument("--size", type=size, default=(512, 1024))
     parser.add_argument("--train-size", type=size, default=(512, 512))
     parser.add_argument("--parts-size", type=size, default=(256, 256))
@@ -242,7 +334,8 @@ def main(argv=None) -> int:
     run = {"inference": lambda: inference(args.size, args.reps),
            "train": lambda: training(args.train_size, args.batch, args.train_reps,
                                      args.config, args.set),
-           "memory": lambda: memory_parts(args.parts_size, args.batch, args.config, args.set)}
+           "memory": lambda: memory_parts(args.parts_size, args.batch, args.config, args.set),
+           "convs": lambda: conv_paths(args.reps)}
     elapsed = 0.0
     for part in args.parts:
         record[part], seconds = time_once(run[part])

@@ -360,3 +360,37 @@ def test_run_appends_typed_records_and_the_report_reads_them(monkeypatch, tmp_pa
     assert speed.main([*common, "--deadline-min", "0", "--fresh"]) == 0
     assert started == ["matmul"]  # the first job ran; the deadline had passed for the next
     assert len(open(tmp_path / "speed.jsonl").readlines()) == 1
+
+
+def test_reference_conv_paths_compute_the_same_convolution_three_ways():
+    """The `--parts convs` table compares like with like: the variable-filter, constant-filter
+    and PyTorch convolutions agree (dilated and not), and the GFLOP count is 2*H*W*Cin*Cout*k^2."""
+    from benchmarks import reference
+
+    shapes = (("plain", 6, 10, 8, 4, 3, 1), ("dilated", 12, 8, 4, 8, 3, 2),
+              ("1x1", 5, 7, 8, 16, 1, 1))
+    out = reference.conv_paths(1, shapes)
+    assert list(out) == ["plain", "dilated", "1x1"]
+    for (name, h, w, cin, cout, k, d) in shapes:
+        r = out[name]
+        assert r["shape"] == [h, w, cin, cout, k, d]
+        assert r["gflop"] == pytest.approx(2e-9 * h * w * cin * cout * k * k)
+        assert r["max_abs_diff"] < 1e-5
+        assert all(r[key] > 0 for key in ("variable", "constant", "torch"))
+
+
+def test_reference_frozen_forward_equals_the_live_model():
+    """`_frozen` (the weights as graph constants) returns the live model's seg logits."""
+    import keras
+    import tensorflow as tf
+
+    from benchmarks import reference
+
+    image = keras.Input((None, None, 3))
+    features = keras.layers.Conv2D(4, 3, padding="same", dilation_rate=2)(image)
+    model = keras.Model(image, {"seg_logits": keras.layers.Conv2D(3, 1)(features),
+                                "edge_logits": keras.layers.Conv2D(1, 1)(features)})
+    x = tf.constant(np.random.default_rng(0).normal(size=(1, 9, 11, 3)).astype(np.float32))
+    forward = tf.function(lambda v: model(v, training=False))
+    frozen = reference._frozen(forward.get_concrete_function(x))
+    np.testing.assert_allclose(frozen(x).numpy(), model(x)["seg_logits"].numpy(), atol=1e-6)
