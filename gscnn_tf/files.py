@@ -23,6 +23,7 @@ import contextlib
 import os
 import posixpath
 import re
+import tempfile
 
 import numpy as np
 import tensorflow as tf
@@ -125,16 +126,40 @@ def read_text(path: str | os.PathLike) -> str:
     return read_bytes(path).decode("utf-8")
 
 
+def _new_file_mode() -> int:
+    """The mode `open()` gives a new file under the process's umask (0644 under 022)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Writes `data` to `path` through `<path>.tmp` and a rename (see the module docstring
-    for what object stores make of it); creates the parent folder."""
+    """Writes `data` to `path` through a temporary file and a rename (see the module
+    docstring for what object stores make of it); creates the parent folder. A local file's
+    temporary is uniquely named in the target's folder, removed if the write fails, and given
+    the mode a plain `open` would (mkstemp's owner-only 0600 would hide an export from a
+    serving container running as another user); elsewhere it is `<path>.tmp`."""
     path = os.fspath(path)
     makedirs(dirname(path))
-    tmp = f"{path}.tmp"
-    with _os_errors(path):
-        with open(tmp, "wb") as f:
+    if not is_local(path):
+        tmp = f"{path}.tmp"
+        with _os_errors(path):
+            with open(tmp, "wb") as f:
+                f.write(data)
+            tf.io.gfile.rename(tmp, path, overwrite=True)
+        return
+    local = os.path.abspath(path[len("file://"):] if path.startswith("file://") else path)
+    handle, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(local)}.tmp-",
+                                   dir=os.path.dirname(local))
+    try:
+        with os.fdopen(handle, "wb") as f:
             f.write(data)
-        tf.io.gfile.rename(tmp, path, overwrite=True)
+        os.chmod(tmp, _new_file_mode())
+        os.replace(tmp, local)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        raise
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:

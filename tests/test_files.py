@@ -107,3 +107,21 @@ def test_a_whole_run_on_ram(rng):
     served = tf.saved_model.load(path)
     labels = served.signatures["serving_default"](images=tf.constant(images))["labels"]
     np.testing.assert_array_equal(labels.numpy(), expected)
+
+
+def test_local_atomic_write_keeps_the_old_file_when_the_write_fails(tmp_path):
+    """On a local disk: the new file gets the umask's mode (0644 under 022, not mkstemp's
+    0600); a write that fails part way leaves the old content and no temporary file."""
+    import os
+
+    target = tmp_path / "out" / "model.bin"
+    old = os.umask(0o022)
+    try:
+        files.atomic_write_bytes(str(target), b"old")
+    finally:
+        os.umask(old)
+    assert target.read_bytes() == b"old" and oct(target.stat().st_mode & 0o777) == "0o644"
+    with pytest.raises(TypeError):
+        files.atomic_write_bytes(str(target), "not bytes")   # fails inside the write
+    assert target.read_bytes() == b"old"
+    assert sorted(p.name for p in target.parent.iterdir()) == ["model.bin"]

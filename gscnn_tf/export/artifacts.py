@@ -7,9 +7,6 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
-
 import numpy as np
 
 from gscnn_tf import files
@@ -46,30 +43,9 @@ def refuse_existing(path: str, overwrite: bool) -> None:
         raise ExportError(f"{path} exists; pass --overwrite to replace it")
 
 
-def _file_mode() -> int:
-    """The mode `open()` gives a new file under the process's umask (0644 under 022), so a
-    serving container running as another user can read what we export."""
-    umask = os.umask(0)
-    os.umask(umask)
-    return 0o666 & ~umask
-
-
 def write_file(path: str, data: bytes, overwrite: bool = False) -> None:
-    """Writes `data` to `path` through a temporary file in the same folder and a rename:
-    `path` is either its old content or the new one, never half-written."""
+    """Writes `data` to `path` atomically (`files.atomic_write_bytes`: `path` is either its
+    old content or the new one, never half-written, readable by other users as a plain
+    `open` would leave it); an existing `path` is an ExportError unless `overwrite`."""
     refuse_existing(path, overwrite)
-    if not files.is_local(path):    # gs:// and the like: see gscnn_tf.files
-        files.atomic_write_bytes(path, data)
-        return
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.tmp-", dir=folder)
-    try:
-        with os.fdopen(handle, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, _file_mode())  # mkstemp's 0600 would hide the file from other users
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    files.atomic_write_bytes(path, data)
