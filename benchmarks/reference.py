@@ -135,15 +135,15 @@ def _frozen(concrete):
     plain HWIO layout (and a dilated one reordered at every call)."""
     import tensorflow as tf
 
-    from gscnn_tf.export.tflite import frozen_graph_def
+    from gscnn_tf.export.tflite import frozen_graph_def, io_names
 
     graph_def = frozen_graph_def(concrete)
-    feed = [t.name for t in concrete.inputs if t.dtype != tf.resource][0]
-    fetch = concrete.outputs[sorted(concrete.structured_outputs).index("seg_logits")].name
+    inputs, outputs, _, keys = io_names(concrete)
     wrapped = tf.compat.v1.wrap_function(
         lambda: tf.graph_util.import_graph_def(graph_def, name=""), [])
-    return wrapped.prune(wrapped.graph.get_tensor_by_name(feed),
-                         wrapped.graph.get_tensor_by_name(fetch))
+    seg_logits = outputs[keys.index("seg_logits")]
+    return wrapped.prune(wrapped.graph.get_tensor_by_name(f"{inputs[0]}:0"),
+                         wrapped.graph.get_tensor_by_name(f"{seg_logits}:0"))
 
 
 # WRN-38's convolution shapes at a 512x1024 input (output stride 8), batch 1:
