@@ -56,6 +56,9 @@ class ModelConfig:
     aspp_rates are given at output stride 16 and doubled at 8. compat: "none" or "reference"
     (the reference PyTorch code's numerics, for its converted checkpoint; wrn38 only; see
     gscnn_tf.models.compat and `gscnn-tf import-reference`).
+    recompute_trunk: true keeps only the trunk's block outputs from a training forward pass
+    and recomputes the rest in the backward pass (less memory for one more trunk forward;
+    same loss, gradients and batch-norm statistics; gscnn_tf.models.recompute).
     """
 
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
@@ -73,6 +76,7 @@ class ModelConfig:
     skip_channels: int = 48
     compat: str = "none"
     sync_batch_norm: bool = True
+    recompute_trunk: bool = False
 
 
 @dataclass

@@ -29,7 +29,7 @@ from keras import layers
 
 from gscnn_tf.config import ModelConfig, config_from_dict
 from gscnn_tf.errors import ConfigError
-from gscnn_tf.models.backbones import build_backbone, preprocessing_mode
+from gscnn_tf.models.backbones import build_backbone, cut_layers, preprocessing_mode
 from gscnn_tf.models.compat import batch_norm_kwargs, is_reference, reference_canny
 from gscnn_tf.models.layers import (
     Normalize, ResizeLike, ZerosMap, aspp, conv_bn_relu)
@@ -125,7 +125,7 @@ class GSCNN(GSCNNTask):
 
     Args:
         num_classes: segmentation classes.
-        backbone ... sync_batch_norm: the fields of `gscnn_tf.config.ModelConfig`, with the
+        backbone ... recompute_trunk: the fields of `gscnn_tf.config.ModelConfig`, with the
             same defaults; `backbone` is a dict of `BackboneConfig` fields. Its `weights`
             (ImageNet or a file) initialise a new model only: a model rebuilt from its config
             (`keras.saving.load_model`, presets) gets its weights from the saved file.
@@ -156,6 +156,7 @@ class GSCNN(GSCNNTask):
                  skip_channels=_MODEL_DEFAULTS.skip_channels,
                  compat=_MODEL_DEFAULTS.compat,
                  sync_batch_norm=_MODEL_DEFAULTS.sync_batch_norm,
+                 recompute_trunk=_MODEL_DEFAULTS.recompute_trunk,
                  class_names=None, palette=None, ignore_label=255, loss_config=None,
                  name=None, **kwargs):
         unknown = sorted(set(kwargs) - {"trainable", "dtype"})
@@ -171,7 +172,7 @@ class GSCNN(GSCNNTask):
             "canny_step_form": canny_step_form, "aspp_channels": aspp_channels,
             "aspp_rates": list(aspp_rates), "decoder_channels": decoder_channels,
             "skip_channels": skip_channels, "compat": compat,
-            "sync_batch_norm": sync_batch_norm}
+            "sync_batch_norm": sync_batch_norm, "recompute_trunk": recompute_trunk}
         parsed = config_from_dict({"model": fields, "loss": dict(loss_config or {})},
                                   "GSCNN arguments")
         model_config, num_classes = parsed.model, int(num_classes)
@@ -187,6 +188,21 @@ class GSCNN(GSCNNTask):
         self.class_names = _class_names(class_names, num_classes)
         self.palette = _palette(palette, num_classes)
         self._task = None
+        self._trunk_recompute = None
+
+    def call(self, inputs, training=None, mask=None):
+        """The functional graph; a training call of a model built with
+        `recompute_trunk=True` runs it through `gscnn_tf.models.recompute.TrunkRecompute`
+        (same outputs, the trunk's activations recomputed in the backward pass)."""
+        if not (training and self.model_config.recompute_trunk):
+            return super().call(inputs, training=training, mask=mask)
+        if self._trunk_recompute is None:
+            from gscnn_tf.models.recompute import TrunkRecompute
+
+            cuts = cut_layers(self.model_config.backbone, [layer.name for layer in self.layers])
+            # Not tracked as a sublayer: its views share this model's layers and weights.
+            object.__setattr__(self, "_trunk_recompute", TrunkRecompute(self, cuts))
+        return self._trunk_recompute(inputs)
 
     def get_config(self):
         return {"name": self.name, "trainable": self.trainable,

@@ -47,3 +47,11 @@ def build_backbone(config, x, batch_norm_kwargs=None):
     if missing:
         raise ValueError(f"backbone '{config.name}' did not return taps {missing}")
     return taps
+
+
+def cut_layers(config, layer_names) -> list[str]:
+    """Names of the layers whose outputs carry the whole trunk of the backbone named by
+    `config.name`, from its first layers to its `out` tap, in order: every path from the
+    image to `out` passes through each of them (block boundaries; used by
+    `gscnn_tf.models.recompute`). `layer_names`: the built model's layer names."""
+    return _module(config).cut_layers(config, list(layer_names))

@@ -112,3 +112,13 @@ def build(config, x, bn_kwargs):
             include_top=False, weights=weights, alpha=alpha, input_shape=(224, 224, 3)),
         f"keras.applications.MobileNetV2(alpha={alpha})")
     return taps
+
+
+def cut_layers(config, layer_names) -> list[str]:
+    """The layers whose outputs carry the whole trunk, in order: the stem's ReLU and every
+    inverted residual block's output (its residual sum where it has one, else its projection's
+    batch norm; `gscnn_tf.models.recompute`)."""
+    names = set(layer_names)
+    prefixes = ["expanded_conv_"] + [f"block_{i}_" for i in range(1, len(_BLOCKS))]
+    return ["Conv1_relu"] + [f"{p}add" if f"{p}add" in names else f"{p}project_BN"
+                             for p in prefixes]

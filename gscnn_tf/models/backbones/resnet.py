@@ -94,3 +94,11 @@ def build(config, x, bn_kwargs):
         lambda weights: source(include_top=False, weights=weights, input_shape=(224, 224, 3)),
         f"keras.applications.{source.__name__}")
     return taps
+
+
+def cut_layers(config, layer_names) -> list[str]:
+    """The layers whose outputs carry the whole trunk, in order: the stem's ReLU and every
+    block's output (`gscnn_tf.models.recompute`)."""
+    return ["conv1_relu"] + [f"conv{stage}_block{block}_out"
+                             for stage, blocks in enumerate(_BLOCKS[config.name], 2)
+                             for block in range(1, blocks + 1)]

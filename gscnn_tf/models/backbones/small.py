@@ -37,3 +37,9 @@ def build(config, x, bn_kwargs):
         stages.append(x)
     return {"stem": stages[0], "skip": stages[1], "gate1": stages[1], "gate2": stages[2],
             "gate3": stages[4], "out": stages[4]}
+
+
+def cut_layers(config, layer_names) -> list[str]:
+    """The layers whose outputs carry the whole trunk, in order: each stage's last ReLU
+    (`gscnn_tf.models.recompute`)."""
+    return [f"small_stage{i}_conv_relu" for i in range(1, 6)]

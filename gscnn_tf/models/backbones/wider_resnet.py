@@ -139,6 +139,13 @@ def build(config, x, bn_kwargs):
             "gate3": outputs[7], "out": outputs[7]}
 
 
+def cut_layers(config, layer_names) -> list[str]:
+    """The layers whose outputs carry the whole trunk, in order: mod1's conv and every
+    block's residual sum (`gscnn_tf.models.recompute`)."""
+    return ["mod1_conv1"] + [f"mod{module}_block{block}_add" for module, blocks, _, _ in _MODULES
+                             for block in range(1, blocks + 1)]
+
+
 def _load_trunk(path, inputs, out):
     """Copies the same-named trunk weights of the `.keras` model at `path` into the layers
     between `inputs` and `out`."""
