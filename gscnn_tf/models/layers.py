@@ -2,8 +2,9 @@
 layer (GCL), ASPP with its edge branch, and conv+BN+ReLU helpers.
 
 Custom layers hold no weights of their own (weights live in standard Keras layers wired
-functionally around them), so every named tap of the paper's figure is a layer a user can
-look up, and `.keras` saving needs nothing beyond each layer's `get_config`.
+functionally around them; `AtrousConv2D` is a Keras `Conv2D` with its weights), so every named
+tap of the paper's figure is a layer a user can look up, and `.keras` saving needs nothing
+beyond each layer's `get_config`.
 """
 
 from __future__ import annotations
@@ -124,10 +125,10 @@ def batch_norm(x, name, bn_kwargs):
     return layers.BatchNormalization(name=name, **bn_kwargs)(x)
 
 
-def conv_bn_relu(x, filters, kernel_size, name, bn_kwargs, dilation=1):
-    """Conv (no bias) -> BN -> ReLU, 'same' padding at stride 1."""
-    x = layers.Conv2D(filters, kernel_size, padding="same", dilation_rate=dilation,
-                      use_bias=False, name=f"{name}_conv")(x)
+def conv_bn_relu(x, filters, kernel_size, name, bn_kwargs, dilation=1, conv=layers.Conv2D):
+    """Conv (no bias; `conv`: a Conv2D class) -> BN -> ReLU, 'same' padding at stride 1."""
+    x = conv(filters, kernel_size, padding="same", dilation_rate=dilation, use_bias=False,
+             name=f"{name}_conv")(x)
     x = batch_norm(x, f"{name}_bn", bn_kwargs)
     return layers.ReLU(name=f"{name}_relu")(x)
 
@@ -140,6 +141,73 @@ def basic_block(x, name, bn_kwargs):
     y = batch_norm(y, f"{name}_2_bn", bn_kwargs)
     y = layers.Add(name=f"{name}_add")([x, y])
     return layers.ReLU(name=f"{name}_out")(y)
+
+
+@keras.saving.register_keras_serializable(package="gscnn_tf")
+class AtrousConv2D(layers.Conv2D):
+    """A stride-1 "same" `Conv2D` with a large dilation rate (ASPP's atrous branches: rates 6
+    to 36), the same weights and outputs, computed for training in a form whose backward pass
+    runs at the machine's rate.
+
+    Inference (`training` false) is Keras's convolution unchanged: TensorFlow's space-to-batch
+    form, which exports see as one dilated CONV_2D. Training computes the same sum as one 1x1
+    convolution of the input with every tap's weights side by side (`[1, 1, Cin, kh * kw *
+    filters]`), each tap's `filters` channels then shifted by the tap's offset (zeros where it
+    reads outside the map) and summed; equal to float32 rounding. The space-to-batch form pads
+    the map to a multiple of the rate and folds it into rate x rate small images, on which
+    TensorFlow's CPU backward kernels run at a few percent of the machine's rate: one rate-36
+    branch of WRN-38 at a 64x64 map (512x512 crops) took 162 s forward and backward, this form
+    8 s (`benchmarks/README.md`). At small rates (the trunk's 2 and 4) space-to-batch stays
+    faster, so the trunk keeps plain `Conv2D`.
+    """
+
+    def __init__(self, filters, kernel_size, **kwargs):
+        super().__init__(filters, kernel_size, **{"padding": "same", **kwargs})
+        if self.strides != (1, 1) or self.padding != "same" or self.groups != 1 or (
+                self.data_format != "channels_last"):
+            raise ValueError(f"AtrousConv2D '{self.name}': expected strides 1, padding 'same', "
+                             "groups 1 and channels_last")
+
+    def call(self, inputs, training=None):
+        if not training or self.dilation_rate == (1, 1):
+            return super().call(inputs)
+        outputs = shifted_taps_conv(inputs, self.kernel, self.dilation_rate)
+        if self.use_bias:
+            outputs = outputs + self.bias
+        return outputs if self.activation is None else self.activation(outputs)
+
+
+def shifted_taps_conv(x, kernel, dilation_rate):
+    """A stride-1 "same" dilated convolution as a sum of shifted 1x1 products.
+
+    Args:
+        x: `[B, H, W, Cin]`, any float dtype, dynamic H and W.
+        kernel: `[kh, kw, Cin, Cout]` (odd kh, kw), x's dtype.
+        dilation_rate: (rate along H, rate along W).
+
+    Returns:
+        `[B, H, W, Cout]`: `tf.nn.convolution(x, kernel, padding="SAME",
+        dilations=dilation_rate)` to float rounding.
+    """
+    kh, kw, cin, cout = kernel.shape
+    taps = tf.reshape(tf.transpose(kernel, [2, 0, 1, 3]), [1, 1, cin, kh * kw * cout])
+    products = tf.nn.conv2d(x, taps, 1, "VALID")
+    height, width = tf.shape(x)[1], tf.shape(x)[2]
+    out = None
+    for ky in range(kh):
+        for kx in range(kw):
+            dy, dx = (ky - kh // 2) * dilation_rate[0], (kx - kw // 2) * dilation_rate[1]
+            tap = ky * kw + kx
+            # out[i, j] += products[i + dy, j + dx] where that pixel exists.
+            top, bottom = tf.clip_by_value(-dy, 0, height), tf.clip_by_value(height - dy, 0,
+                                                                              height)
+            left, right = tf.clip_by_value(-dx, 0, width), tf.clip_by_value(width - dx, 0,
+                                                                              width)
+            part = products[:, top + dy:bottom + dy, left + dx:right + dx,
+                            tap * cout:(tap + 1) * cout]
+            part = tf.pad(part, [[0, 0], [top, height - bottom], [left, width - right], [0, 0]])
+            out = part if out is None else out + part
+    return out
 
 
 def gated_conv(features, regular, name, form, bn_kwargs):
@@ -197,5 +265,6 @@ def aspp(x, edge, channels, rates, output_stride, bn_kwargs, align_corners=False
     branches.append(conv_bn_relu(x, channels, 1, "aspp_1x1", bn_kwargs))
     for i, rate in enumerate(rates, start=1):
         branches.append(
-            conv_bn_relu(x, channels, 3, f"aspp_atrous{i}", bn_kwargs, dilation=rate * scale))
+            conv_bn_relu(x, channels, 3, f"aspp_atrous{i}", bn_kwargs, dilation=rate * scale,
+                         conv=AtrousConv2D))
     return layers.Concatenate(name="aspp_concat")(branches)
