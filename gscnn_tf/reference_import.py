@@ -141,14 +141,22 @@ def _prefix(layer_name: str):
     return None
 
 
+def _is_batch_norm(layer) -> bool:
+    import keras
+
+    return isinstance(layer, keras.layers.BatchNormalization)
+
+
 def _layer_tensors(layer, prefix: str, model) -> list:
     """[(key, expected reference shape, array -> Keras array)] for one weighted layer."""
-    kind = type(layer).__name__
-    if kind == "BatchNormalization":
+    if _is_batch_norm(layer):
         return [(f"{prefix}.{t}", tuple(w.shape), lambda a: a)
                 for t, w in zip(_BN_TENSORS, layer.weights)]
-    if kind != "Conv2D":
-        raise ReferenceImportError(f"layer '{layer.name}' ({kind}) has no reference mapping")
+    import keras
+
+    if not isinstance(layer, keras.layers.Conv2D):  # AtrousConv2D (ASPP) is one too
+        raise ReferenceImportError(
+            f"layer '{layer.name}' ({type(layer).__name__}) has no reference mapping")
     kh, kw, cin, cout = layer.kernel.shape
     if layer.name == "decoder_conv1_conv":  # reference order [skip, aspp] -> ours [aspp, skip]
         skip = model.get_layer("decoder_skip_proj").filters
@@ -188,7 +196,7 @@ def load_reference_weights(model, state: dict) -> list:
             else:
                 values.append(convert(state[key]))
             used.add(key)
-        if type(layer).__name__ == "BatchNormalization":
+        if _is_batch_norm(layer):
             used.add(f"{prefix}.num_batches_tracked")
         assignments.append((layer, values))
     skipped = sorted(k for k in state if k.startswith(SKIPPED_PREFIX))
