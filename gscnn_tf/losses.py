@@ -40,6 +40,12 @@ def _identity(x: tf.Tensor) -> tf.Tensor:
     return x
 
 
+def replicas_in_sync() -> int:
+    """Replicas in sync in the current replica context (1 outside `strategy.run`)."""
+    context = tf.distribute.get_replica_context()
+    return context.num_replicas_in_sync if context is not None else 1
+
+
 def cross_replica_sum(x: tf.Tensor) -> tf.Tensor:
     """Sum of `x` over the replicas of the current replica context (identity outside
     `strategy.run` or with one replica). Counts carry no gradient."""
@@ -334,10 +340,13 @@ def _get(values: dict, name: str, key: str):
 
 
 def training_loss(loss_fn, targets: dict, outputs: dict, variables, weight_decay: float,
-                  seed=None) -> dict[str, tf.Tensor]:
+                  seed=None, l2_gradient: bool = True) -> dict[str, tf.Tensor]:
     """The loss that training differentiates, for `GSCNN.fit` and the custom loop alike:
     `loss_fn(targets, outputs, seed)` (a `GSCNNLoss`) plus the kernel L2 term
-    `weight_decay / 2 * sum(kernel ** 2)` over `variables`.
+    `weight_decay / 2 * sum(kernel ** 2)` over `variables`. With `l2_gradient=False` the L2
+    term's value is in "l2" and "total" but passes no gradient: the training steps add it
+    after backpropagation (`gscnn_tf.training.optimizers.add_l2_gradients`, the same
+    gradient without holding it through the backward pass).
 
     Distribution rules: `loss_fn` already returns this replica's share of the global-batch
     loss; the L2 term, computed identically on every replica, is divided by the number of
@@ -349,9 +358,9 @@ def training_loss(loss_fn, targets: dict, outputs: dict, variables, weight_decay
     from gscnn_tf.training.optimizers import l2_loss
 
     terms = dict(loss_fn(targets, outputs, seed=seed))
-    context = tf.distribute.get_replica_context()
-    replicas = context.num_replicas_in_sync if context is not None else 1
-    terms["l2"] = l2_loss(variables, weight_decay) / replicas
+    terms["l2"] = l2_loss(variables, weight_decay) / replicas_in_sync()
+    if not l2_gradient:
+        terms["l2"] = tf.stop_gradient(terms["l2"])
     terms["total"] = terms["total"] + terms["l2"]
     return terms
 

@@ -94,6 +94,32 @@ def test_one_fit_step_equals_one_custom_loop_step(config, batch):
     assert moved > 1e-4            # the step changed the weights
 
 
+def test_fit_step_equals_differentiating_compute_loss(config, batch):
+    # fit adds the L2 gradient after backpropagation; a step that differentiates the whole
+    # compute_loss (L2 term included, as a user's own train step would) lands on the same
+    # weights. A weight decay of 0.5 makes a missing or doubled L2 gradient visible.
+    keras.utils.set_random_seed(2)
+    fitted = gscnn_tf.GSCNN.from_run_config(config)
+    by_hand = gscnn_tf.GSCNN.from_config(fitted.get_config())
+    start = fitted.get_weights()
+    by_hand.set_weights(start)
+    for model in (fitted, by_hand):
+        model.compile(optimizer=keras.optimizers.SGD(0.05), weight_decay=0.5)
+    images, targets = batch
+    fitted.train_on_batch(images, targets)
+    with tf.GradientTape() as tape:
+        outputs = by_hand(images, training=True)
+        loss = by_hand.compute_loss(y=targets, y_pred=outputs)
+    variables = by_hand.trainable_variables
+    by_hand.optimizer.apply(tape.gradient(loss, variables), variables)
+    decay_step = 0.0
+    for a, b, w in zip(fitted.weights, by_hand.weights, start):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), atol=2e-6, err_msg=a.path)
+        if a.path.endswith("kernel"):
+            decay_step = max(decay_step, float(np.max(np.abs(0.05 * 0.5 * w))))
+    assert decay_step > 1e-3        # the L2 gradient's share of the step, well above atol
+
+
 def test_every_piece_of_compile_can_be_replaced(config, batch):
     model = gscnn_tf.GSCNN.from_run_config(config)
     loss = GSCNNLoss(dataclasses.replace(LossConfig(), lambda_edge=5.0, lambda_dual=0.0))

@@ -8,7 +8,7 @@ import pytest
 import tensorflow as tf
 
 from gscnn_tf.config import TrainConfig, load_config
-from gscnn_tf.training.optimizers import build_optimizer, is_kernel, l2_loss
+from gscnn_tf.training.optimizers import add_l2_gradients, build_optimizer, is_kernel, l2_loss
 from gscnn_tf.training.schedules import WarmupPolynomialDecay
 from gscnn_tf.training.strategy import StrategyError, make_strategy
 from gscnn_tf.training.summaries import image_panels
@@ -42,6 +42,48 @@ def test_l2_covers_kernels_only():
     expected = 0.5 * 1e-4 * sum(float(np.sum(v.numpy() ** 2)) for v in model.trainable_variables
                                 if v.name == "kernel")
     assert float(l2_loss(model.trainable_variables, 1e-4)) == pytest.approx(expected, rel=1e-5)
+
+
+def test_l2_gradients_added_after_backprop_equal_the_l2_loss_gradient():
+    model = _model()
+    variables = model.trainable_variables
+    x = tf.constant(np.random.default_rng(0).normal(size=(2, 4, 4, 2)), tf.float32)
+
+    @tf.function
+    def late(coefficient):
+        with tf.GradientTape() as tape:
+            data = tf.reduce_sum(tf.square(model(x, training=True)))
+        grads = tape.gradient(data, variables)
+        return grads, add_l2_gradients(grads, variables, coefficient)
+
+    with tf.GradientTape() as tape:
+        full = tf.reduce_sum(tf.square(model(x, training=True))) + l2_loss(variables, 0.3)
+    expected = tape.gradient(full, variables)
+    plain, added = late(tf.constant(0.3))
+    for v, p, a, e in zip(variables, plain, added, expected):
+        decay = 0.3 * v.numpy() if is_kernel(v) else 0.0     # d/dw of 0.3 / 2 * w ** 2
+        np.testing.assert_allclose(a.numpy(), p.numpy() + decay, rtol=1e-6, atol=1e-7)
+        np.testing.assert_allclose(a.numpy(), e.numpy(), rtol=1e-5, atol=1e-6)
+    # Each decay term is computed only once its kernel's gradient exists: the product's op
+    # waits on the gradient (no weights-sized tensor held through the backward pass).
+    graph = late.get_concrete_function(tf.TensorSpec([], tf.float32)).graph
+    coefficient = graph.inputs[0]
+    products = [op for op in graph.get_operations() if op.type == "Mul"
+                and any(i is coefficient for i in op.inputs)]
+    assert len(products) == 2
+
+    def ancestors(op):
+        seen, stack = set(), [op]
+        while stack:
+            node = stack.pop()
+            for parent in [i.op for i in node.inputs] + list(node.control_inputs):
+                if parent.name not in seen:
+                    seen.add(parent.name)
+                    stack.append(parent)
+        return {graph.get_operation_by_name(name).type for name in seen}
+
+    assert sorted(t for op in products for t in ancestors(op) if "BackpropFilter" in t) == [
+        "Conv2DBackpropFilter", "DepthwiseConv2dNativeBackpropFilter"]
 
 
 def test_sgd_step_and_adamw_decays_kernels_only():

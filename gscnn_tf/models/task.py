@@ -201,8 +201,34 @@ class GSCNNTask(keras.Model):
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
         """The training loss of `fit`, `evaluate` and the custom loop
         (`gscnn_tf.losses.training_loss`): GSCNNLoss plus the kernel L2 term, this replica's
-        share of the global-batch value under `tf.distribute`. Tracks each term."""
-        from gscnn_tf.losses import training_loss
+        share of the global-batch value under `tf.distribute`, differentiable in full.
+        Tracks each term."""
+        return self._tracked_loss(y, y_pred, sample_weight, training, l2_gradient=True)
+
+    def train_step(self, data):
+        """Keras's train step, with the L2 term's gradient added after backpropagation
+        (`gscnn_tf.training.optimizers.add_l2_gradients`: the same gradient as
+        differentiating `compute_loss`, without holding `weight_decay * w` for every kernel
+        through the backward pass)."""
+        from gscnn_tf.losses import replicas_in_sync
+        from gscnn_tf.training.optimizers import add_l2_gradients
+
+        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+        with tf.GradientTape() as tape:
+            y_pred = self(x, training=True)
+            loss = self._tracked_loss(y, y_pred, sample_weight, True, l2_gradient=False)
+            self._loss_tracker.update_state(loss * replicas_in_sync(),
+                                            sample_weight=tf.shape(keras.tree.flatten(x)[0])[0])
+            loss = self.optimizer.scale_loss(loss)
+        variables = self.trainable_weights
+        grads = add_l2_gradients(
+            tape.gradient(loss, variables), variables,
+            self.optimizer.scale_loss(self._require_task().weight_decay / replicas_in_sync()))
+        self.optimizer.apply_gradients(zip(grads, variables))
+        return self.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
+
+    def _tracked_loss(self, y, y_pred, sample_weight, training, l2_gradient):
+        from gscnn_tf.losses import replicas_in_sync, training_loss
 
         task = self._require_task()
         reject_sample_weights(sample_weight)
@@ -211,11 +237,9 @@ class GSCNNTask(keras.Model):
             seed = tf.stack([tf.constant(task.seed, tf.int64),
                              tf.cast(self.optimizer.iterations, tf.int64)])
         terms = training_loss(task.loss, y, y_pred, self.trainable_variables,
-                              task.weight_decay, seed)
-        context = tf.distribute.get_replica_context()
-        replicas = context.num_replicas_in_sync if context is not None else 1
+                              task.weight_decay, seed, l2_gradient=l2_gradient)
         for tracker in task.terms:
-            tracker.update_state(terms[tracker.name] * replicas)
+            tracker.update_state(terms[tracker.name] * replicas_in_sync())
         return terms["total"]
 
     def compute_metrics(self, x, y, y_pred, sample_weight=None):

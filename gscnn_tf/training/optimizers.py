@@ -6,10 +6,16 @@ SGD (momentum 0.9) takes weight decay the way the reference's PyTorch SGD does: 
 passes through the momentum. AdamW decays decoupled (its own `weight_decay`), also on kernels
 only. Biases, batch-norm scales and offsets are never decayed.
 
+The training steps (`fit` and the custom loop) report the L2 term in the loss but add its
+gradient after backpropagation (`add_l2_gradients`): differentiated inside the loss, the
+`weight_decay * w` tensors (one per kernel, all of the weights' size) are ready at the start
+of the backward pass and sit in memory until each kernel's own gradient arrives; WRN-38's
+512x512 step peaks 0.9 GB lower without them.
+
     optimizer = build_optimizer(config.train)            # inside strategy.scope()
     optimizer.build(model.trainable_variables)
-    loss = terms["total"] + l2_loss(model.trainable_variables, l2_coefficient(config.train))
-                           / strategy.num_replicas_in_sync
+    grads = tape.gradient(terms["total"], variables)     # training_loss(..., l2_gradient=False)
+    grads = add_l2_gradients(grads, variables, l2_coefficient(config.train) / replicas)
 """
 
 from __future__ import annotations
@@ -73,3 +79,19 @@ def l2_loss(variables, coefficient: float) -> tf.Tensor:
         return tf.constant(0.0)
     total = tf.add_n([tf.reduce_sum(tf.square(tf.cast(v, tf.float32))) for v in kernels])
     return 0.5 * coefficient * total
+
+
+def add_l2_gradients(grads, variables, coefficient) -> list:
+    """`grads` plus the gradient of `l2_loss(variables, coefficient)`: `coefficient * w` added
+    to each kernel's gradient, computed only once that gradient exists (a control
+    dependency), so no decay term is held through the backward pass. `coefficient` is a
+    float or a float32 scalar tensor (e.g. loss-scaled); None gradients stay None."""
+    if isinstance(coefficient, float) and coefficient == 0.0:
+        return list(grads)
+    out = []
+    for grad, variable in zip(grads, variables):
+        if grad is not None and is_kernel(variable):
+            with tf.control_dependencies([grad]):
+                grad = grad + tf.cast(coefficient, grad.dtype) * tf.cast(variable, grad.dtype)
+        out.append(grad)
+    return out

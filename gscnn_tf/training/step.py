@@ -3,7 +3,8 @@ clipped by their global norm, optionally loss-scaled), optimizer update.
 
 The loss is `gscnn_tf.losses.training_loss`, the same function `GSCNN.compute_loss` uses
 under `fit`: GSCNNLoss plus the kernel L2 term, each replica's share of the global-batch
-loss, so replica gradients are SUMMED by the optimizer.
+loss, so replica gradients are SUMMED by the optimizer. As under `fit`, the L2 term's
+gradient is added after backpropagation (`add_l2_gradients`).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import keras
 import tensorflow as tf
 
 from gscnn_tf.losses import training_loss
-from gscnn_tf.training.optimizers import l2_coefficient
+from gscnn_tf.training.optimizers import add_l2_gradients, l2_coefficient
 
 TERMS = ("seg", "edge", "att", "dual", "l2", "total")
 
@@ -31,9 +32,10 @@ def make_train_step(strategy, model, optimizer, loss_fn, schedule, train_config,
         with tf.GradientTape() as tape:
             outputs = model(images, training=True)
             terms = training_loss(loss_fn, targets, outputs, variables, l2_coefficient(c),
-                                  seed)
-            loss = optimizer.scale_loss(terms["total"]) if scaled else terms["total"]
-        grads = tape.gradient(loss, variables)
+                                  seed, l2_gradient=False)
+            loss = optimizer.scale_loss(terms["total"])  # unchanged unless loss-scaled
+        grads = add_l2_gradients(tape.gradient(loss, variables), variables,
+                                 optimizer.scale_loss(l2_coefficient(c) / replicas))
         if c.clip_norm > 0:
             grads = _clip_global(grads, c.clip_norm * (optimizer.dynamic_scale if scaled
                                                        else 1.0), replicas)
