@@ -205,15 +205,27 @@ def _child(who, size, n, config, overrides):
 
 
 # Our training steps timed against the reference's: the plain step, and the step with the
-# trunk's activations recomputed in the backward pass (the memory switch).
+# trunk's activations recomputed in the backward pass (the memory switch); on CPUs with
+# bfloat16 instructions, the same two under train.mixed_precision=bf16 (the reference stays
+# float32: those rows compare two precisions).
 OUR_STEPS = {"ours": [], "ours, model.recompute_trunk": ["model.recompute_trunk=true"]}
+BF16_STEPS = {"ours, bf16": ["train.mixed_precision=bf16"],
+              "ours, bf16 + model.recompute_trunk": ["train.mixed_precision=bf16",
+                                                     "model.recompute_trunk=true"]}
+BF16_FLAGS = ("avx512_bf16", "amx_tile")
 
 
-def training(size, n, reps, config, overrides=()):
+def our_steps(machine) -> dict:
+    """OUR_STEPS, and BF16_STEPS where the machine's CPU has bfloat16 instructions."""
+    bf16 = any(flag in machine["cpu_flags"] for flag in BF16_FLAGS)
+    return {**OUR_STEPS, **(BF16_STEPS if bf16 else {})}
+
+
+def training(size, n, reps, config, overrides=(), steps=OUR_STEPS):
     rounds = []
     for _ in range(reps):
         row = {}
-        for who, extra in [*OUR_STEPS.items(), ("reference", [])]:
+        for who, extra in [*steps.items(), ("reference", [])]:
             kind = "reference" if who == "reference" else "ours"
             available = _available_gb()
             need = needs_gb(kind, *size, n)
@@ -224,7 +236,7 @@ def training(size, n, reps, config, overrides=()):
             row[who] = _child(kind, size, n, config, [*overrides, *extra])
         rounds.append(row)
     result = {"size": list(size), "batch": n, "rounds": rounds, "ratios": {}}
-    for who in OUR_STEPS:
+    for who in steps:
         done = [r for r in rounds if all("step_s" in r.get(w, {}) for w in (who, "reference"))]
         if done:
             med = {w: sorted(r[w]["step_s"] for r in done)[len(done) // 2]
@@ -292,8 +304,10 @@ def markdown(r):
         lines += [markdown_table(["round", "model", "step s", "peak RSS GiB", "note"], rows),
                   ""]
         for who, ratio in tr.get("ratios", {}).items():
+            precision = " (bfloat16 against the reference's float32)" if who in BF16_STEPS else ""
             lines += [f"{who}: step ratio **{ratio['step_ratio']:.2f}** (goal <= 0.8), peak "
-                      f"memory ratio **{ratio['memory_ratio']:.2f}** (goal <= 0.75).", ""]
+                      f"memory ratio **{ratio['memory_ratio']:.2f}** (goal <= 0.75)"
+                      f"{precision}.", ""]
     if "memory" in r:
         m = r["memory"]
         rows = [[name, f"{v['peak_rss_mb'] / 1024:.2f}" if "peak_rss_mb" in v else "-",
@@ -341,7 +355,7 @@ def main(argv=None) -> int:
               "command": command_line("benchmarks.reference", argv)}
     run = {"inference": lambda: inference(args.size, args.reps),
            "train": lambda: training(args.train_size, args.batch, args.train_reps,
-                                     args.config, args.set),
+                                     args.config, args.set, our_steps(record["machine"])),
            "memory": lambda: memory_parts(args.parts_size, args.batch, args.config, args.set),
            "convs": lambda: conv_paths(args.reps)}
     elapsed = 0.0

@@ -151,6 +151,9 @@ class TrainConfig:
     worker_timeout: seconds a multi-worker collective waits for the other workers before the
     run stops with WorkerLostError (0: no limit); a worker whose process died is noticed
     within about 10 s by the coordination service's heartbeats (docs/cluster.md).
+    mixed_precision: false or fp32 (float32), fp16 (true says the same: Keras' mixed_float16 with
+    dynamic loss scaling, for GPUs) or bf16 (mixed_bfloat16, no loss scaling: GPUs from
+    Ampere on, CPUs with AVX512_BF16 or AMX); variables, logits and the loss stay float32.
     batch_size is the global batch. With data.deterministic, a resumed run skips the batches
     already seen, so it sees exactly the batches an uninterrupted run would.
     """
@@ -167,7 +170,7 @@ class TrainConfig:
     weight_decay: float = 1e-4
     poly_power: float = 1.0
     warmup_steps: int = 0
-    mixed_precision: bool = False
+    mixed_precision: bool | str = False  # false | fp32 | true | fp16 | bf16
     xla: bool = False
     clip_norm: float = 0.0
     checkpoint_every: int = 250  # steps between checkpoints (and one at the last step)

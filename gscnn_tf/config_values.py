@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import types
 import typing
 from typing import Any
 
@@ -25,11 +26,21 @@ def _type_name(tp: Any) -> str:
 def _convert(value: Any, tp: Any, where: str) -> Any:
     """Checks `value` against the annotation `tp`, converting ints to floats and the like."""
     origin = typing.get_origin(tp)
-    if origin is typing.Union:
+    if origin is typing.Union or origin is types.UnionType:
         args = [a for a in typing.get_args(tp) if a is not type(None)]
-        if value is None:
+        if value is None and len(args) < len(typing.get_args(tp)):
             return None
-        return _convert(value, args[0], where)
+        for arg in args[:-1]:
+            try:
+                return _convert(value, arg, where)
+            except ConfigError:
+                pass
+        try:
+            return _convert(value, args[-1], where)
+        except ConfigError:
+            names = " or ".join(_type_name(a) for a in args)
+            raise ConfigError(f"{where}: expected {names}, got {value!r} "
+                              f"({type(value).__name__})") from None
     if origin is list:
         (item_tp,) = typing.get_args(tp)
         if isinstance(value, tuple):

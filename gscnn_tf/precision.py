@@ -1,5 +1,6 @@
-"""Inference precision: float32, or bfloat16 compute for CPUs that have it (AVX512_BF16 or
-AMX: oneDNN runs the convolutions in bfloat16 and accumulates in float32).
+"""Compute precision: float32, or bfloat16 compute for CPUs that have it (AVX512_BF16 or
+AMX: oneDNN runs the convolutions in bfloat16 and accumulates in float32), in inference and
+in training (`train.mixed_precision`, `training_policy`).
 
 `gscnn-tf predict / evaluate / export --precision bf16` call `with_precision` on the loaded
 Keras model. The bfloat16 model is the same network rebuilt under Keras' `mixed_bfloat16`
@@ -13,10 +14,25 @@ from __future__ import annotations
 
 import argparse
 
-from gscnn_tf.errors import UsageError
+from gscnn_tf.errors import ConfigError, UsageError
 
 PRECISIONS = ("fp32", "bf16")
-_POLICIES = {"fp32": "float32", "bf16": "mixed_bfloat16"}
+_POLICIES = {"fp32": "float32", "bf16": "mixed_bfloat16", "fp16": "mixed_float16"}
+# train.mixed_precision's values; true is fp16, the meaning it had when it was a switch.
+TRAINING_PRECISIONS = {False: "fp32", True: "fp16", "fp32": "fp32", "fp16": "fp16",
+                       "bf16": "bf16"}
+
+
+def training_policy(train_config) -> str:
+    """The Keras dtype policy `train.mixed_precision` asks for: "float32", "mixed_float16"
+    (which also needs a `LossScaleOptimizer`) or "mixed_bfloat16"."""
+    value = train_config.mixed_precision
+    if isinstance(value, str):
+        value = {"false": False, "true": True}.get(value.lower(), value.lower())
+    if value not in TRAINING_PRECISIONS:
+        raise ConfigError(f"train.mixed_precision '{train_config.mixed_precision}': expected "
+                          "false or fp32, true or fp16, bf16")
+    return _POLICIES[TRAINING_PRECISIONS[value]]
 
 
 def add_precision_argument(parser: argparse.ArgumentParser) -> None:

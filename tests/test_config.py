@@ -45,6 +45,7 @@ def test_unknown_override_key():
     ("model.shape_stream=3", "bool"),
     ("data.crop_size=5", "list"),
     ("train.learning_rate=true", "float"),
+    ("train.mixed_precision=[1]", "expected bool or str"),
 ])
 def test_wrong_types_are_rejected(override, expected):
     with pytest.raises(ConfigError, match=expected):
@@ -73,3 +74,27 @@ def test_dump_round_trip(tmp_path):
     assert yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())["model"]["backbone"][
         "name"] == "wrn38"
     assert config_from_dict(c.to_dict()) == c
+
+
+@pytest.mark.parametrize("value,policy", [
+    ("false", "float32"), ("fp32", "float32"), ("true", "mixed_float16"),
+    ("fp16", "mixed_float16"), ("bf16", "mixed_bfloat16"), ("BF16", "mixed_bfloat16"),
+])
+def test_mixed_precision_values(tmp_path, value, policy):
+    from gscnn_tf.precision import training_policy
+
+    c = load_config(None, [f"train.mixed_precision={value}"])
+    assert training_policy(c.train) == policy
+    path = tmp_path / "c.yaml"
+    path.write_text(f"train:\n  mixed_precision: {value}\n")
+    assert training_policy(load_config(path).train) == policy
+    save_config(c, tmp_path / "saved.yaml")
+    assert training_policy(load_config(tmp_path / "saved.yaml").train) == policy
+
+
+def test_mixed_precision_unknown_value():
+    from gscnn_tf.precision import training_policy
+
+    c = load_config(None, ["train.mixed_precision=fp8"])
+    with pytest.raises(ConfigError, match="train.mixed_precision 'fp8'.*bf16"):
+        training_policy(c.train)

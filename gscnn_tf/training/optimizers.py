@@ -24,6 +24,7 @@ import keras
 import tensorflow as tf
 
 from gscnn_tf.errors import ConfigError
+from gscnn_tf.precision import training_policy
 from gscnn_tf.training.schedules import WarmupPolynomialDecay
 
 OPTIMIZERS = ("sgd", "adamw")
@@ -45,9 +46,10 @@ def learning_rate_schedule(train_config) -> WarmupPolynomialDecay:
 
 def build_optimizer(train_config, variables=None) -> keras.optimizers.Optimizer:
     """SGD or AdamW with the polynomial schedule, wrapped in `LossScaleOptimizer` when
-    `train.mixed_precision`. Pass `variables` (the model's trainable variables) to build it
-    at once, which `tf.distribute` needs before the first step and AdamW needs to know which
-    variables are not kernels."""
+    `train.mixed_precision` is fp16 (bfloat16 has float32's exponent range: no scaling).
+    Pass `variables` (the model's trainable variables) to build it at once, which
+    `tf.distribute` needs before the first step and AdamW needs to know which variables are
+    not kernels."""
     c = train_config
     schedule = learning_rate_schedule(c)
     if c.optimizer == "sgd":
@@ -60,7 +62,7 @@ def build_optimizer(train_config, variables=None) -> keras.optimizers.Optimizer:
     else:
         raise ConfigError(f"train.optimizer '{c.optimizer}': expected one of "
                           f"{', '.join(OPTIMIZERS)}")
-    if c.mixed_precision:
+    if training_policy(c) == "mixed_float16":
         optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
     if variables is not None:
         optimizer.build(list(variables))

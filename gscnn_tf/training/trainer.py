@@ -26,6 +26,7 @@ from gscnn_tf.config import save_config
 from gscnn_tf.data.pipeline import build_dataset, dataset_info, list_examples
 from gscnn_tf.errors import NonFiniteLossError, WorkerLostError
 from gscnn_tf.losses import GSCNNLoss
+from gscnn_tf.precision import training_policy
 from gscnn_tf.models.postprocess import postprocess
 from gscnn_tf.training.checkpoints import RunCheckpoints, check_new_run_dir
 from gscnn_tf.training.optimizers import build_optimizer, learning_rate_schedule
@@ -100,8 +101,7 @@ class Trainer:
         self.info = dataset_info(config)
         keras.utils.set_random_seed(c.seed)
         policy = keras.mixed_precision.dtype_policy()
-        if c.mixed_precision:
-            keras.mixed_precision.set_dtype_policy("mixed_float16")
+        keras.mixed_precision.set_dtype_policy(training_policy(c))
         try:
             with self.strategy.scope():
                 self.model = (model_builder or _default_builder)(config.model,
