@@ -39,9 +39,10 @@ section() {
 }
 
 if [ "$gpus" -gt 0 ]; then
-  section "tests: mixed precision, XLA on/off, fused Canny" 100 \
+  section "tests: mixed precision (fp16, bf16), XLA on/off, fused Canny" 100 \
     python -m pytest -q -x -p no:cacheprovider \
-      tests/test_training_loop.py -k "options_train_finite" \
+      tests/test_training_loop.py::test_options_train_finite \
+      tests/test_training_loop.py::test_bf16_training_follows_float32 \
       tests/test_model.py::test_mixed_precision_outputs_float32 \
       tests/test_losses.py::test_dual_support_is_the_same_with_xla \
       tests/test_losses.py::test_mixed_precision_logits_are_computed_in_float32 \
