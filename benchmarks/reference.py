@@ -67,10 +67,13 @@ def child_train(who, height, width, n, config_path, overrides):
         import tensorflow as tf
 
         from gscnn_tf import build_model, load_config
+        from gscnn_tf.precision import policy_scope, training_policy
 
         config = load_config(config_path, ["model.backbone.weights=", "model.sync_batch_norm=false",
                               *overrides])
-        step = training_step(config, build_model(config.model, 19))
+        with policy_scope(training_policy(config.train)):
+            model = build_model(config.model, 19)
+        step = training_step(config, model)
         x = tf.constant(images)
         targets = {"labels": tf.constant(labels), "edges": tf.constant(edges)}
 

@@ -13,6 +13,7 @@ against float32: benchmarks/README.md#bfloat16-inference.
 from __future__ import annotations
 
 import argparse
+import contextlib
 
 from gscnn_tf.errors import ConfigError, UsageError
 
@@ -33,6 +34,20 @@ def training_policy(train_config) -> str:
         raise ConfigError(f"train.mixed_precision '{train_config.mixed_precision}': expected "
                           "false or fp32, true or fp16, bf16")
     return _POLICIES[TRAINING_PRECISIONS[value]]
+
+
+@contextlib.contextmanager
+def policy_scope(policy: str):
+    """Keras' global dtype policy set to `policy` (a name such as "mixed_bfloat16") inside
+    the block, and restored after it: layers built inside compute in that policy."""
+    import keras
+
+    previous = keras.mixed_precision.dtype_policy()
+    keras.mixed_precision.set_dtype_policy(policy)
+    try:
+        yield
+    finally:
+        keras.mixed_precision.set_dtype_policy(previous)
 
 
 def add_precision_argument(parser: argparse.ArgumentParser) -> None:
@@ -57,12 +72,8 @@ def with_precision(model, precision: str = "fp32"):
     if not hasattr(model, "model_config"):
         raise UsageError(f"--precision {precision}: {model.name} is not a gscnn_tf model (its "
                          "precision is fixed where it was built)")
-    previous = keras.mixed_precision.dtype_policy()
-    keras.mixed_precision.set_dtype_policy(wanted)
-    try:
+    with policy_scope(wanted):
         rebuilt = model.__class__.from_config(model.get_config())
-    finally:
-        keras.mixed_precision.set_dtype_policy(previous)
     rebuilt.set_weights(model.get_weights())
     return rebuilt
 

@@ -67,12 +67,18 @@ def test_compile_without_arguments_then_fit_lowers_the_loss(config, replicas):
                           verbose=0)["l2"] == pytest.approx(0.5e-4 * kernels, rel=1e-4)
 
 
+def _twins(config, seed):
+    """Two models of `config` with the same random weights, and those weights."""
+    keras.utils.set_random_seed(seed)
+    model = gscnn_tf.GSCNN.from_run_config(config)
+    twin = gscnn_tf.GSCNN.from_config(model.get_config())
+    weights = model.get_weights()
+    twin.set_weights(weights)
+    return model, twin, weights
+
+
 def test_one_fit_step_equals_one_custom_loop_step(config, batch):
-    keras.utils.set_random_seed(1)
-    fitted = gscnn_tf.GSCNN.from_run_config(config)
-    looped = gscnn_tf.GSCNN.from_config(fitted.get_config())
-    before = fitted.get_weights()
-    looped.set_weights(before)
+    fitted, looped, before = _twins(config, 1)
     steps = config.train.steps
 
     fitted.compile(steps=steps, seed=config.train.seed)
@@ -98,11 +104,7 @@ def test_fit_step_equals_differentiating_compute_loss(config, batch):
     # fit adds the L2 gradient after backpropagation; a step that differentiates the whole
     # compute_loss (L2 term included, as a user's own train step would) lands on the same
     # weights. A weight decay of 0.5 makes a missing or doubled L2 gradient visible.
-    keras.utils.set_random_seed(2)
-    fitted = gscnn_tf.GSCNN.from_run_config(config)
-    by_hand = gscnn_tf.GSCNN.from_config(fitted.get_config())
-    start = fitted.get_weights()
-    by_hand.set_weights(start)
+    fitted, by_hand, start = _twins(config, 2)
     for model in (fitted, by_hand):
         model.compile(optimizer=keras.optimizers.SGD(0.05), weight_decay=0.5)
     images, targets = batch

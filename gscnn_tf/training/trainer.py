@@ -26,7 +26,7 @@ from gscnn_tf.config import save_config
 from gscnn_tf.data.pipeline import build_dataset, dataset_info, list_examples
 from gscnn_tf.errors import NonFiniteLossError, WorkerLostError
 from gscnn_tf.losses import GSCNNLoss
-from gscnn_tf.precision import training_policy
+from gscnn_tf.precision import policy_scope, training_policy
 from gscnn_tf.models.postprocess import postprocess
 from gscnn_tf.training.checkpoints import RunCheckpoints, check_new_run_dir
 from gscnn_tf.training.optimizers import build_optimizer, learning_rate_schedule
@@ -100,16 +100,11 @@ class Trainer:
         self.chief = is_chief(self.strategy)
         self.info = dataset_info(config)
         keras.utils.set_random_seed(c.seed)
-        policy = keras.mixed_precision.dtype_policy()
-        keras.mixed_precision.set_dtype_policy(training_policy(c))
-        try:
-            with self.strategy.scope():
-                self.model = (model_builder or _default_builder)(config.model,
-                                                                  self.info.num_classes)
-                self.optimizer = build_optimizer(c, self.model.trainable_variables)
-                self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
-        finally:
-            keras.mixed_precision.set_dtype_policy(policy)
+        with policy_scope(training_policy(c)), self.strategy.scope():
+            self.model = (model_builder or _default_builder)(config.model,
+                                                              self.info.num_classes)
+            self.optimizer = build_optimizer(c, self.model.trainable_variables)
+            self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
         self.schedule = learning_rate_schedule(c)
         self.loss_fn = loss_fn or GSCNNLoss(config.loss, config.data.ignore_label)
         objects = {"model": self.model, "optimizer": self.optimizer, "step": self.step}
