@@ -24,6 +24,7 @@ setup(
     extras_require={
         "test": [
             "pytest>=8",
+            "pytest-xdist>=3.5",
             "scikit-image>=0.22",
             "ai-edge-litert>=2.0",
             "cityscapesscripts>=2.2",

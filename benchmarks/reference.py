@@ -86,11 +86,12 @@ def child_train(who, height, width, n, config_path, overrides):
                       "loss": losses[-1]}))
 
 
-def inference(size, reps):
+def inference(size, reps, bf16=False):
     """The reference's random checkpoint (with DataParallel's `module.` prefixes) converted
     by import-reference (timed; file sizes, load time), then both models on the same weights
     at `size`, batch 1: the logits' largest differences, label agreement, and `reps`
-    round-robin runs after one warm-up."""
+    round-robin runs after one warm-up. With `bf16`, our model under `--precision bf16`
+    joins the round-robin (its labels compared with our float32 model's)."""
     import keras
     import tensorflow as tf
     import torch
@@ -113,11 +114,21 @@ def inference(size, reps):
     frozen = _frozen(forward.get_concrete_function(x))
     frozen_diff = float(np.abs(frozen(x).numpy() - ours["seg_logits"]).max())
     seg, edge = reference_torch.forward(state, images)
-    timing = time_interleaved({"ours": lambda: forward(x)["seg_logits"].numpy(),
-                               "ours_frozen": lambda: frozen(x).numpy(),
-                               "reference": lambda: reference_torch.forward(state, images)},
-                              warmup=1, reps=reps)
-    return {"size": list(size), "timing": timing, "conversion_s": report.seconds,
+    runs = {"ours": lambda: forward(x)["seg_logits"].numpy(),
+            "ours_frozen": lambda: frozen(x).numpy(),
+            "reference": lambda: reference_torch.forward(state, images)}
+    extra = {}
+    if bf16:
+        from gscnn_tf.precision import with_precision
+
+        forward_bf16 = tf.function(lambda v, m=with_precision(model, "bf16"): m(v, training=False))
+        runs["ours_bf16"] = lambda: forward_bf16(x)["seg_logits"].numpy()
+        extra["bf16_label_agreement"] = float(np.mean(
+            runs["ours_bf16"]().argmax(-1) == ours["seg_logits"].argmax(-1)))
+    timing = time_interleaved(runs, warmup=1, reps=reps)
+    if bf16:
+        extra["ratio_bf16"] = timing["ours_bf16"]["median_s"] / timing["reference"]["median_s"]
+    return {"size": list(size), "timing": timing, "conversion_s": report.seconds, **extra,
             "load_s": load_s, "parameters": report.parameters, **files_mb,
             "seg_max_abs_diff": float(np.abs(ours["seg_logits"] - seg).max()),
             "seg_max_abs": float(np.abs(seg).max()),
@@ -218,10 +229,14 @@ BF16_STEPS = {"ours, bf16": ["train.mixed_precision=bf16"],
 BF16_FLAGS = ("avx512_bf16", "amx_tile")
 
 
+def has_bf16(machine) -> bool:
+    """Whether the CPU of a `machine_info()` record has bfloat16 instructions."""
+    return any(flag in machine["cpu_flags"] for flag in BF16_FLAGS)
+
+
 def our_steps(machine) -> dict:
     """OUR_STEPS, and BF16_STEPS where the machine's CPU has bfloat16 instructions."""
-    bf16 = any(flag in machine["cpu_flags"] for flag in BF16_FLAGS)
-    return {**OUR_STEPS, **(BF16_STEPS if bf16 else {})}
+    return {**OUR_STEPS, **(BF16_STEPS if has_bf16(machine) else {})}
 
 
 def training(size, n, reps, config, overrides=(), steps=OUR_STEPS):
@@ -288,6 +303,12 @@ def markdown(r):
                   f"(fastest runs {i['ratio_min']:.2f}; goal <= 0.6). Same weights (converted "
                   f"by import-reference): labels agree on {100 * i['label_agreement']:.3f} %.",
                   ""]
+        if "ratio_bf16" in i:
+            lines += [f"Ours under `--precision bf16` (bfloat16 compute, float32 weights): "
+                      f"{t['ours_bf16']['median_s']:.1f} s, **ratio {i['ratio_bf16']:.2f}** "
+                      f"against the reference's float32; labels equal to our float32 model's "
+                      f"on {100 * i['bf16_label_agreement']:.2f} % of the pixels (random "
+                      f"weights).", ""]
         if "ratio_frozen" in i:
             lines += [f"Ours with the weights frozen into graph constants: "
                       f"{t['ours_frozen']['median_s']:.1f} s, **ratio "
@@ -356,7 +377,7 @@ def main(argv=None) -> int:
 
     record = {"machine": machine_info(), "torch": torch.__version__,
               "command": command_line("benchmarks.reference", argv)}
-    run = {"inference": lambda: inference(args.size, args.reps),
+    run = {"inference": lambda: inference(args.size, args.reps, has_bf16(record["machine"])),
            "train": lambda: training(args.train_size, args.batch, args.train_reps,
                                      args.config, args.set, our_steps(record["machine"])),
            "memory": lambda: memory_parts(args.parts_size, args.batch, args.config, args.set),

@@ -39,7 +39,7 @@ def _one_step(root, run_dir, strategy, recompute):
     return terms, [np.array(w) for w in trainer.model.weights], convs
 
 
-@pytest.mark.parametrize("replicas", [1, 2])
+@pytest.mark.parametrize("replicas", [1, pytest.param(2, marks=pytest.mark.slow)])
 def test_recomputed_step_equals_plain_step(data_root, tmp_path, replicas):
     strategy = mirrored_strategy() if replicas == 2 else None
     plain = _one_step(data_root, tmp_path / "plain", strategy, False)
