@@ -40,7 +40,7 @@ section() {
 
 if [ "$gpus" -gt 0 ]; then
   section "tests: mixed precision (fp16, bf16), XLA on/off, fused Canny" 100 \
-    python -m pytest -q -x -p no:cacheprovider \
+    python -m pytest -q -x -p no:cacheprovider -n 0 \
       tests/test_training_loop.py::test_options_train_finite \
       tests/test_training_loop.py::test_bf16_training_follows_float32 \
       tests/test_model.py::test_mixed_precision_outputs_float32 \

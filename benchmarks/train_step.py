@@ -22,7 +22,8 @@ from gscnn_tf.data.edges import label_edges
 from gscnn_tf.data.pipeline import dataset_info
 from gscnn_tf.losses import (GSCNNLoss, attention_loss, dual_task_loss, edge_loss,
                              segmentation_loss, training_loss)
-from gscnn_tf.training.optimizers import l2_coefficient
+from gscnn_tf.precision import policy_scope, training_policy
+from gscnn_tf.training.optimizers import add_l2_gradients, l2_coefficient
 BASELINE = ["model.shape_stream=false", "loss.lambda_edge=0", "loss.lambda_att=0",
             "loss.lambda_dual=0"]
 CASES = {
@@ -51,7 +52,8 @@ def model_items(config, num_classes, images, targets, tag):
     `step` (`gscnn-tf train`'s step: + the optimizer). backward = grad - forward - loss,
     optimizer = step - grad."""
     tf.keras.utils.set_random_seed(0)
-    model = build_model(config.model, num_classes)
+    with policy_scope(training_policy(config.train)):
+        model = build_model(config.model, num_classes)
     loss_fn = GSCNNLoss(config.loss)
     c, lc = config.train, config.loss
     variables = model.trainable_variables
@@ -84,8 +86,9 @@ def model_items(config, num_classes, images, targets, tag):
         with tf.GradientTape() as tape:
             out = model(images, training=True)
             loss = training_loss(loss_fn, targets, out, variables, l2_coefficient(c),
-                                 seed)["total"]
-        grads = tape.gradient(loss, variables)
+                                 seed, l2_gradient=False)["total"]
+        # As the training step does it: the L2 gradient added after backpropagation.
+        grads = add_l2_gradients(tape.gradient(loss, variables), variables, l2_coefficient(c))
         return tf.add_n([tf.reduce_sum(g) for g in grads if g is not None])
 
     step = training_step(config, model)

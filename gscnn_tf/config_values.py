@@ -30,6 +30,9 @@ def _convert(value: Any, tp: Any, where: str) -> Any:
         args = [a for a in typing.get_args(tp) if a is not type(None)]
         if value is None and len(args) < len(typing.get_args(tp)):
             return None
+        if bool in args and isinstance(value, (int, float)) and not isinstance(value, bool):
+            raise ConfigError(f"{where}: expected {' or '.join(_type_name(a) for a in args)}, "
+                              f"got {value!r} ({type(value).__name__}); write true or false")
         for arg in args[:-1]:
             try:
                 return _convert(value, arg, where)

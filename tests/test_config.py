@@ -46,6 +46,7 @@ def test_unknown_override_key():
     ("data.crop_size=5", "list"),
     ("train.learning_rate=true", "float"),
     ("train.mixed_precision=[1]", "expected bool or str"),
+    ("train.mixed_precision=1", "expected bool or str.*write true or false"),
 ])
 def test_wrong_types_are_rejected(override, expected):
     with pytest.raises(ConfigError, match=expected):
@@ -79,6 +80,7 @@ def test_dump_round_trip(tmp_path):
 @pytest.mark.parametrize("value,policy", [
     ("false", "float32"), ("fp32", "float32"), ("true", "mixed_float16"),
     ("fp16", "mixed_float16"), ("bf16", "mixed_bfloat16"), ("BF16", "mixed_bfloat16"),
+    ("yes", "mixed_float16"), ("no", "float32"),
 ])
 def test_mixed_precision_values(tmp_path, value, policy):
     from gscnn_tf.precision import training_policy

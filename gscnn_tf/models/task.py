@@ -199,10 +199,12 @@ class GSCNNTask(keras.Model):
         return super().make_train_function(force)
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
-        """The training loss of `fit`, `evaluate` and the custom loop
+        """The loss `evaluate` reports and a user's own train step can differentiate
         (`gscnn_tf.losses.training_loss`): GSCNNLoss plus the kernel L2 term, this replica's
         share of the global-batch value under `tf.distribute`, differentiable in full.
-        Tracks each term."""
+        Tracks each term. `fit`'s `train_step` computes the same value but adds the L2
+        gradient after backpropagation, so it does not call this method: a subclass that
+        changes the loss overrides `train_step` too."""
         return self._tracked_loss(y, y_pred, sample_weight, training, l2_gradient=True)
 
     def train_step(self, data):

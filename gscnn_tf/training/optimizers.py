@@ -10,7 +10,7 @@ The training steps (`fit` and the custom loop) report the L2 term in the loss bu
 gradient after backpropagation (`add_l2_gradients`): differentiated inside the loss, the
 `weight_decay * w` tensors (one per kernel, all of the weights' size) are ready at the start
 of the backward pass and sit in memory until each kernel's own gradient arrives; WRN-38's
-512x512 step peaks 0.9 GB lower without them.
+step at 256x256, batch 2, peaks 0.9 GiB lower without them (5.68 -> 4.79 GiB).
 
     optimizer = build_optimizer(config.train)            # inside strategy.scope()
     optimizer.build(model.trainable_variables)
