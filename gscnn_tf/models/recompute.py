@@ -13,8 +13,10 @@ Two kinds of layer would see the recomputation:
   it with momentum 1.0 (`moving * 1.0 + batch * 0.0`, the value it already has), so the
   statistics are updated once per step, as without recomputation; the normalisation itself
   uses the batch's statistics both times, so the activations are the same.
-- A layer that draws random numbers (dropout: WRN-38's mod6 and mod7) would draw a different
-  mask the second time. Blocks holding one keep their activations and run once.
+- A layer that draws random numbers (dropout: WRN-38's mod6 and mod7) draws them from its
+  Keras seed generator, whose state moves on at every draw. The first run records each
+  generator's state before the block; the recomputation sets it back to that state, so it
+  draws the same mask, and leaves it where the first run left it.
 
 The plan is functional views of the model's own layers (no second copy of a weight):
 `prefix` (image -> first cut), one view per block (cut -> next cut), and `head` (image and
@@ -49,45 +51,52 @@ class TrunkRecompute:
                 raise ValueError(f"recompute_trunk: the trunk of '{model.name}' does not pass "
                                  f"through '{cut_names[index]}' alone on its way to "
                                  f"'{cut_names[index + 1]}': {e}") from e
-            self.blocks.append((block, not _draws_random_numbers(block)))
+            self.blocks.append(block)
         self.head = keras.Model([model.input, *cuts], model.output, name=f"{model.name}_head")
-        trunk = {layer.name for block, _ in self.blocks for layer in block.layers
+        trunk = {layer.name for block in self.blocks for layer in block.layers
                  if not isinstance(layer, keras.layers.InputLayer)}
         repeated = sorted(trunk & {layer.name for layer in self.head.layers})
         if repeated:
             raise ValueError(f"recompute_trunk: layers {repeated[:3]} of '{model.name}' feed "
                              "the heads from inside a trunk block, not through a cut")
 
-    @property
-    def recomputed_blocks(self) -> int:
-        """How many blocks run again in the backward pass (the others hold dropout)."""
-        return sum(recompute for _, recompute in self.blocks)
-
     def __call__(self, images):
         x = self.prefix(images, training=True)
         cuts = [x]
-        for block, recompute in self.blocks:
-            x = _recomputed(block)(x) if recompute else block(x, training=True)
+        for block in self.blocks:
+            x = recomputed(block)(x)
             cuts.append(x)
         return self.head([images, *cuts], training=True)
 
 
-def _draws_random_numbers(model: keras.Model) -> bool:
-    return any(hasattr(layer, "seed_generator") for layer in model.layers)
-
-
-def _recomputed(block: keras.Model):
+def recomputed(block: keras.Model):
     """`block` in training mode under tf.recompute_grad; its second run (the backward
-    pass's) leaves the batch-norm moving statistics as the first run set them."""
-    runs = []
+    pass's) leaves the batch-norm moving statistics as the first run set them and draws the
+    first run's random numbers. A new wrapper for every call of the block."""
+    generators = [layer.seed_generator for layer in block.layers
+                  if getattr(layer, "seed_generator", None) is not None]
+    first_run = []     # the seed states before the first run, once it has run
 
     def forward(x):
-        context = _frozen_statistics(block) if runs else contextlib.nullcontext()
-        runs.append(None)
+        if first_run:
+            context = _replayed(block, generators, first_run[0])
+        else:
+            first_run.append([tf.identity(g.state.value) for g in generators])
+            context = contextlib.nullcontext()
         with context:
             return block(x, training=True)
 
     return tf.recompute_grad(forward)
+
+
+@contextlib.contextmanager
+def _replayed(block: keras.Model, generators, states):
+    """The recomputation's run: batch-norm statistics frozen, every seed generator back at
+    the state it had before the first run."""
+    for generator, state in zip(generators, states):
+        generator.state.assign(state)
+    with _frozen_statistics(block):
+        yield
 
 
 @contextlib.contextmanager
