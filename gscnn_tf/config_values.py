@@ -30,20 +30,16 @@ def _convert(value: Any, tp: Any, where: str) -> Any:
         args = [a for a in typing.get_args(tp) if a is not type(None)]
         if value is None and len(args) < len(typing.get_args(tp)):
             return None
+        expected = f"{where}: expected {' or '.join(_type_name(a) for a in args)}, got " \
+                   f"{value!r} ({type(value).__name__})"
         if bool in args and isinstance(value, (int, float)) and not isinstance(value, bool):
-            raise ConfigError(f"{where}: expected {' or '.join(_type_name(a) for a in args)}, "
-                              f"got {value!r} ({type(value).__name__}); write true or false")
-        for arg in args[:-1]:
+            raise ConfigError(f"{expected}; write true or false")
+        for arg in args:
             try:
                 return _convert(value, arg, where)
             except ConfigError:
                 pass
-        try:
-            return _convert(value, args[-1], where)
-        except ConfigError:
-            names = " or ".join(_type_name(a) for a in args)
-            raise ConfigError(f"{where}: expected {names}, got {value!r} "
-                              f"({type(value).__name__})") from None
+        raise ConfigError(expected)
     if origin is list:
         (item_tp,) = typing.get_args(tp)
         if isinstance(value, tuple):

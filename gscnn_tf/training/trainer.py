@@ -26,8 +26,8 @@ from gscnn_tf.config import save_config
 from gscnn_tf.data.pipeline import build_dataset, dataset_info, list_examples
 from gscnn_tf.errors import NonFiniteLossError, WorkerLostError
 from gscnn_tf.losses import GSCNNLoss
-from gscnn_tf.precision import policy_scope, training_policy
 from gscnn_tf.models.postprocess import postprocess
+from gscnn_tf.precision import policy_scope, training_policy
 from gscnn_tf.training.checkpoints import RunCheckpoints, check_new_run_dir
 from gscnn_tf.training.optimizers import build_optimizer, learning_rate_schedule
 from gscnn_tf.training.preemption import Preempted, PreemptionWatch
