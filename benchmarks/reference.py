@@ -218,14 +218,18 @@ def _child(who, size, n, config, overrides):
                       *[f"--set={o}" for o in overrides]], timeout=1800)
 
 
-# Our training steps timed against the reference's: the plain step, and the step with the
-# trunk's activations recomputed in the backward pass (the memory switch); on CPUs with
-# bfloat16 instructions, the same two under train.mixed_precision=bf16 (the reference stays
-# float32: those rows compare two precisions).
-OUR_STEPS = {"ours": [], "ours, model.recompute_trunk": ["model.recompute_trunk=true"]}
+# Our training steps timed against the reference's: the plain step, the step with the trunk's
+# activations recomputed in the backward pass, and with everything recomputed (the memory
+# switches: trunk, heads, the dual-task loss's maps); on CPUs with bfloat16 instructions, the
+# plain and the fully recomputed step under
+# train.mixed_precision=bf16 (the reference stays float32: those rows compare two precisions).
+RECOMPUTE_ALL = ["model.recompute_trunk=true", "model.recompute_heads=true",
+                 "loss.recompute_dual=true"]
+OUR_STEPS = {"ours": [], "ours, model.recompute_trunk": ["model.recompute_trunk=true"],
+             "ours, everything recomputed": RECOMPUTE_ALL}
 BF16_STEPS = {"ours, bf16": ["train.mixed_precision=bf16"],
-              "ours, bf16 + model.recompute_trunk": ["train.mixed_precision=bf16",
-                                                     "model.recompute_trunk=true"]}
+              "ours, bf16, everything recomputed": [
+                  "train.mixed_precision=bf16", *RECOMPUTE_ALL]}
 BF16_FLAGS = ("avx512_bf16", "amx_tile")
 
 
@@ -271,6 +275,7 @@ MEMORY_VARIANTS = {
     "shape stream at stride 2": ["model.shape_stream_stride=2"],
     "trunk recomputed in the backward pass (model.recompute_trunk=true)": [
         "model.recompute_trunk=true"],
+    "everything recomputed (+ model.recompute_heads, loss.recompute_dual)": RECOMPUTE_ALL,
     "DeepLab v3+ baseline (segmentation loss only)": [
         "model.shape_stream=false", "loss.lambda_edge=0", "loss.lambda_att=0",
         "loss.lambda_dual=0"],

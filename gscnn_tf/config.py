@@ -59,6 +59,8 @@ class ModelConfig:
     recompute_trunk: true keeps only the trunk's block outputs from a training forward pass
     and recomputes the rest in the backward pass (less memory for one more trunk forward;
     same loss, gradients and batch-norm statistics; gscnn_tf.models.recompute).
+    recompute_heads: the same for the heads: the shape stream's residual blocks and gated
+    convolutions (full resolution at stride 1), ASPP and the decoder.
     """
 
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
@@ -77,6 +79,7 @@ class ModelConfig:
     compat: str = "none"
     sync_batch_norm: bool = True
     recompute_trunk: bool = False
+    recompute_heads: bool = False
 
 
 @dataclass
@@ -129,6 +132,8 @@ class LossConfig:
         classes) or `fixed` (`class_weights`, one per class). attention_threshold: boundary
         probability above which a pixel enters the attention loss. dual_tau: Gumbel-softmax
         temperature; dual_sigma: Gaussian smoothing of the dual-task boundary potentials.
+    recompute_dual: the dual-task term's per-class maps are computed again in the backward
+    pass instead of kept (less memory for one more evaluation of the term; same values).
     """
 
     lambda_edge: float = 20.0
@@ -140,6 +145,7 @@ class LossConfig:
     attention_threshold: float = 0.8
     dual_tau: float = 1.0
     dual_sigma: float = 1.0
+    recompute_dual: bool = False
 
 
 @dataclass

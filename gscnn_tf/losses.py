@@ -229,7 +229,7 @@ def boundary_potential(maps: tf.Tensor, sigma: float = 1.0) -> tf.Tensor:
 
 def dual_task_loss(seg_logits, labels, tau: float = 1.0, sigma: float = 1.0, seed=None,
                    example_offset=0, ignore_label: int = IGNORE_LABEL,
-                   global_sum: Callable = _identity) -> tf.Tensor:
+                   global_sum: Callable = _identity, recompute: bool = False) -> tf.Tensor:
     """The paper's dual-task loss: mean |zeta - zeta_hat| over p+.
 
     zeta: `boundary_potential` of the Gumbel-softmax relaxation of the prediction
@@ -237,20 +237,29 @@ def dual_task_loss(seg_logits, labels, tau: float = 1.0, sigma: float = 1.0, see
     Ignore pixels are excluded from both maps (zero vectors), so predictions there change
     nothing. p+ is the set of (pixel, class) entries where zeta or zeta_hat is non-zero, i.e.
     above `NONZERO_POTENTIAL` (float32 rounding noise stays below it). 0 when p+ is empty.
+
+    `recompute`: the per-class maps (about ten `[B, H, W, C]` float32 tensors) are not kept
+    for the backward pass but computed again from `seg_logits` there (`tf.recompute_grad`;
+    the noise is stateless, so the same numbers).
     """
     seg_logits = _float32(seg_logits)
     num_classes = _num_classes(seg_logits)
     labels = _check_labels(labels, seg_logits)
-    valid = labels != ignore_label
-    mask = tf.cast(valid, tf.float32)[..., None]
-    probs = gumbel_softmax(seg_logits, tau, seed, example_offset) * mask
-    onehot = tf.one_hot(tf.where(valid, labels, 0), num_classes, dtype=tf.float32) * mask
-    zeta = boundary_potential(probs, sigma)
-    zeta_hat = tf.stop_gradient(boundary_potential(onehot, sigma))
-    support = tf.stop_gradient(tf.cast(tf.maximum(zeta, zeta_hat) > NONZERO_POTENTIAL,
-                                       tf.float32))
-    return tf.math.divide_no_nan(tf.reduce_sum(support * tf.abs(zeta - zeta_hat)),
-                                 global_sum(tf.reduce_sum(support)))
+
+    def sums(logits):
+        """(sum of |zeta - zeta_hat| over p+, size of p+), per replica."""
+        valid = labels != ignore_label
+        mask = tf.cast(valid, tf.float32)[..., None]
+        probs = gumbel_softmax(logits, tau, seed, example_offset) * mask
+        onehot = tf.one_hot(tf.where(valid, labels, 0), num_classes, dtype=tf.float32) * mask
+        zeta = boundary_potential(probs, sigma)
+        zeta_hat = tf.stop_gradient(boundary_potential(onehot, sigma))
+        support = tf.stop_gradient(tf.cast(tf.maximum(zeta, zeta_hat) > NONZERO_POTENTIAL,
+                                           tf.float32))
+        return tf.reduce_sum(support * tf.abs(zeta - zeta_hat)), tf.reduce_sum(support)
+
+    total, count = (tf.recompute_grad(sums) if recompute else sums)(seg_logits)
+    return tf.math.divide_no_nan(total, global_sum(tf.stop_gradient(count)))
 
 
 class GSCNNLoss:
@@ -322,7 +331,7 @@ class GSCNNLoss:
                                   *weighted),
             "dual": dual_task_loss(logits("dual", seg_logits), labels, c.dual_tau,
                                    c.dual_sigma, seed, offset, self.ignore_label,
-                                   cross_replica_sum),
+                                   cross_replica_sum, c.recompute_dual),
         }
         total = tf.constant(0.0)
         for name, weight in weights.items():  # seg, edge, att, dual: the same sum as ever

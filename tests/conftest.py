@@ -41,6 +41,14 @@ TINY_BASE_WIDTH = 8
 TINY_HEAD = {"aspp_channels": 16, "decoder_channels": 16, "skip_channels": 8}
 
 
+def op_count(concrete, op_type: str) -> int:
+    """How many `op_type` nodes a concrete function's graph holds, its function library
+    (gradient and recompute functions) included."""
+    graph = concrete.graph.as_graph_def()
+    nodes = list(graph.node) + [n for f in graph.library.function for n in f.node_def]
+    return sum(node.op == op_type for node in nodes)
+
+
 def tiny_model_config(**overrides):
     """The tests' narrow small-backbone `ModelConfig` (base width 8, 16-channel ASPP and
     decoder, 8-channel skip); `overrides` set more of its fields."""

@@ -7,7 +7,7 @@ from scipy import ndimage
 
 from gscnn_tf import losses
 from gscnn_tf.config import LossConfig
-from conftest import two_cpu_strategy
+from conftest import op_count, two_cpu_strategy
 
 C = 4
 
@@ -272,11 +272,11 @@ def test_gumbel_softmax_modes(rng):
     assert np.abs(both[1] - a[0]).max() > 0.1
 
 
-@pytest.mark.parametrize("seed", [None, (7, 8)])
-def test_two_replicas_sum_to_the_single_device_loss_and_gradient(rng, seed):
+@pytest.mark.parametrize("seed, recompute", [(None, False), ((7, 8), False), ((7, 8), True)])
+def test_two_replicas_sum_to_the_single_device_loss_and_gradient(rng, seed, recompute):
     seg, edge, labels, edges = random_inputs(rng, batch=4, height=16, width=20)
     edges[:2] = 0.0  # replicas see different edge balances
-    loss_fn = losses.GSCNNLoss(LossConfig(class_weighting="image"))
+    loss_fn = losses.GSCNNLoss(LossConfig(class_weighting="image", recompute_dual=recompute))
 
     def step(targets, outputs):
         with tf.GradientTape() as tape:
@@ -416,3 +416,35 @@ def test_zero_weighted_terms_are_reported_without_a_gradient():
     assert tape.gradient(terms["total"], edge) is None
     np.testing.assert_array_equal(tape.gradient(terms["total"], seg),
                                   tape.gradient(alone, seg))
+
+
+@pytest.mark.parametrize("seed", [None, (3, 7)])
+def test_recomputed_dual_term_equals_the_kept_one(seed):
+    """loss.recompute_dual: the frozen values and the kept term's gradients (the Gumbel noise
+    is stateless), and the traced gradient really evaluates the term again: twice the
+    Gaussian and Sobel depthwise convolutions (without recomputation, the same count would
+    show once)."""
+    targets, seg, edge = _frozen_batch()
+    results = []
+    for recompute in (False, True):
+        loss_fn = losses.GSCNNLoss(LossConfig(recompute_dual=recompute))
+
+        @tf.function
+        def run(seg, edge, loss_fn=loss_fn):
+            with tf.GradientTape() as tape:
+                tape.watch([seg, edge])
+                terms = loss_fn(targets, {"seg_logits": seg, "edge_logits": edge}, seed=seed)
+            return terms, tape.gradient(terms["total"], [seg, edge])
+
+        terms, grads = run(seg, edge)
+        results.append(({k: float(v) for k, v in terms.items()}, [g.numpy() for g in grads],
+                        op_count(run.get_concrete_function(seg, edge), "DepthwiseConv2dNative")))
+    (kept, kept_grads, kept_convs), (again, again_grads, again_convs) = results
+    frozen = FROZEN[("none", seed)]
+    for key in ("seg", "edge", "att", "dual"):
+        np.testing.assert_allclose(again[key], frozen[key], rtol=1e-5, atol=1e-6, err_msg=key)
+        assert again[key] == kept[key], key
+    for a, b in zip(kept_grads, again_grads):
+        np.testing.assert_allclose(b, a, rtol=1e-6, atol=1e-9)
+    assert np.abs(kept_grads[0]).max() > 0
+    assert kept_convs > 0 and again_convs == 2 * kept_convs

@@ -1,6 +1,7 @@
-"""`model.recompute_trunk`: the trunk's activations recomputed in the backward pass give the
-plain step's numbers (loss terms, updated weights, batch-norm statistics) on one and two
-replicas and under `fit`, and the traced step really runs the trunk's convolutions twice."""
+"""`model.recompute_trunk` and `model.recompute_heads`: the trunk's and the heads' (shape
+stream, ASPP, decoder) activations recomputed in the backward pass give the plain step's
+numbers (loss terms, updated weights, batch-norm statistics) on one and two replicas and
+under `fit`, and the traced step really runs their convolutions twice."""
 
 import keras
 import numpy as np
@@ -9,13 +10,18 @@ import tensorflow as tf
 
 import gscnn_tf
 from gscnn_tf.models.backbones import cut_layers
-from gscnn_tf.models.recompute import TrunkRecompute, recomputed
+from gscnn_tf.models.recompute import Recompute, recomputed, trunk_segments
+from gscnn_tf.models.gscnn import head_segments
 from gscnn_tf.training.trainer import Trainer
-from conftest import tiny_model_kwargs, tiny_model_overrides
+from conftest import op_count, tiny_model_kwargs, tiny_model_overrides
 from training_support import mirrored_strategy, tiny_config
 
-# The small backbone's blocks after its first stage: two convolutions each.
-SMALL_RECOMPUTED_CONVS = 4 * 2
+# Convolutions run again by the backward pass: the small backbone's blocks after its first
+# stage (two each); the shape stream's three residual blocks (two, and the 1x1 reduction) and
+# three gated convolutions (the gate's two 1x1s and the output's 1x1), ASPP's six branches
+# (image pooling, edge, 1x1, three atrous) and the decoder's five.
+RECOMPUTED_CONVS = {"trunk": 4 * 2, "heads": 3 * 3 + 3 * 3 + 6 + 5}
+SWITCHES = {"trunk": ["model.recompute_trunk=true"], "heads": ["model.recompute_heads=true"]}
 
 
 @pytest.fixture(scope="module")
@@ -23,38 +29,35 @@ def data_root(tmp_path_factory):
     return str(tmp_path_factory.mktemp("synthetic"))
 
 
-def _conv_ops(concrete) -> int:
-    graph = concrete.graph.as_graph_def()
-    nodes = list(graph.node) + [n for f in graph.library.function for n in f.node_def]
-    return sum(node.op == "Conv2D" for node in nodes)
-
-
-def _one_step(root, run_dir, strategy, recompute):
+def _one_step(root, run_dir, strategy, switches):
     config = tiny_config(root, run_dir, *tiny_model_overrides(
-        f"model.recompute_trunk={str(recompute).lower()}",
-        f"model.sync_batch_norm={str(strategy is not None).lower()}"))
+        *switches, f"model.sync_batch_norm={str(strategy is not None).lower()}"))
     trainer = Trainer(config, strategy=strategy or tf.distribute.get_strategy())
     batch = next(iter(trainer._train_data(0)))
     terms = {k: float(v) for k, v in trainer.train_step(*batch).items()}
-    convs = _conv_ops(trainer.train_step.get_concrete_function(*batch))
+    convs = op_count(trainer.train_step.get_concrete_function(*batch), "Conv2D")
     return terms, [np.array(w) for w in trainer.model.weights], convs
 
 
-@pytest.mark.parametrize("replicas", [1, pytest.param(2, marks=pytest.mark.slow)])
-def test_recomputed_step_equals_plain_step(data_root, tmp_path, replicas):
+@pytest.mark.parametrize("what, replicas", [
+    ("trunk", 1), ("heads", 1),
+    pytest.param("trunk", 2, marks=pytest.mark.slow),
+    pytest.param("heads", 2, marks=pytest.mark.slow)])
+def test_recomputed_step_equals_plain_step(data_root, tmp_path, what, replicas):
     strategy = mirrored_strategy() if replicas == 2 else None
-    plain = _one_step(data_root, tmp_path / "plain", strategy, False)
-    recomputed = _one_step(data_root, tmp_path / "recompute", strategy, True)
+    plain = _one_step(data_root, tmp_path / "plain", strategy, [])
+    recomputed = _one_step(data_root, tmp_path / "recompute", strategy, SWITCHES[what])
     for key, value in plain[0].items():
         assert recomputed[0][key] == pytest.approx(value, rel=1e-5, abs=1e-6), key
     # Every weight after the update, batch-norm moving statistics included (a second update
     # in the recomputation would move them again).
     for a, b in zip(plain[1], recomputed[1]):
         np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-6)
-    assert recomputed[2] - plain[2] == SMALL_RECOMPUTED_CONVS * replicas
+    assert recomputed[2] - plain[2] == RECOMPUTED_CONVS[what] * replicas
 
 
 def test_fit_with_recompute_equals_plain_fit(rng):
+    """Both switches at once under `fit`."""
     images = rng.uniform(0, 255, (2, 48, 48, 3)).astype(np.float32)
     labels = rng.integers(0, 3, (2, 48, 48)).astype(np.int32)
     targets = {"labels": labels, "edges": np.zeros((2, 48, 48), np.float32)}
@@ -62,7 +65,7 @@ def test_fit_with_recompute_equals_plain_fit(rng):
     for recompute in (False, True):
         tf.keras.utils.set_random_seed(0)
         model = gscnn_tf.GSCNN(3, **tiny_model_kwargs(), sync_batch_norm=False,
-                               recompute_trunk=recompute)
+                               recompute_trunk=recompute, recompute_heads=recompute)
         if weights:
             model.set_weights(weights[0][0])
         start = [np.array(w) for w in model.weights]
@@ -80,10 +83,18 @@ def test_fit_with_recompute_equals_plain_fit(rng):
 @pytest.mark.parametrize("backbone, blocks", [("resnet50", 16), ("mobilenetv2", 17),
                                               ("wrn38", 17)])
 def test_every_backbone_has_a_plan(backbone, blocks):
+    """The trunk's blocks and the heads' twelve parts (each shape-stream residual block in
+    two halves, each gated convolution, the boundary logits, ASPP, the decoder), every layer
+    with weights in exactly one view."""
     model = gscnn_tf.GSCNN(3, backbone={"name": backbone}, sync_batch_norm=False)
-    plan = TrunkRecompute(model, cut_layers(model.model_config.backbone,
-                                            [layer.name for layer in model.layers]))
-    assert len(plan.blocks) == blocks
+    trunk = trunk_segments(model, cut_layers(model.model_config.backbone,
+                                             [layer.name for layer in model.layers]), True)
+    plan = Recompute(model, trunk + head_segments(model))
+    assert len(plan.segments) == blocks + 12
+    views = [view for glue, _, view, _ in plan.steps] + [
+        glue for glue, _, _, _ in plan.steps if glue is not None] + [plan.head]
+    weighted = [layer.name for view in views for layer in view.layers if layer.weights]
+    assert sorted(weighted) == sorted(layer.name for layer in model.layers if layer.weights)
 
 
 def _dropout_block():
@@ -138,8 +149,11 @@ def test_recomputed_dropout_draws_the_first_runs_mask(rng, traced):
 def test_wrong_cuts_are_refused():
     model = gscnn_tf.GSCNN(3, **tiny_model_kwargs(), sync_batch_norm=False)
     stages = [f"small_stage{i}_conv_relu" for i in range(1, 6)]
-    with pytest.raises(ValueError, match="does not pass through 'small_stage3_conv_relu'"):
-        TrunkRecompute(model, [stages[2], stages[1]])
+    with pytest.raises(ValueError, match="'small_stage3_conv_relu' to 'small_stage2_conv_relu'"
+                                         " of '.*' does not depend on its inputs alone"):
+        Recompute(model, trunk_segments(model, [stages[2], stages[1]], True))
     # stage 2 feeds the decoder and the gates: it must be a cut
-    with pytest.raises(ValueError, match="feed the heads from inside a trunk block"):
-        TrunkRecompute(model, [stages[0], stages[2], stages[4]])
+    with pytest.raises(ValueError, match=r"layer 'small_stage2_\w+' would run in the trunk "
+                                         "from 'small_stage1_conv_relu' to "
+                                         "'small_stage3_conv_relu' and in "):
+        Recompute(model, trunk_segments(model, [stages[0], stages[2], stages[4]], True))

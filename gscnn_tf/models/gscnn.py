@@ -34,6 +34,7 @@ from gscnn_tf.models.compat import batch_norm_kwargs, is_reference, reference_ca
 from gscnn_tf.models.layers import (
     Normalize, ResizeLike, ZerosMap, aspp, conv_bn_relu)
 from gscnn_tf.models.parts import GATE_ALPHAS
+from gscnn_tf.models.shape_stream import segments as shape_stream_segments
 from gscnn_tf.models.shape_stream import shape_stream
 from gscnn_tf.models.task import GSCNNTask
 from gscnn_tf.ops.canny import Canny
@@ -105,6 +106,31 @@ def _graph(config, num_classes: int):
     return image, outputs
 
 
+def head_segments(model) -> list:
+    """The heads of a built GSCNN as recomputed `gscnn_tf.models.recompute` segments
+    (`model.recompute_heads`): the shape stream's parts, ASPP (from the trunk's output and the
+    fused boundary map at its resolution) and the decoder (from ASPP's output, the skip tap and
+    the image, to the full-resolution logits)."""
+    from gscnn_tf.models.recompute import Segment
+
+    def out(name):
+        return model.get_layer(name).output
+
+    shape = model.model_config.shape_stream
+    parts, aspp_inputs = [], [model.get_layer("aspp_pool").input]
+    if shape:
+        parts = shape_stream_segments(model, True)
+        # The boundary logits are an output and feed ASPP's edge branch: computed once,
+        # plainly (a 1x1 convolution to one channel and its resize).
+        parts.append(Segment([parts[-1].output, model.input], out("shape_output_resize"),
+                             False, "the boundary logits"))
+        aspp_inputs.append(out("aspp_edge_resize"))
+    parts.append(Segment(aspp_inputs, out("aspp_concat"), True, "ASPP"))
+    parts.append(Segment([out("aspp_concat"), model.get_layer("decoder_skip_proj").input,
+                          model.input], out("decoder_output_resize"), True, "the decoder"))
+    return parts
+
+
 _MODEL_DEFAULTS = ModelConfig()
 
 
@@ -125,8 +151,8 @@ class GSCNN(GSCNNTask):
 
     Args:
         num_classes: segmentation classes.
-        backbone ... recompute_trunk: the fields of `gscnn_tf.config.ModelConfig`, with the
-            same defaults; `backbone` is a dict of `BackboneConfig` fields. Its `weights`
+        backbone ... recompute_heads: the fields of `gscnn_tf.config.ModelConfig`,
+            with the same defaults; `backbone` is a dict of `BackboneConfig` fields. Its `weights`
             (ImageNet or a file) initialise a new model only: a model rebuilt from its config
             (`keras.saving.load_model`, presets) gets its weights from the saved file.
         class_names: one name per class (default `class_0`, `class_1`, ...).
@@ -157,6 +183,7 @@ class GSCNN(GSCNNTask):
                  compat=_MODEL_DEFAULTS.compat,
                  sync_batch_norm=_MODEL_DEFAULTS.sync_batch_norm,
                  recompute_trunk=_MODEL_DEFAULTS.recompute_trunk,
+                 recompute_heads=_MODEL_DEFAULTS.recompute_heads,
                  class_names=None, palette=None, ignore_label=255, loss_config=None,
                  name=None, **kwargs):
         unknown = sorted(set(kwargs) - {"trainable", "dtype"})
@@ -172,7 +199,8 @@ class GSCNN(GSCNNTask):
             "canny_step_form": canny_step_form, "aspp_channels": aspp_channels,
             "aspp_rates": list(aspp_rates), "decoder_channels": decoder_channels,
             "skip_channels": skip_channels, "compat": compat,
-            "sync_batch_norm": sync_batch_norm, "recompute_trunk": recompute_trunk}
+            "sync_batch_norm": sync_batch_norm, "recompute_trunk": recompute_trunk,
+            "recompute_heads": recompute_heads}
         parsed = config_from_dict({"model": fields, "loss": dict(loss_config or {})},
                                   "GSCNN arguments")
         model_config, num_classes = parsed.model, int(num_classes)
@@ -188,21 +216,25 @@ class GSCNN(GSCNNTask):
         self.class_names = _class_names(class_names, num_classes)
         self.palette = _palette(palette, num_classes)
         self._task = None
-        self._trunk_recompute = None
+        self._recompute = None
 
     def call(self, inputs, training=None, mask=None):
-        """The functional graph; a training call of a model built with
-        `recompute_trunk=True` runs it through `gscnn_tf.models.recompute.TrunkRecompute`
-        (same outputs, the trunk's activations recomputed in the backward pass)."""
-        if not (training and self.model_config.recompute_trunk):
+        """The functional graph; a training call of a model built with `recompute_trunk` or
+        `recompute_heads` runs it through `gscnn_tf.models.recompute.Recompute` (same
+        outputs, those activations recomputed in the backward pass)."""
+        config = self.model_config
+        if not (training and (config.recompute_trunk or config.recompute_heads)):
             return super().call(inputs, training=training, mask=mask)
-        if self._trunk_recompute is None:
-            from gscnn_tf.models.recompute import TrunkRecompute
+        if self._recompute is None:
+            from gscnn_tf.models import recompute
 
-            cuts = cut_layers(self.model_config.backbone, [layer.name for layer in self.layers])
+            cuts = cut_layers(config.backbone, [layer.name for layer in self.layers])
+            plan = recompute.trunk_segments(self, cuts, config.recompute_trunk)
+            if config.recompute_heads:
+                plan += head_segments(self)
             # Not tracked as a sublayer: its views share this model's layers and weights.
-            object.__setattr__(self, "_trunk_recompute", TrunkRecompute(self, cuts))
-        return self._trunk_recompute(inputs)
+            object.__setattr__(self, "_recompute", recompute.Recompute(self, plan))
+        return self._recompute(inputs)
 
     def get_config(self):
         return {"name": self.name, "trainable": self.trainable,

@@ -52,3 +52,30 @@ def shape_stream(image, taps, config, bn_kwargs):
         alphas.append(alpha)
     logits = layers.Conv2D(1, 1, use_bias=False, name="shape_fuse")(x)
     return logits, alphas
+
+
+def segments(model, recompute: bool) -> list:
+    """The shape stream of a built `model` as `gscnn_tf.models.recompute` segments, in order:
+    each residual block in two halves (its first convolution; the second with the shortcut
+    and the 1x1 reduction), then its gated convolution (from the reduced features and the
+    gate map). What lies between them (the stem's resize, the gate maps' 1x1 projections and
+    resizes) is small and runs plainly."""
+    from gscnn_tf.models.recompute import Segment
+
+    def out(name):
+        return model.get_layer(name).output
+
+    names = {layer.name for layer in model.layers}
+    x = out("shape_stem_proj" if "shape_stem_proj" in names else "shape_stem_resize")
+    parts = []
+    for i in range(1, len(WIDTHS) + 1):
+        half = out(f"shape_res{i}_1_relu")
+        parts += [
+            Segment([x], half, recompute, f"the shape stream's residual block {i}"),
+            Segment([x, half], out(f"shape_reduce{i}"), recompute,
+                    f"the shape stream's residual block {i} (second half)"),
+            Segment([out(f"shape_reduce{i}"), out(f"gate{i}_dsn_resize")],
+                    out(f"gate{i}_weight"), recompute,
+                    f"the shape stream's gated convolution {i}")]
+        x = out(f"gate{i}_weight")
+    return parts
