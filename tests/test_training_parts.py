@@ -72,18 +72,56 @@ def test_l2_gradients_added_after_backprop_equal_the_l2_loss_gradient():
                 and any(i is coefficient for i in op.inputs)]
     assert len(products) == 2
 
-    def ancestors(op):
-        seen, stack = set(), [op]
-        while stack:
-            node = stack.pop()
-            for parent in [i.op for i in node.inputs] + list(node.control_inputs):
-                if parent.name not in seen:
-                    seen.add(parent.name)
-                    stack.append(parent)
-        return {graph.get_operation_by_name(name).type for name in seen}
-
-    assert sorted(t for op in products for t in ancestors(op) if "BackpropFilter" in t) == [
+    assert sorted(op.type for product in products for op in _ancestors(product)
+                  if "BackpropFilter" in op.type) == [
         "Conv2DBackpropFilter", "DepthwiseConv2dNativeBackpropFilter"]
+
+
+def _ancestors(op) -> list:
+    """Every op `op` waits for in its graph (data and control inputs, transitively)."""
+    seen, stack = {}, [op]
+    while stack:
+        node = stack.pop()
+        for parent in [i.op for i in node.inputs] + list(node.control_inputs):
+            if parent.name not in seen:
+                seen[parent.name] = parent
+                stack.append(parent)
+    return list(seen.values())
+
+
+@pytest.mark.parametrize("nesterov", [False, True])
+def test_sgd_equals_keras_sgd_and_reads_the_momentum_after_the_gradient(nesterov):
+    """gscnn_tf's SGD updates bit for bit as keras.optimizers.SGD, and in a traced step every
+    read of a momentum variable waits for that variable's gradient (Keras' own reads it at
+    the step's start and holds `m * momentum` through the backward pass)."""
+    from gscnn_tf.training.optimizers import SGD
+
+    rng = np.random.default_rng(0)
+    start = rng.normal(size=(3, 4)).astype(np.float32)
+    grads = [rng.normal(size=(3, 4)).astype(np.float32) for _ in range(3)]
+    results, graphs = [], []
+    for cls in (keras.optimizers.SGD, SGD):
+        variable = tf.Variable(start)
+        optimizer = cls(0.1, momentum=0.9, nesterov=nesterov)
+        optimizer.build([variable])
+
+        @tf.function
+        def step(g, optimizer=optimizer, variable=variable):
+            optimizer.apply([tf.identity(g * 1.0, name="the_gradient")], [variable])
+
+        for g in grads:
+            step(tf.constant(g))
+        results.append(variable.numpy())
+        graph = step.get_concrete_function(tf.TensorSpec([3, 4], tf.float32)).graph
+        handle = optimizer.momentums[0].value.handle
+        momentum = [inner for outer, inner in graph.captures if outer is handle]
+        reads = [op for op in graph.get_operations() if op.type == "ReadVariableOp"
+                 and op.inputs[0] is momentum[0]]
+        graphs.append([any(a.name == "the_gradient" for a in _ancestors(read))
+                       for read in reads])
+    np.testing.assert_array_equal(results[1], results[0])
+    assert not all(graphs[0])                        # Keras' SGD: a read before the gradient
+    assert graphs[1] and all(graphs[1])
 
 
 def test_sgd_step_and_adamw_decays_kernels_only():

@@ -57,7 +57,7 @@ def make_task(model, optimizer, loss, metrics, steps, weight_decay, seed) -> Tas
     """The pieces of `GSCNN.compile` (called inside the model's strategy scope)."""
     from gscnn_tf.config import TrainConfig
     from gscnn_tf.losses import GSCNNLoss
-    from gscnn_tf.training.optimizers import learning_rate_schedule
+    from gscnn_tf.training.optimizers import SGD, learning_rate_schedule
 
     recipe = TrainConfig()
     pending = None
@@ -67,7 +67,7 @@ def make_task(model, optimizer, loss, metrics, steps, weight_decay, seed) -> Tas
         schedule = learning_rate_schedule(dataclasses.replace(
             recipe, steps=int(steps or 1), warmup_steps=0))
         pending = None if steps else schedule
-        optimizer = keras.optimizers.SGD(schedule, momentum=recipe.momentum)
+        optimizer = SGD(schedule, momentum=recipe.momentum)
     else:
         optimizer = keras.optimizers.get(optimizer)
     if weight_decay is None:
