@@ -49,9 +49,11 @@ def _batch(height, width, n):
     return images, labels, np.minimum(edges, 1.0)
 
 
-def child_train(who, height, width, n, config_path, overrides):
-    """One training step of `who` (ours / reference) timed after an untimed one; prints
-    {"step_s", "warmup_s", "peak_rss_mb", "loss"} as JSON."""
+def child_train(who, height, width, n, config_path, overrides, steps=4):
+    """`steps` training steps of `who` (ours / reference): the first untimed, the median of
+    the others; prints {"step_s", "warmup_s", "steps", "peak_rss_mb" (after all of them:
+    TensorFlow's CPU allocator keeps what it has taken, and its peak can grow over the first
+    steps), "loss"} as JSON."""
     images, labels, edges = _batch(height, width, n)
     if who == "reference":
         import torch
@@ -81,8 +83,9 @@ def child_train(who, height, width, n, config_path, overrides):
             return float(step(x, targets)["total"])
 
     losses = []
-    warmup_s, step_s = time_call(lambda: losses.append(run()), 0, 2)["times_s"]
-    print(json.dumps({"step_s": step_s, "warmup_s": warmup_s, "peak_rss_mb": peak_rss_mb(),
+    warmup_s, *times = time_call(lambda: losses.append(run()), 0, steps)["times_s"]
+    print(json.dumps({"step_s": float(np.median(times)), "warmup_s": warmup_s,
+                      "steps": steps, "peak_rss_mb": peak_rss_mb(),
                       "loss": losses[-1]}))
 
 
@@ -212,10 +215,11 @@ def conv_paths(reps, shapes=CONV_SHAPES):
     return out
 
 
-def _child(who, size, n, config, overrides):
+def _child(who, size, n, config, overrides, steps=4):
     return run_child(["-m", "benchmarks.reference", "--child", who, "--train-size",
                       f"{size[0]}x{size[1]}", "--batch", str(n), "--config", config,
-                      *[f"--set={o}" for o in overrides]], timeout=1800)
+                      "--train-steps", str(steps), *[f"--set={o}" for o in overrides]],
+                     timeout=3600)
 
 
 # Our training steps timed against the reference's: the plain step, the step with the trunk's
@@ -243,7 +247,7 @@ def our_steps(machine) -> dict:
     return {**OUR_STEPS, **(BF16_STEPS if has_bf16(machine) else {})}
 
 
-def training(size, n, reps, config, overrides=(), steps=OUR_STEPS):
+def training(size, n, reps, config, overrides=(), steps=OUR_STEPS, per_child=4):
     rounds = []
     for _ in range(reps):
         row = {}
@@ -255,9 +259,10 @@ def training(size, n, reps, config, overrides=(), steps=OUR_STEPS):
                 row[who] = {"error": f"not run: {available:.1f} GB available, about "
                                      f"{need:.0f} GB needed"}
                 continue
-            row[who] = _child(kind, size, n, config, [*overrides, *extra])
+            row[who] = _child(kind, size, n, config, [*overrides, *extra], per_child)
         rounds.append(row)
-    result = {"size": list(size), "batch": n, "rounds": rounds, "ratios": {}}
+    result = {"size": list(size), "batch": n, "steps_per_child": per_child, "rounds": rounds,
+              "ratios": {}}
     for who in steps:
         done = [r for r in rounds if all("step_s" in r.get(w, {}) for w in (who, "reference"))]
         if done:
@@ -322,8 +327,9 @@ def markdown(r):
     if "train" in r:
         tr = r["train"]
         lines += [f"## Training step, {tr['size'][0]}x{tr['size'][1]}, batch {tr['batch']}",
-                  "", "Each framework in its own child process, alternating; one timed step "
-                  "after one untimed step.", ""]
+                  "", "Each framework in its own child process, alternating: "
+                  f"{tr.get('steps_per_child', 2)} steps, the first untimed, the median of the "
+                  "others; peak RSS after all of them.", ""]
         rows = []
         for k, row in enumerate(tr["rounds"], 1):
             for who, v in row.items():
@@ -373,10 +379,13 @@ def main(argv=None) -> int:
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--reps", type=int, default=2, help="inference rounds")
     parser.add_argument("--train-reps", type=int, default=1, help="training rounds")
+    parser.add_argument("--train-steps", type=int, default=4,
+                        help="training steps per child process (the first untimed)")
     parser.add_argument("--child", choices=("ours", "reference"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
-        child_train(args.child, *args.train_size, args.batch, args.config, args.set)
+        child_train(args.child, *args.train_size, args.batch, args.config, args.set,
+                    args.train_steps)
         return 0
     import torch
 
@@ -384,7 +393,8 @@ def main(argv=None) -> int:
               "command": command_line("benchmarks.reference", argv)}
     run = {"inference": lambda: inference(args.size, args.reps, has_bf16(record["machine"])),
            "train": lambda: training(args.train_size, args.batch, args.train_reps,
-                                     args.config, args.set, our_steps(record["machine"])),
+                                     args.config, args.set, our_steps(record["machine"]),
+                                     args.train_steps),
            "memory": lambda: memory_parts(args.parts_size, args.batch, args.config, args.set),
            "convs": lambda: conv_paths(args.reps)}
     elapsed = 0.0

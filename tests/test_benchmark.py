@@ -394,3 +394,20 @@ def test_reference_frozen_forward_equals_the_live_model():
     forward = tf.function(lambda v: model(v, training=False))
     frozen = reference._frozen(forward.get_concrete_function(x))
     np.testing.assert_allclose(frozen(x).numpy(), model(x)["seg_logits"].numpy(), atol=1e-6)
+
+
+def test_reference_training_child_reports_its_steps():
+    """The training child the `train` part runs (its own process): `--train-steps` steps of
+    ours with every memory switch on, the first untimed, as one JSON line."""
+    from benchmarks import reference
+
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks.reference", "--child", "ours", "--train-size",
+         "32x32", "--batch", "1", "--train-steps", "3", "--config",
+         os.path.join(ROOT, "configs", "synthetic.yaml"),
+         *[f"--set={o}" for o in reference.RECOMPUTE_ALL]],
+        cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    record = json.loads(done.stdout.strip().splitlines()[-1])
+    assert record["steps"] == 3 and record["step_s"] > 0 and record["warmup_s"] > 0
+    assert record["peak_rss_mb"] > 100 and np.isfinite(record["loss"])
