@@ -1,7 +1,7 @@
 """Our WRN-38 GSCNN against the reference PyTorch GSCNN (`gscnn_tf.reference_torch`, random
 weights; torch is the `convert` extra) on this CPU: converting its checkpoint (time, file
-sizes, agreement of the logits), inference round-robin in one process, one training step per
-framework in its own child process, our step's peak memory by variant, and WRN-38's
+sizes, agreement of the logits), inference round-robin in one process, training steps per
+framework in child processes of their own, our step's peak memory by variant, and WRN-38's
 convolution shapes one by one (`--parts convs`: where the inference gap comes from). Goals:
 inference <= 0.6, training step <= 0.8, training peak memory <= 0.75 of the reference.
 Run: python -m benchmarks.reference [--reps 2] [--parts inference train memory convs]
@@ -287,9 +287,9 @@ MEMORY_VARIANTS = {
 }
 
 
-def memory_parts(size, n, config, overrides=()):
-    return {"size": list(size), "batch": n,
-            "variants": {name: _child("ours", size, n, config, [*overrides, *extra])
+def memory_parts(size, n, config, overrides=(), per_child=4):
+    return {"size": list(size), "batch": n, "steps_per_child": per_child,
+            "variants": {name: _child("ours", size, n, config, [*overrides, *extra], per_child)
                          for name, extra in MEMORY_VARIANTS.items()}}
 
 
@@ -367,6 +367,13 @@ def markdown(r):
 
 def main(argv=None) -> int:
     size = lambda text: tuple(parse_size(text))  # noqa: E731
+
+    def steps(text):
+        if not text.isdigit() or int(text) < 2:
+            raise argparse.ArgumentTypeError(f"{text!r}: expected a whole number >= 2 (the "
+                                             "first step is untimed)")
+        return int(text)
+
     parser = argument_parser(__doc__, "reference")
     add_config_arguments(parser, "our training step's YAML config (default "
                          "configs/cityscapes_wrn38.yaml)")
@@ -379,8 +386,8 @@ def main(argv=None) -> int:
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--reps", type=int, default=2, help="inference rounds")
     parser.add_argument("--train-reps", type=int, default=1, help="training rounds")
-    parser.add_argument("--train-steps", type=int, default=4,
-                        help="training steps per child process (the first untimed)")
+    parser.add_argument("--train-steps", type=steps, default=4,
+                        help="training steps per child process (>= 2; the first untimed)")
     parser.add_argument("--child", choices=("ours", "reference"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
@@ -395,7 +402,8 @@ def main(argv=None) -> int:
            "train": lambda: training(args.train_size, args.batch, args.train_reps,
                                      args.config, args.set, our_steps(record["machine"]),
                                      args.train_steps),
-           "memory": lambda: memory_parts(args.parts_size, args.batch, args.config, args.set),
+           "memory": lambda: memory_parts(args.parts_size, args.batch, args.config, args.set,
+                                          args.train_steps),
            "convs": lambda: conv_paths(args.reps)}
     elapsed = 0.0
     for part in args.parts:

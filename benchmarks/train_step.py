@@ -77,7 +77,8 @@ def model_items(config, num_classes, images, targets, tag):
         "edge": lambda s, e: edge_loss(e, edges),
         "att": lambda s, e: attention_loss(s, e, labels, lc.attention_threshold,
                                            lc.class_weighting, lc.class_weights),
-        "dual": lambda s, e: dual_task_loss(s, labels, lc.dual_tau, lc.dual_sigma, seed),
+        "dual": lambda s, e: dual_task_loss(s, labels, lc.dual_tau, lc.dual_sigma, seed,
+                                            recompute=lc.recompute_dual),
         "": lambda s, e: loss_fn(targets, {"seg_logits": s, "edge_logits": e}, seed)["total"],
     }
 

@@ -18,6 +18,7 @@ quiet_cuda_probe()  # before TensorFlow's first import: no cuInit error on CPU-o
 from gscnn_tf.config import Config, ConfigError, load_config, save_config  # noqa: E402
 from gscnn_tf.models.gscnn import GSCNN  # noqa: E402  (registers the model and its layers)
 from gscnn_tf.training import schedules as _schedules  # noqa: E402,F401  (registers the lr schedule)
+from gscnn_tf.training import optimizers as _optimizers  # noqa: E402,F401  (registers SGD)
 
 __version__ = "0.1.0"
 

@@ -10,8 +10,8 @@ import tensorflow as tf
 
 import gscnn_tf
 from gscnn_tf.models.backbones import cut_layers
-from gscnn_tf.models.recompute import Recompute, recomputed, trunk_segments
 from gscnn_tf.models.gscnn import head_segments
+from gscnn_tf.models.recompute import Recompute, recomputed, trunk_segments
 from gscnn_tf.training.trainer import Trainer
 from conftest import op_count, tiny_model_kwargs, tiny_model_overrides
 from training_support import mirrored_strategy, tiny_config
@@ -95,6 +95,28 @@ def test_every_backbone_has_a_plan(backbone, blocks):
         glue for glue, _, _, _ in plan.steps if glue is not None] + [plan.head]
     weighted = [layer.name for view in views for layer in view.layers if layer.weights]
     assert sorted(weighted) == sorted(layer.name for layer in model.layers if layer.weights)
+
+
+@pytest.mark.parametrize("kwargs", [
+    {"shape_stream": False}, {"shape_stream_stride": 4}, {"gate": "paper"},
+    {"image_gradients": "none"},
+    pytest.param({"backbone": {"name": "wrn38", "dropout": False}, "compat": "reference"},
+                 marks=pytest.mark.slow),
+], ids=["baseline", "stride4", "paper-gate", "no-canny", "wrn38-compat"])
+def test_every_variant_of_the_graph_has_a_plan(rng, kwargs):
+    """Both switches on any variant of the graph: the plan's training forward returns the
+    model's own (batch statistics in both; WRN-38 without dropout, whose masks differ
+    between two calls)."""
+    arguments = {**tiny_model_kwargs(), **kwargs}
+    model = gscnn_tf.GSCNN(3, sync_batch_norm=False, recompute_trunk=True,
+                           recompute_heads=True, **arguments)
+    x = tf.constant(rng.uniform(0, 255, (2, 32, 32, 3)).astype(np.float32))
+    expected = super(gscnn_tf.GSCNN, model).call(x, training=True)   # the plain graph
+    again = model(x, training=True)
+    assert model._recompute is not None
+    for key in ("seg_logits", "edge_logits"):
+        np.testing.assert_allclose(again[key].numpy(), expected[key].numpy(), rtol=1e-5,
+                                   atol=1e-5, err_msg=key)
 
 
 def _dropout_block():

@@ -120,7 +120,9 @@ def test_sgd_equals_keras_sgd_and_reads_the_momentum_after_the_gradient(nesterov
         graphs.append([any(a.name == "the_gradient" for a in _ancestors(read))
                        for read in reads])
     np.testing.assert_array_equal(results[1], results[0])
-    assert not all(graphs[0])                        # Keras' SGD: a read before the gradient
+    # Keras' own SGD reads a momentum before the gradient exists (why gscnn_tf has its own;
+    # if a Keras release changes that, this line says so).
+    assert not all(graphs[0])
     assert graphs[1] and all(graphs[1])
 
 

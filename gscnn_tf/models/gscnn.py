@@ -107,10 +107,11 @@ def _graph(config, num_classes: int):
 
 
 def head_segments(model) -> list:
-    """The heads of a built GSCNN as recomputed `gscnn_tf.models.recompute` segments
-    (`model.recompute_heads`): the shape stream's parts, ASPP (from the trunk's output and the
-    fused boundary map at its resolution) and the decoder (from ASPP's output, the skip tap and
-    the image, to the full-resolution logits)."""
+    """The heads of a built GSCNN as `gscnn_tf.models.recompute` segments
+    (`model.recompute_heads`), recomputed: the shape stream's parts, ASPP (from the trunk's
+    output and the fused boundary map at its resolution) and the decoder (from ASPP's output,
+    the skip tap and the image, to the full-resolution logits); between them, run plainly, the
+    boundary logits (an output of the model)."""
     from gscnn_tf.models.recompute import Segment
 
     def out(name):

@@ -30,7 +30,8 @@ The plan is functional views of the model's own layers (no second copy of a weig
 view per segment (its input tensors -> its output), before each segment a glue view (every
 tensor known so far -> the segment's inputs not yet known: the image's normalisation, the
 shape stream's gate maps, the fusion of the boundary map with Canny), and the head (every
-known tensor -> the model's outputs). A layer with weights runs in exactly one view.
+known tensor -> the model's outputs). A layer with weights or a seed generator runs in
+exactly one view.
 """
 
 from __future__ import annotations
@@ -65,8 +66,11 @@ def _key(tensor) -> int:
     return id(tensor)
 
 
-def _weighted_layers(view: keras.Model) -> set:
-    return {layer.name for layer in view.layers if layer.weights}
+def _stateful_layers(view: keras.Model) -> set:
+    """The layers of `view` that must run once per step: those with weights (a second run
+    would update batch-norm statistics again) or a seed generator (another dropout mask)."""
+    return {layer.name for layer in view.layers
+            if layer.weights or getattr(layer, "seed_generator", None) is not None}
 
 
 class Recompute:
@@ -76,20 +80,26 @@ class Recompute:
 
     Calling it with images float32 `[B, H, W, 3]` returns what `model(images, training=True)`
     returns, computed segment by segment (see the module docstring). Raises ValueError, naming
-    the segment, when a segment's output does not depend on its inputs alone or when a layer
-    with weights would run in two views.
+    the segment, when a segment's output does not depend on its inputs alone, when its inputs
+    cannot be computed, or when a layer with weights or a seed generator would run in two
+    views.
     """
 
     def __init__(self, model: keras.Model, segments: list[Segment]):
         known = [model.input]           # symbolic tensors computed so far, in order
         self.steps = []                 # (glue view or None, input indices, view, recompute)
-        owner = {}                      # weighted layer name -> the view that runs it
+        owner = {}                      # stateful layer name -> the view that runs it
         for index, segment in enumerate(segments):
             missing = [t for t in segment.inputs
                        if _key(t) not in {_key(k) for k in known}]
             glue = None
             if missing:
-                glue = keras.Model(list(known), missing, name=f"{model.name}_glue{index}")
+                try:
+                    glue = keras.Model(list(known), missing, name=f"{model.name}_glue{index}")
+                except ValueError as e:
+                    raise ValueError(f"recompute: the inputs of {segment.name} of "
+                                     f"'{model.name}' cannot be computed from the image and "
+                                     f"the earlier segments' outputs: {e}") from e
                 self._claim(owner, glue, f"the inputs of {segment.name}")
                 known += missing
             try:
@@ -109,7 +119,7 @@ class Recompute:
 
     @staticmethod
     def _claim(owner: dict, view: keras.Model, what: str) -> None:
-        for name in sorted(_weighted_layers(view)):
+        for name in sorted(_stateful_layers(view)):
             if name in owner:
                 raise ValueError(f"recompute: layer '{name}' would run in {owner[name]} and "
                                  f"in {what}: {what} must reach it through a segment's "
