@@ -39,9 +39,11 @@ section() {
 }
 
 if [ "$gpus" -gt 0 ]; then
-  section "tests: mixed precision (fp16, bf16), XLA on/off, fused Canny" 100 \
+  section "tests: mixed precision (fp16, bf16), XLA on/off, fused Canny, recomputation" 120 \
     python -m pytest -q -x -p no:cacheprovider -n 0 \
       tests/test_training_loop.py::test_options_train_finite \
+      "tests/test_recompute.py::test_recomputed_step_equals_plain_step[trunk-1]" \
+      "tests/test_recompute.py::test_recomputed_step_equals_plain_step[heads-1]" \
       tests/test_training_loop.py::test_bf16_training_follows_float32 \
       tests/test_model.py::test_mixed_precision_outputs_float32 \
       tests/test_losses.py::test_dual_support_is_the_same_with_xla \
@@ -55,7 +57,7 @@ if [ "$gpus" -gt 0 ]; then
       --set train.mixed_precision=true --set train.xla=true --set train.strategy=$strategy \
       --set train.run_dir="$work/run"
 
-  section "timings: 1024x2048 inference fp32/fp16, 800x800 training" 240 \
+  section "timings: 1024x2048 inference fp32/fp16, 800x800 training" 220 \
     python -m benchmarks.speed --device gpu --backbones wrn38 resnet50 \
       --deadline-min 3 --name speed_gpu
 else
