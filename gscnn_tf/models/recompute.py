@@ -62,15 +62,16 @@ def trunk_segments(model: keras.Model, cut_names, recompute: bool) -> list[Segme
             for i, (start, end) in enumerate(zip(cuts, cuts[1:]))]
 
 
-def _key(tensor) -> int:
-    return id(tensor)
+def _seed_generator(layer):
+    """The layer's Keras seed generator (dropout and other random layers), else None."""
+    return getattr(layer, "seed_generator", None)
 
 
 def _stateful_layers(view: keras.Model) -> set:
     """The layers of `view` that must run once per step: those with weights (a second run
     would update batch-norm statistics again) or a seed generator (another dropout mask)."""
     return {layer.name for layer in view.layers
-            if layer.weights or getattr(layer, "seed_generator", None) is not None}
+            if layer.weights or _seed_generator(layer) is not None}
 
 
 class Recompute:
@@ -87,11 +88,17 @@ class Recompute:
 
     def __init__(self, model: keras.Model, segments: list[Segment]):
         known = [model.input]           # symbolic tensors computed so far, in order
+        position = {id(model.input): 0}  # id of a known tensor -> its index in `known`
         self.steps = []                 # (glue view or None, input indices, view, recompute)
         owner = {}                      # stateful layer name -> the view that runs it
+
+        def add(tensors):
+            for tensor in tensors:
+                position[id(tensor)] = len(known)
+                known.append(tensor)
+
         for index, segment in enumerate(segments):
-            missing = [t for t in segment.inputs
-                       if _key(t) not in {_key(k) for k in known}]
+            missing = [t for t in segment.inputs if id(t) not in position]
             glue = None
             if missing:
                 try:
@@ -101,7 +108,7 @@ class Recompute:
                                      f"'{model.name}' cannot be computed from the image and "
                                      f"the earlier segments' outputs: {e}") from e
                 self._claim(owner, glue, f"the inputs of {segment.name}")
-                known += missing
+                add(missing)
             try:
                 view = keras.Model(list(segment.inputs), segment.output,
                                    name=f"{model.name}_segment{index}")
@@ -109,10 +116,9 @@ class Recompute:
                 raise ValueError(f"recompute: {segment.name} of '{model.name}' does not "
                                  f"depend on its inputs alone: {e}") from e
             self._claim(owner, view, segment.name)
-            positions = {_key(k): i for i, k in enumerate(known)}
-            self.steps.append((glue, [positions[_key(t)] for t in segment.inputs], view,
+            self.steps.append((glue, [position[id(t)] for t in segment.inputs], view,
                                segment.recompute))
-            known.append(segment.output)
+            add([segment.output])
         self.head = keras.Model(list(known), model.output, name=f"{model.name}_head")
         self._claim(owner, self.head, "the heads")
         self.segments = [view for _, _, view, _ in self.steps]
@@ -145,8 +151,8 @@ def recomputed(block: keras.Model):
     tf.recompute_grad; its second run (the backward pass's) leaves the batch-norm moving
     statistics as the first run set them and draws the first run's random numbers. A new
     wrapper for every call of the block."""
-    generators = [layer.seed_generator for layer in block.layers
-                  if getattr(layer, "seed_generator", None) is not None]
+    generators = [_seed_generator(layer) for layer in block.layers
+                  if _seed_generator(layer) is not None]
     first_run = []     # the seed states before the first run, once it has run
 
     def forward(*x):
