@@ -32,7 +32,7 @@ from gscnn_tf.errors import ConfigError
 from gscnn_tf.models.backbones import build_backbone, cut_layers, preprocessing_mode
 from gscnn_tf.models.compat import batch_norm_kwargs, is_reference, reference_canny
 from gscnn_tf.models.layers import (
-    Normalize, ResizeLike, ZerosMap, aspp, conv_bn_relu)
+    Conv2D, Normalize, ResizeLike, ZerosMap, aspp, conv_bn_relu)
 from gscnn_tf.models.parts import GATE_ALPHAS
 from gscnn_tf.models.shape_stream import segments as shape_stream_segments
 from gscnn_tf.models.shape_stream import shape_stream
@@ -60,7 +60,7 @@ def _fuse_boundary(edge_logits, canny):
     """concat(sigmoid(boundary logits), Canny) -> 1x1 conv (no bias) -> sigmoid."""
     edge_prob = layers.Activation("sigmoid", name="edge_prob")(edge_logits)
     x = layers.Concatenate(name="fusion_concat")([edge_prob, canny])
-    x = layers.Conv2D(1, 1, use_bias=False, name="fusion_conv")(x)
+    x = Conv2D(1, 1, use_bias=False, name="fusion_conv")(x)
     return layers.Activation("sigmoid", name="fusion_boundary")(x)
 
 
@@ -69,13 +69,13 @@ def _decoder(x, skip, image, num_classes, config, bn_kwargs):
 
     The concat puts the upsampled ASPP features first, the skip second (the reference has
     the opposite order; the converter permutes `decoder_conv1`'s input channels)."""
-    x = layers.Conv2D(config.decoder_channels, 1, use_bias=False, name="decoder_aspp_proj")(x)
-    low = layers.Conv2D(config.skip_channels, 1, use_bias=False, name="decoder_skip_proj")(skip)
+    x = Conv2D(config.decoder_channels, 1, use_bias=False, name="decoder_aspp_proj")(x)
+    low = Conv2D(config.skip_channels, 1, use_bias=False, name="decoder_skip_proj")(skip)
     x = ResizeLike(align_corners=is_reference(config), name="decoder_upsample")([x, low])
     x = layers.Concatenate(name="decoder_concat")([x, low])
     x = conv_bn_relu(x, config.decoder_channels, 3, "decoder_conv1", bn_kwargs)
     x = conv_bn_relu(x, config.decoder_channels, 3, "decoder_conv2", bn_kwargs)
-    x = layers.Conv2D(num_classes, 1, use_bias=False, name="decoder_classifier")(x)
+    x = Conv2D(num_classes, 1, use_bias=False, name="decoder_classifier")(x)
     return ResizeLike(name="decoder_output_resize")([x, image])
 
 

@@ -2,9 +2,9 @@
 layer (GCL), ASPP with its edge branch, and conv+BN+ReLU helpers.
 
 Custom layers hold no weights of their own (weights live in standard Keras layers wired
-functionally around them; `AtrousConv2D` is a Keras `Conv2D` with its weights), so every named
-tap of the paper's figure is a layer a user can look up, and `.keras` saving needs nothing
-beyond each layer's `get_config`.
+functionally around them; `Conv2D` and `AtrousConv2D` are Keras `Conv2D`s with its weights,
+config and inference graph), so every named tap of the paper's figure is a layer a user can
+look up, and `.keras` saving needs nothing beyond each layer's `get_config`.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import tensorflow as tf
 from keras import layers
 
 from gscnn_tf.errors import ConfigError
+from gscnn_tf.ops.conv import conv2d
 
 _MEAN = np.array([0.485, 0.456, 0.406], np.float32)
 _STD = np.array([0.229, 0.224, 0.225], np.float32)
@@ -125,7 +126,27 @@ def batch_norm(x, name, bn_kwargs):
     return layers.BatchNormalization(name=name, **bn_kwargs)(x)
 
 
-def conv_bn_relu(x, filters, kernel_size, name, bn_kwargs, dilation=1, conv=layers.Conv2D):
+@keras.saving.register_keras_serializable(package="gscnn_tf")
+class Conv2D(layers.Conv2D):
+    """Keras's `Conv2D` (the same weights, config and inference graph) whose training pass
+    computes the filter gradient as matrix products on CPUs (`gscnn_tf.ops.conv.conv2d`:
+    1.25-1.5x faster than TensorFlow's CPU kernel on WRN-38's shapes). Every convolution of
+    gscnn_tf's models is one; with `training` false it is Keras's layer unchanged.
+    """
+
+    def call(self, inputs, training=None):
+        if not training or self.groups != 1 or self.data_format != "channels_last":
+            return super().call(inputs)
+        return self._bias_and_activation(
+            conv2d(inputs, self.kernel, self.strides, self.padding, self.dilation_rate))
+
+    def _bias_and_activation(self, outputs):
+        if self.use_bias:
+            outputs = outputs + self.bias
+        return outputs if self.activation is None else self.activation(outputs)
+
+
+def conv_bn_relu(x, filters, kernel_size, name, bn_kwargs, dilation=1, conv=Conv2D):
     """Conv (no bias; `conv`: a Conv2D class) -> BN -> ReLU, 'same' padding at stride 1."""
     x = conv(filters, kernel_size, padding="same", dilation_rate=dilation, use_bias=False,
              name=f"{name}_conv")(x)
@@ -137,14 +158,14 @@ def basic_block(x, name, bn_kwargs):
     """ResNet basic block at constant width: two 3x3 conv+BN, identity shortcut, ReLU."""
     filters = x.shape[-1]
     y = conv_bn_relu(x, filters, 3, f"{name}_1", bn_kwargs)
-    y = layers.Conv2D(filters, 3, padding="same", use_bias=False, name=f"{name}_2_conv")(y)
+    y = Conv2D(filters, 3, padding="same", use_bias=False, name=f"{name}_2_conv")(y)
     y = batch_norm(y, f"{name}_2_bn", bn_kwargs)
     y = layers.Add(name=f"{name}_add")([x, y])
     return layers.ReLU(name=f"{name}_out")(y)
 
 
 @keras.saving.register_keras_serializable(package="gscnn_tf")
-class AtrousConv2D(layers.Conv2D):
+class AtrousConv2D(Conv2D):
     """A stride-1 "same" `Conv2D` with a large dilation rate (ASPP's atrous branches: rates 6
     to 36), the same weights and outputs, computed for training in a form whose backward pass
     runs at the machine's rate.
@@ -170,11 +191,9 @@ class AtrousConv2D(layers.Conv2D):
 
     def call(self, inputs, training=None):
         if not training or self.dilation_rate == (1, 1):
-            return super().call(inputs)
-        outputs = shifted_taps_conv(inputs, self.kernel, self.dilation_rate)
-        if self.use_bias:
-            outputs = outputs + self.bias
-        return outputs if self.activation is None else self.activation(outputs)
+            return super().call(inputs, training=training)
+        return self._bias_and_activation(
+            shifted_taps_conv(inputs, self.kernel, self.dilation_rate))
 
 
 def shifted_taps_conv(x, kernel, dilation_rate):
@@ -191,7 +210,7 @@ def shifted_taps_conv(x, kernel, dilation_rate):
     """
     kh, kw, cin, cout = kernel.shape
     taps = tf.reshape(tf.transpose(kernel, [2, 0, 1, 3]), [1, 1, cin, kh * kw * cout])
-    products = tf.nn.conv2d(x, taps, 1, "VALID")
+    products = conv2d(x, taps, padding="VALID")
     height, width = tf.shape(x)[1], tf.shape(x)[2]
     out = None
     for ky in range(kh):
@@ -227,18 +246,18 @@ def gated_conv(features, regular, name, form, bn_kwargs):
     x = layers.Concatenate(name=f"{name}_concat")([features, regular])
     if form == "reference":
         x = batch_norm(x, f"{name}_bn_in", bn_kwargs)
-        x = layers.Conv2D(channels + 1, 1, name=f"{name}_conv1")(x)
+        x = Conv2D(channels + 1, 1, name=f"{name}_conv1")(x)
         x = layers.ReLU(name=f"{name}_relu")(x)
-        x = layers.Conv2D(1, 1, name=f"{name}_conv2")(x)
+        x = Conv2D(1, 1, name=f"{name}_conv2")(x)
         x = batch_norm(x, f"{name}_bn_out", bn_kwargs)
     elif form == "paper":
-        x = layers.Conv2D(1, 1, use_bias=False, name=f"{name}_conv")(x)
+        x = Conv2D(1, 1, use_bias=False, name=f"{name}_conv")(x)
         x = batch_norm(x, f"{name}_bn", bn_kwargs)
     else:
         raise ConfigError(f"model.gate '{form}': expected 'reference' or 'paper'")
     alpha = layers.Activation("sigmoid", name=f"{name}_alpha")(x)
     x = GateMultiply(name=f"{name}_gating")([features, alpha])
-    x = layers.Conv2D(channels, 1, use_bias=False, name=f"{name}_weight")(x)
+    x = Conv2D(channels, 1, use_bias=False, name=f"{name}_weight")(x)
     return x, alpha
 
 

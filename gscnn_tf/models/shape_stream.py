@@ -12,11 +12,10 @@ resized bilinearly to the stream's resolution.
 
 from __future__ import annotations
 
-from keras import layers
 
 from gscnn_tf.errors import ConfigError
 from gscnn_tf.models.compat import is_reference
-from gscnn_tf.models.layers import ResizeLike, basic_block, gated_conv
+from gscnn_tf.models.layers import Conv2D, ResizeLike, basic_block, gated_conv
 
 WIDTHS = (32, 16, 8)
 STEM_WIDTH = 64
@@ -41,16 +40,16 @@ def shape_stream(image, taps, config, bn_kwargs):
     align = is_reference(config)
     x = ResizeLike(stride, align, name="shape_stem_resize")([taps["stem"], image])
     if x.shape[-1] != STEM_WIDTH:
-        x = layers.Conv2D(STEM_WIDTH, 1, use_bias=False, name="shape_stem_proj")(x)
+        x = Conv2D(STEM_WIDTH, 1, use_bias=False, name="shape_stem_proj")(x)
     alphas = []
     for i, width in enumerate(WIDTHS, start=1):
         x = basic_block(x, f"shape_res{i}", bn_kwargs)
-        x = layers.Conv2D(width, 1, name=f"shape_reduce{i}")(x)
-        regular = layers.Conv2D(1, 1, name=f"gate{i}_dsn")(taps[f"gate{i}"])
+        x = Conv2D(width, 1, name=f"shape_reduce{i}")(x)
+        regular = Conv2D(1, 1, name=f"gate{i}_dsn")(taps[f"gate{i}"])
         regular = ResizeLike(stride, align, name=f"gate{i}_dsn_resize")([regular, image])
         x, alpha = gated_conv(x, regular, f"gate{i}", config.gate, bn_kwargs)
         alphas.append(alpha)
-    logits = layers.Conv2D(1, 1, use_bias=False, name="shape_fuse")(x)
+    logits = Conv2D(1, 1, use_bias=False, name="shape_fuse")(x)
     return logits, alphas
 
 

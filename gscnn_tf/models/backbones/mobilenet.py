@@ -24,7 +24,7 @@ from keras import layers
 
 from gscnn_tf.errors import ConfigError
 from gscnn_tf.models.backbones.pretrained import load_pretrained
-from gscnn_tf.models.layers import batch_norm
+from gscnn_tf.models.layers import Conv2D, batch_norm
 
 PREPROCESSING = "tf"
 
@@ -65,14 +65,14 @@ def _inverted_residual(x, block_id, filters, stride, dilation, expansion, traine
     prefix = f"block_{block_id}_" if block_id else "expanded_conv_"
     inputs = x
     if block_id:
-        x = layers.Conv2D(expansion * in_channels, 1, use_bias=False, name=f"{prefix}expand")(x)
+        x = Conv2D(expansion * in_channels, 1, use_bias=False, name=f"{prefix}expand")(x)
         x = batch_norm(x, f"{prefix}expand_BN", bn_kwargs)
         x = layers.ReLU(6.0, name=f"{prefix}expand_relu")(x)
     x = layers.DepthwiseConv2D(3, strides=stride, padding="same", dilation_rate=dilation,
                                use_bias=False, name=f"{prefix}depthwise")(x)
     x = batch_norm(x, f"{prefix}depthwise_BN", bn_kwargs)
     x = layers.ReLU(6.0, name=f"{prefix}depthwise_relu")(x)
-    x = layers.Conv2D(out_channels, 1, use_bias=False, name=f"{prefix}project")(x)
+    x = Conv2D(out_channels, 1, use_bias=False, name=f"{prefix}project")(x)
     x = batch_norm(x, f"{prefix}project_BN", bn_kwargs)
     if in_channels == out_channels and trained_stride == 1:
         x = layers.Add(name=f"{prefix}add")([inputs, x])
@@ -96,7 +96,7 @@ def build(config, x, bn_kwargs):
         raise ConfigError(f"model.backbone.width_multiplier {alpha}: expected a number > 0")
     bn_kwargs = {"epsilon": 1e-3, "momentum": 0.999, **bn_kwargs}
     inputs = x
-    x = layers.Conv2D(make_divisible(32 * alpha), 3, strides=2, padding="same", use_bias=False,
+    x = Conv2D(make_divisible(32 * alpha), 3, strides=2, padding="same", use_bias=False,
                       name="Conv1")(x)
     x = batch_norm(x, "bn_Conv1", bn_kwargs)
     taps = {"stem": layers.ReLU(6.0, name="Conv1_relu")(x)}

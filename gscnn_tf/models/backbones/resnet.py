@@ -21,7 +21,7 @@ from keras import layers
 
 from gscnn_tf.errors import ConfigError
 from gscnn_tf.models.backbones.pretrained import load_pretrained
-from gscnn_tf.models.layers import batch_norm
+from gscnn_tf.models.layers import Conv2D, batch_norm
 
 PREPROCESSING = "caffe"
 
@@ -41,17 +41,17 @@ def stage_layout(output_stride: int) -> list[tuple[int, int]]:
 def _bottleneck(x, filters, stride, dilation, projection, name, bn_kwargs):
     """keras.applications' `residual_block_v1` with a dilated 3x3 conv: out 4*filters ch."""
     if projection:
-        shortcut = layers.Conv2D(4 * filters, 1, strides=stride, name=f"{name}_0_conv")(x)
+        shortcut = Conv2D(4 * filters, 1, strides=stride, name=f"{name}_0_conv")(x)
         shortcut = batch_norm(shortcut, f"{name}_0_bn", bn_kwargs)
     else:
         shortcut = x
-    x = layers.Conv2D(filters, 1, strides=stride, name=f"{name}_1_conv")(x)
+    x = Conv2D(filters, 1, strides=stride, name=f"{name}_1_conv")(x)
     x = batch_norm(x, f"{name}_1_bn", bn_kwargs)
     x = layers.Activation("relu", name=f"{name}_1_relu")(x)
-    x = layers.Conv2D(filters, 3, padding="same", dilation_rate=dilation, name=f"{name}_2_conv")(x)
+    x = Conv2D(filters, 3, padding="same", dilation_rate=dilation, name=f"{name}_2_conv")(x)
     x = batch_norm(x, f"{name}_2_bn", bn_kwargs)
     x = layers.Activation("relu", name=f"{name}_2_relu")(x)
-    x = layers.Conv2D(4 * filters, 1, name=f"{name}_3_conv")(x)
+    x = Conv2D(4 * filters, 1, name=f"{name}_3_conv")(x)
     x = batch_norm(x, f"{name}_3_bn", bn_kwargs)
     x = layers.Add(name=f"{name}_add")([shortcut, x])
     return layers.Activation("relu", name=f"{name}_out")(x)
@@ -73,7 +73,7 @@ def build(config, x, bn_kwargs):
     bn_kwargs = {"epsilon": 1.001e-5, **bn_kwargs}
     inputs = x
     x = layers.ZeroPadding2D(3, name="conv1_pad")(x)
-    x = layers.Conv2D(64, 7, strides=2, name="conv1_conv")(x)
+    x = Conv2D(64, 7, strides=2, name="conv1_conv")(x)
     x = batch_norm(x, "conv1_bn", bn_kwargs)
     stem = layers.Activation("relu", name="conv1_relu")(x)
     x = layers.ZeroPadding2D(1, name="pool1_pad")(stem)

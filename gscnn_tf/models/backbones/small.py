@@ -11,7 +11,7 @@ from __future__ import annotations
 from keras import layers
 
 from gscnn_tf.errors import ConfigError
-from gscnn_tf.models.layers import batch_norm, conv_bn_relu
+from gscnn_tf.models.layers import Conv2D, batch_norm, conv_bn_relu
 
 PREPROCESSING = "torch"
 
@@ -27,7 +27,7 @@ def build(config, x, bn_kwargs):
             (8 * w, 1, dilation)]
     stages = []
     for i, (filters, stride, rate) in enumerate(plan, start=1):
-        x = layers.Conv2D(filters, 3, strides=stride, padding="same", use_bias=False,
+        x = Conv2D(filters, 3, strides=stride, padding="same", use_bias=False,
                           dilation_rate=rate if stride == 1 else 1,
                           name=f"small_stage{i}_down_conv")(x)
         x = batch_norm(x, f"small_stage{i}_down_bn", bn_kwargs)

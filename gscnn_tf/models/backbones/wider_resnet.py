@@ -39,7 +39,7 @@ from keras import layers
 
 from gscnn_tf import files
 from gscnn_tf.errors import ConfigError
-from gscnn_tf.models.layers import batch_norm
+from gscnn_tf.models.layers import Conv2D, batch_norm
 
 PREPROCESSING = "torch"
 
@@ -70,7 +70,7 @@ def _conv(x, filters, kernel_size, stride, dilation, name):
         padding = "valid"
     else:
         padding = "same"
-    return layers.Conv2D(filters, kernel_size, strides=stride, padding=padding,
+    return Conv2D(filters, kernel_size, strides=stride, padding=padding,
                          dilation_rate=dilation, use_bias=False, name=name)(x)
 
 
