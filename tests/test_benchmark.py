@@ -50,7 +50,7 @@ print(json.dumps(out))
                           text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     helps = json.loads(done.stdout.strip().splitlines()[-1])
-    assert SCRIPTS == ["ablation", "bf16", "boundary_f", "canny", "edges",
+    assert SCRIPTS == ["ablation", "bf16", "boundary_f", "canny", "conv_grad", "edges",
                        "export", "litert_gpu", "reference", "speed",
                        "speed_jobs", "speed_report", "train_step"]
     assert [n for n, h in helps.items() if h is None] == ["speed_jobs", "speed_report"]
@@ -411,3 +411,33 @@ def test_reference_training_child_reports_its_steps():
     record = json.loads(done.stdout.strip().splitlines()[-1])
     assert record["steps"] == 3 and record["step_s"] > 0 and record["warmup_s"] > 0
     assert record["peak_rss_mb"] > 100 and np.isfinite(record["loss"])
+
+
+def test_conv_grad_benchmark_times_both_forms(tmp_path, monkeypatch):
+    """`benchmarks.conv_grad` at tiny sizes: the shape table (both forms, the form `auto`
+    picks, their agreement) and one round of training-step children in each form."""
+    from benchmarks import conv_grad, reference
+
+    monkeypatch.setattr(conv_grad, "SHAPES", {"wide 3x3": (1, 6, 6, 256, 256, 3, 1),
+                                              "narrow 3x3 / 2": (1, 8, 8, 16, 16, 3, 2),
+                                              "1x1 to one channel": (1, 8, 8, 16, 1, 1, 1)})
+    assert conv_grad.main(["--reps", "1", "--rounds", "1", "--train-size", "32x32",
+                           "--batch", "1", "--train-steps", "2", "--config",
+                           os.path.join(ROOT, "configs", "synthetic.yaml"),
+                           "--out", str(tmp_path)]) == 0
+    with open(tmp_path / "conv_grad.json") as f:
+        record = json.load(f)
+    shapes = record["shapes"]
+    assert [shapes[n]["auto"] for n in conv_grad.SHAPES] == ["matmul", "native", "matmul"]
+    for row in shapes.values():
+        assert row["float32"]["max_rel_diff"] < 1e-5
+        assert row["float32"]["native_s"] > 0 and row["float32"]["matmul_s"] > 0
+    assert shapes["wide 3x3"]["gflop"] == pytest.approx(2e-9 * 36 * 256 * 256 * 9)
+    bf16 = reference.has_bf16(record["machine"])
+    assert list(record["steps"]["rounds"]) == ["native", "matmul (auto)"] + bf16 * [
+        "native, bf16", "matmul (auto), bf16"]
+    for form in record["steps"]["rounds"]:
+        (child,) = record["steps"]["rounds"][form]
+        assert child["steps"] == 2 and child["step_s"] > 0, child
+    text = (tmp_path / "conv_grad.md").read_text()
+    assert "| wide 3x3 | 0.0 | matmul |" in text and "| native |" in text

@@ -1,4 +1,5 @@
-"""Pure-TF image ops that export (SavedModel, TFLite builtin ops): Canny and filters."""
+"""Pure-TF image ops that export (SavedModel, TFLite builtin ops): Canny and filters; and
+`gscnn_tf.ops.conv`, the training convolution whose filter gradient is matrix products."""
 
 from gscnn_tf.ops.canny import Canny, canny
 from gscnn_tf.ops.canny_rules import rgb_to_gray

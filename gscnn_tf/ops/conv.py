@@ -9,8 +9,8 @@ channel; the matmuls are 1.25-1.5x faster on the wide layers, in float32 and bfl
 (`benchmarks/README.md`, "The filter gradient as matrix products"). Narrow kernels keep the
 native kernel (`matmul_pays`), and so do GPUs (`filter_gradient_form`).
 
-Taps are cut one at a time, each after the previous tap's product, so the backward pass holds
-at most one extra copy of the input.
+Taps are cut in the backward pass (after the output's gradient exists) and one at a time, each
+after the previous tap's product, so the step holds at most one extra copy of a layer's input.
 """
 
 from __future__ import annotations
@@ -123,18 +123,20 @@ def filter_gradient_matmul(x, dy, kernel_shape, strides=(1, 1), padding="SAME"):
     kh, kw, cin, cout = (int(d) for d in kernel_shape)
     sh, sw = strides
     out_h, out_w = tf.shape(dy)[1], tf.shape(dy)[2]
-    if padding == "SAME":
-        height, width = tf.shape(x)[1], tf.shape(x)[2]
-        pad_h = tf.maximum((out_h - 1) * sh + kh - height, 0)
-        pad_w = tf.maximum((out_w - 1) * sw + kw - width, 0)
-        if kh > 1 or kw > 1 or sh > 1 or sw > 1:
-            x = tf.pad(x, [[0, 0], [pad_h // 2, pad_h - pad_h // 2],
-                           [pad_w // 2, pad_w - pad_w // 2], [0, 0]])
     rows = tf.reshape(dy, [-1, cout])
     if kh == kw == sh == sw == 1:
         return tf.reshape(tf.matmul(tf.reshape(x, [-1, cin]), rows, transpose_a=True),
                           [1, 1, cin, cout])
-    taps, previous = [], []
+    if padding == "SAME":
+        height, width = tf.shape(x)[1], tf.shape(x)[2]
+        pad_h = tf.maximum((out_h - 1) * sh + kh - height, 0)
+        pad_w = tf.maximum((out_w - 1) * sw + kw - width, 0)
+        # Padding and taps wait for dy: with static shapes nothing else orders them, and the
+        # executor would copy every layer's input in the forward pass and hold it to the end.
+        with tf.control_dependencies([dy]):
+            x = tf.pad(x, [[0, 0], [pad_h // 2, pad_h - pad_h // 2],
+                           [pad_w // 2, pad_w - pad_w // 2], [0, 0]])
+    taps, previous = [], [dy]
     for i in range(kh):
         for j in range(kw):
             with tf.control_dependencies(previous):

@@ -1,0 +1,164 @@
+"""The convolution filter gradient as matrix products (`gscnn_tf.ops.conv`) against
+TensorFlow's CPU `Conv2DBackpropFilter`: WRN-38 GSCNN's convolution shapes at 512x512 batch 2
+one by one (float32, and bfloat16 where the CPU has it), round-robin in one process, with the
+form `auto` picks for each; then the whole training step in both forms, each in child processes
+of its own, alternating (in bfloat16 too where the CPU has it). Run: python -m benchmarks.conv_grad [--reps 5] [--rounds 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+from benchmarks import ROOT, argument_parser  # noqa: E402
+from gscnn_tf.benchmark import (command_line, machine_info, markdown_report,  # noqa: E402
+                                markdown_table, run_child, time_interleaved, time_once,
+                                write_results)
+from gscnn_tf.cli.arguments import add_config_arguments, parse_size  # noqa: E402
+
+# name: (batch, height, width, Cin, Cout, kernel, stride), at 512x512 crops, batch 2: WRN-38's
+# wide layers (the dilated ones as the space-to-batch form runs them: rate x rate images),
+# ASPP's taps product, the decoder, and narrow layers of the trunk and the shape stream.
+SHAPES = {
+    "mod7 1x1 (2048 -> 4096), 64x64": (2, 64, 64, 2048, 4096, 1, 1),
+    "mod7 3x3 rate 4 (1024 -> 2048), 16 x 16x16": (32, 16, 16, 1024, 2048, 3, 1),
+    "mod5 3x3 rate 2 (512 -> 1024), 8 x 32x32": (8, 32, 32, 512, 1024, 3, 1),
+    "mod4 3x3 (512 -> 512), 64x64": (2, 64, 64, 512, 512, 3, 1),
+    "ASPP taps product 1x1 (4096 -> 9 x 256), 64x64": (2, 64, 64, 4096, 2304, 1, 1),
+    "decoder 3x3 (304 -> 256), 256x256": (2, 256, 256, 304, 256, 3, 1),
+    "mod3 3x3 (256 -> 256), 128x128": (2, 128, 128, 256, 256, 3, 1),
+    "mod2 3x3 (128 -> 128), 256x256": (2, 256, 256, 128, 128, 3, 1),
+    "mod3 3x3 / 2 (128 -> 256), 256x256": (2, 256, 256, 128, 256, 3, 2),
+    "shape stream 3x3 (32 -> 32), 512x512": (2, 512, 512, 32, 32, 3, 1),
+    "gate 1x1 (64 -> 1), 512x512": (2, 512, 512, 64, 1, 1, 1),
+}
+
+
+def shapes(reps, dtypes):
+    """{name: {dtype: {"native_s", "matmul_s", "max_rel_diff"}, "gflop", "auto"}}."""
+    import numpy as np
+    import tensorflow as tf
+
+    from gscnn_tf.ops import conv
+
+    rng = np.random.default_rng(0)
+    out = {}
+    for name, (b, h, w, cin, cout, k, s) in SHAPES.items():
+        kernel_shape, strides = (k, k, cin, cout), (s, s)
+        row = {"gflop": 2e-9 * b * -(-h // s) * -(-w // s) * cin * cout * k * k,
+               "auto": conv.filter_gradient_form(kernel_shape, strides)}
+        for dtype in dtypes:
+            x = tf.constant(rng.random((b, h, w, cin), np.float32), dtype)
+            dy = tf.constant(rng.random((b, -(-h // s), -(-w // s), cout), np.float32), dtype)
+            native = tf.function(lambda x=x, dy=dy: tf.raw_ops.Conv2DBackpropFilter(
+                input=x, filter_sizes=kernel_shape, out_backprop=dy, strides=[1, s, s, 1],
+                padding="SAME"))
+            matmul = tf.function(lambda x=x, dy=dy: conv.filter_gradient_matmul(
+                x, dy, kernel_shape, strides, "SAME"))
+            a = native().numpy().astype(np.float32)
+            diff = float(np.abs(matmul().numpy().astype(np.float32) - a).max() / np.abs(a).max())
+            timing = time_interleaved({"native": lambda f=native: f().numpy(),
+                                       "matmul": lambda f=matmul: f().numpy()},
+                                      warmup=1, reps=reps)
+            row[dtype] = {"native_s": timing["native"]["median_s"],
+                          "matmul_s": timing["matmul"]["median_s"], "max_rel_diff": diff}
+        out[name] = row
+    return out
+
+
+def steps(size, n, rounds, config, overrides, per_child, bf16):
+    """Rounds of our training step, each form in its own child process, alternating; with
+    `bf16`, the same under train.mixed_precision=bf16."""
+    precisions = {"": [], ", bf16": ["train.mixed_precision=bf16"]} if bf16 else {"": []}
+    runs = {f"{form}{tag}": (form.split()[0], extra)
+            for tag, extra in precisions.items() for form in ("native", "matmul (auto)")}
+    out = {who: [] for who in runs}
+    for _ in range(rounds):
+        for who, (form, extra) in runs.items():
+            out[who].append(run_child(
+                ["-m", "benchmarks.conv_grad", "--child", form, "--train-size",
+                 f"{size[0]}x{size[1]}", "--batch", str(n), "--config", config,
+                 "--train-steps", str(per_child),
+                 *[f"--set={o}" for o in [*overrides, *extra]]], timeout=3600))
+    return {"size": list(size), "batch": n, "steps_per_child": per_child, "rounds": out}
+
+
+def markdown(r):
+    blocks = [f"Command: `{r['command']}`."]
+    if "shapes" in r:
+        dtypes = [d for d in ("float32", "bfloat16") if d in next(iter(r["shapes"].values()))]
+        rows = []
+        for name, row in r["shapes"].items():
+            cells = [name, f"{row['gflop']:.1f}", row["auto"]]
+            for d in dtypes:
+                v = row[d]
+                cells += [f"{v['native_s'] * 1e3:.0f}", f"{v['matmul_s'] * 1e3:.0f}",
+                          f"{v['native_s'] / v['matmul_s']:.2f}"]
+            rows.append(cells)
+        headers = ["shape", "GFLOP", "auto picks"]
+        for d in dtypes:
+            headers += [f"{d} native ms", f"{d} matmul ms", f"{d} speed-up"]
+        blocks += ["## The filter gradient, shape by shape",
+                   f"Medians of {r['reps']} round-robin runs in one process. Largest difference "
+                   "from the native kernel, relative to its largest value: "
+                   f"{max(v[d]['max_rel_diff'] for v in r['shapes'].values() for d in dtypes):.1e}"
+                   " (bfloat16 included: its rounding).",
+                   markdown_table(headers, rows)]
+    if "steps" in r:
+        s = r["steps"]
+        rows = []
+        for form, runs in s["rounds"].items():
+            rows.append([form, *[(f"{c['step_s']:.1f} s, {c['peak_rss_mb'] / 1024:.1f} GiB"
+                                  if "step_s" in c else c.get("error", "?")[:60])
+                                 for c in runs]])
+        blocks += [f"## WRN-38 GSCNN training step, {s['size'][0]}x{s['size'][1]} batch "
+                   f"{s['batch']}",
+                   f"Each cell one child process: {s['steps_per_child']} steps, the first "
+                   "untimed, the median of the others, and the peak RSS after all of them; "
+                   "the forms alternate.",
+                   markdown_table(["filter gradient", *[f"round {i + 1}" for i in
+                                                        range(len(rows[0]) - 1)]], rows)]
+    return markdown_report("The filter gradient as matrix products", r["machine"], *blocks)
+
+
+def main(argv=None) -> int:
+    parser = argument_parser(__doc__, "conv_grad")
+    add_config_arguments(parser, "the training step's YAML config (default "
+                         "configs/cityscapes_wrn38.yaml)")
+    parser.set_defaults(config=os.path.join(ROOT, "configs", "cityscapes_wrn38.yaml"))
+    parser.add_argument("--parts", nargs="+", default=["shapes", "steps"],
+                        choices=("shapes", "steps"))
+    parser.add_argument("--reps", type=int, default=5, help="round-robin runs per shape")
+    parser.add_argument("--rounds", type=int, default=2, help="training-step rounds")
+    parser.add_argument("--train-size", type=lambda t: tuple(parse_size(t)), default=(512, 512))
+    parser.add_argument("--batch", type=int, default=2)
+    parser.add_argument("--train-steps", type=int, default=4)
+    parser.add_argument("--child", choices=("native", "matmul"), help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.child:
+        from benchmarks.reference import child_train
+        from gscnn_tf.ops import conv
+
+        with conv.filter_gradient("auto" if args.child == "matmul" else "native"):
+            child_train("ours", *args.train_size, args.batch, args.config, args.set,
+                        args.train_steps)
+        return 0
+    from benchmarks.reference import has_bf16
+
+    record = {"machine": machine_info(), "reps": args.reps,
+              "command": command_line("benchmarks.conv_grad", argv)}
+    dtypes = ["float32", *(["bfloat16"] if has_bf16(record["machine"]) else [])]
+    run = {"shapes": lambda: shapes(args.reps, dtypes),
+           "steps": lambda: steps(args.train_size, args.batch, args.rounds, args.config,
+                                  args.set, args.train_steps, len(dtypes) > 1)}
+    for part in args.parts:
+        record[part], _ = time_once(run[part])
+        write_results(args.out, args.name, record, markdown(record))
+    write_results(args.out, args.name, record, markdown(record), echo=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
