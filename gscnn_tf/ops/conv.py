@@ -5,7 +5,7 @@ The forward pass and the input gradient are TensorFlow's own kernels. The filter
 (`[B*Ho*Wo, Cin]^T @ [B*Ho*Wo, Cout]`; a 1x1 stride-1 convolution needs no copy at all).
 TensorFlow's CPU `Conv2DBackpropFilter` runs at 55-65 % of its forward convolution's rate on
 WRN-38's wide layers, and 10x slower than one product for a 1x1 kernel with one output
-channel; the matmuls are 1.25-1.5x faster on the wide layers, in float32 and bfloat16
+channel; the matmuls are 1.3-1.8x faster on the wide layers, in float32 and bfloat16
 (`benchmarks/README.md`, "The filter gradient as matrix products"). Narrow kernels keep the
 native kernel (`matmul_pays`), and so do GPUs (`filter_gradient_form`).
 
