@@ -417,7 +417,9 @@ def test_conv_grad_benchmark_times_both_forms(tmp_path, monkeypatch):
     """`benchmarks.conv_grad` at tiny sizes: the shape table (both forms, the form `auto`
     picks, their agreement) and one round of training-step children in each form."""
     from benchmarks import conv_grad, reference
+    from gscnn_tf.ops import conv
 
+    monkeypatch.setattr(conv, "gpu_visible", lambda: False)  # "auto" as on a CPU host
     monkeypatch.setattr(conv_grad, "SHAPES", {"wide 3x3": (1, 6, 6, 256, 256, 3, 1),
                                               "narrow 3x3 / 2": (1, 8, 8, 16, 16, 3, 2),
                                               "1x1 to one channel": (1, 8, 8, 16, 1, 1, 1)})

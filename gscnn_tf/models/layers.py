@@ -130,7 +130,7 @@ def batch_norm(x, name, bn_kwargs):
 class Conv2D(layers.Conv2D):
     """Keras's `Conv2D` (the same weights, config and inference graph) whose training pass
     computes the filter gradient as matrix products on CPUs (`gscnn_tf.ops.conv.conv2d`:
-    1.3-1.8x faster than TensorFlow's CPU kernel on WRN-38's wide layers). Every convolution of
+    1.06-1.76x faster than TensorFlow's CPU kernel where WRN-38 uses it). Every convolution of
     gscnn_tf's models is one; with `training` false it is Keras's layer unchanged.
     """
 

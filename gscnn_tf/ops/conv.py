@@ -4,13 +4,15 @@ The forward pass and the input gradient are TensorFlow's own kernels. The filter
 `dW[i, j] = sum over pixels of x[tap (i, j)]^T dy` is one matmul per kernel tap
 (`[B*Ho*Wo, Cin]^T @ [B*Ho*Wo, Cout]`; a 1x1 stride-1 convolution needs no copy at all).
 TensorFlow's CPU `Conv2DBackpropFilter` runs at 55-65 % of its forward convolution's rate on
-WRN-38's wide layers, and 10x slower than one product for a 1x1 kernel with one output
-channel; the matmuls are 1.3-1.8x faster on the wide layers, in float32 and bfloat16
-(`benchmarks/README.md`, "The filter gradient as matrix products"). Narrow kernels keep the
-native kernel (`matmul_pays`), and so do GPUs (`filter_gradient_form`).
+WRN-38's widest layers, and in float32 10x slower than one product for a 1x1 kernel with one
+output channel; where the matmul form is used on WRN-38 it is 1.06-1.76x faster in float32 and
+bfloat16 (`benchmarks/README.md`, "The filter gradient as matrix products"). Narrow kernels
+keep the native kernel (`matmul_pays`, one rule for every dtype), and so do GPUs
+(`filter_gradient_form`).
 
 Taps are cut in the backward pass (after the output's gradient exists) and one at a time, each
-after the previous tap's product, so the step holds at most one extra copy of a layer's input.
+after the previous tap's product, so TensorFlow's executor holds at most one extra copy of a
+layer's input (under XLA, `train.xla`, the compiler schedules them itself).
 """
 
 from __future__ import annotations
@@ -34,7 +36,9 @@ _form = "auto"
 def filter_gradient(form: str):
     """Within the block, graphs traced by `conv2d` take the filter gradient's `form`:
     "matmul" (every convolution), "native" (none) or "auto", the default: matmul where no GPU
-    is visible and `matmul_pays`. For comparisons and benchmarks."""
+    is visible and `matmul_pays`. For comparisons and benchmarks. The form is read when a
+    graph is traced: a function traced inside the block keeps it after the block ends, and one
+    traced again afterwards takes the form then in force."""
     if form not in FORMS:
         raise ValueError(f"filter gradient form {form!r}: expected one of {', '.join(FORMS)}")
     global _form
@@ -50,9 +54,14 @@ def filter_gradient_form(kernel_shape, strides=(1, 1)) -> str:
     Cout]` at these strides."""
     if _form != "auto":
         return _form
-    if tf.config.list_logical_devices("GPU"):
+    if gpu_visible():
         return "native"
     return "matmul" if matmul_pays(kernel_shape, strides) else "native"
+
+
+def gpu_visible() -> bool:
+    """Whether TensorFlow sees a GPU (then "auto" keeps the native kernels: cuDNN's)."""
+    return bool(tf.config.list_logical_devices("GPU"))
 
 
 def matmul_pays(kernel_shape, strides=(1, 1)) -> bool:
@@ -114,7 +123,8 @@ def filter_gradient_matmul(x, dy, kernel_shape, strides=(1, 1), padding="SAME"):
         x: the convolution's input `[B, H, W, Cin]`.
         dy: the gradient at its output `[B, Ho, Wo, Cout]`, x's dtype.
         kernel_shape: `[kh, kw, Cin, Cout]` (static).
-        strides: (along H, along W); padding: "SAME" or "VALID" (TensorFlow's rules).
+        strides: (along H, along W); padding: "SAME" or "VALID", any case (TensorFlow's
+            rules).
 
     Returns:
         `[kh, kw, Cin, Cout]` in x's dtype: `tf.raw_ops.Conv2DBackpropFilter(...)` to float
@@ -122,6 +132,7 @@ def filter_gradient_matmul(x, dy, kernel_shape, strides=(1, 1), padding="SAME"):
     """
     kh, kw, cin, cout = (int(d) for d in kernel_shape)
     sh, sw = strides
+    padding = padding.upper()
     out_h, out_w = tf.shape(dy)[1], tf.shape(dy)[2]
     rows = tf.reshape(dy, [-1, cout])
     if kh == kw == sh == sw == 1:
