@@ -5,11 +5,10 @@ import functools
 import socket
 
 import keras
-import numpy as np
 import tensorflow as tf
 
 from gscnn_tf.config import load_config
-from conftest import tiny_model_overrides, two_cpu_strategy
+from conftest import two_cpu_strategy
 
 
 def tiny_config(root, run_dir, *overrides):
@@ -21,21 +20,6 @@ def tiny_config(root, run_dir, *overrides):
         "data.deterministic=true", "train.batch_size=4", "train.steps=6",
         "train.checkpoint_every=2", "train.val_every=0", "train.log_every=1",
         "train.image_every=0", f"train.run_dir={run_dir}", *overrides])
-
-
-def first_step(root, run_dir, overrides=(), strategy=None):
-    """The tiny GSCNN's first custom-loop training step on the tiny data (`overrides`: more
-    `--set` strings; synchronised batch norm when `strategy` is given): (loss terms as floats,
-    every weight after the update, the step's concrete function)."""
-    from gscnn_tf.training.trainer import Trainer
-
-    config = tiny_config(root, run_dir, *tiny_model_overrides(
-        *overrides, f"model.sync_batch_norm={str(strategy is not None).lower()}"))
-    trainer = Trainer(config, strategy=strategy or tf.distribute.get_strategy())
-    batch = next(iter(trainer._train_data(0)))
-    terms = {k: float(v) for k, v in trainer.train_step(*batch).items()}
-    concrete = trainer.train_step.get_concrete_function(*batch)
-    return terms, [np.array(w) for w in trainer.model.weights], concrete
 
 
 def toy_model(model_config, num_classes):
