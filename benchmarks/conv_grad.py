@@ -2,7 +2,8 @@
 TensorFlow's CPU `Conv2DBackpropFilter`: WRN-38 GSCNN's convolution shapes at 512x512 batch 2
 one by one (float32, and bfloat16 where the CPU has it), round-robin in one process, with the
 form `auto` picks for each; then the whole training step in both forms, each in child processes
-of its own, alternating (in bfloat16 too where the CPU has it). Run: python -m benchmarks.conv_grad [--reps 5] [--rounds 2]
+of its own, alternating (in bfloat16 too where the CPU has it).
+Run: python -m benchmarks.conv_grad [--reps 5] [--rounds 2]
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import os
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 from benchmarks import ROOT, argument_parser  # noqa: E402
+from benchmarks.reference import child_argv, child_train, has_bf16, train_steps  # noqa: E402
 from gscnn_tf.benchmark import (command_line, machine_info, markdown_report,  # noqa: E402
                                 markdown_table, run_child, time_interleaved, time_once,
                                 write_results)
@@ -77,11 +79,9 @@ def steps(size, n, rounds, config, overrides, per_child, bf16):
     out = {who: [] for who in runs}
     for _ in range(rounds):
         for who, (form, extra) in runs.items():
-            out[who].append(run_child(
-                ["-m", "benchmarks.conv_grad", "--child", form, "--train-size",
-                 f"{size[0]}x{size[1]}", "--batch", str(n), "--config", config,
-                 "--train-steps", str(per_child),
-                 *[f"--set={o}" for o in [*overrides, *extra]]], timeout=3600))
+            out[who].append(run_child(child_argv("benchmarks.conv_grad", form, size, n, config,
+                                                 [*overrides, *extra], per_child),
+                                      timeout=3600))
     return {"size": list(size), "batch": n, "steps_per_child": per_child, "rounds": out}
 
 
@@ -134,19 +134,17 @@ def main(argv=None) -> int:
     parser.add_argument("--rounds", type=int, default=2, help="training-step rounds")
     parser.add_argument("--train-size", type=lambda t: tuple(parse_size(t)), default=(512, 512))
     parser.add_argument("--batch", type=int, default=2)
-    parser.add_argument("--train-steps", type=int, default=4)
+    parser.add_argument("--train-steps", type=train_steps, default=4,
+                        help="training steps per child process (>= 2; the first untimed)")
     parser.add_argument("--child", choices=("native", "matmul"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
-        from benchmarks.reference import child_train
         from gscnn_tf.ops import conv
 
         with conv.filter_gradient("auto" if args.child == "matmul" else "native"):
             child_train("ours", *args.train_size, args.batch, args.config, args.set,
                         args.train_steps)
         return 0
-    from benchmarks.reference import has_bf16
-
     record = {"machine": machine_info(), "reps": args.reps,
               "command": command_line("benchmarks.conv_grad", argv)}
     dtypes = ["float32", *(["bfloat16"] if has_bf16(record["machine"]) else [])]

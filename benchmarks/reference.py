@@ -215,10 +215,23 @@ def conv_paths(reps, shapes=CONV_SHAPES):
     return out
 
 
+def child_argv(module, who, size, n, config, overrides, steps=4) -> list[str]:
+    """`python` arguments that run `module`'s training child for `who` (`child_train`)."""
+    return ["-m", module, "--child", who, "--train-size", f"{size[0]}x{size[1]}", "--batch",
+            str(n), "--config", config, "--train-steps", str(steps),
+            *[f"--set={o}" for o in overrides]]
+
+
+def train_steps(text) -> int:
+    """argparse type of --train-steps: a whole number >= 2 (the first step is untimed)."""
+    if not text.isdigit() or int(text) < 2:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a whole number >= 2 (the first "
+                                         "step is untimed)")
+    return int(text)
+
+
 def _child(who, size, n, config, overrides, steps=4):
-    return run_child(["-m", "benchmarks.reference", "--child", who, "--train-size",
-                      f"{size[0]}x{size[1]}", "--batch", str(n), "--config", config,
-                      "--train-steps", str(steps), *[f"--set={o}" for o in overrides]],
+    return run_child(child_argv("benchmarks.reference", who, size, n, config, overrides, steps),
                      timeout=3600)
 
 
@@ -367,13 +380,6 @@ def markdown(r):
 
 def main(argv=None) -> int:
     size = lambda text: tuple(parse_size(text))  # noqa: E731
-
-    def steps(text):
-        if not text.isdigit() or int(text) < 2:
-            raise argparse.ArgumentTypeError(f"{text!r}: expected a whole number >= 2 (the "
-                                             "first step is untimed)")
-        return int(text)
-
     parser = argument_parser(__doc__, "reference")
     add_config_arguments(parser, "our training step's YAML config (default "
                          "configs/cityscapes_wrn38.yaml)")
@@ -386,7 +392,7 @@ def main(argv=None) -> int:
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--reps", type=int, default=2, help="inference rounds")
     parser.add_argument("--train-reps", type=int, default=1, help="training rounds")
-    parser.add_argument("--train-steps", type=steps, default=4,
+    parser.add_argument("--train-steps", type=train_steps, default=4,
                         help="training steps per child process (>= 2; the first untimed)")
     parser.add_argument("--child", choices=("ours", "reference"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)

@@ -12,9 +12,8 @@ import gscnn_tf
 from gscnn_tf.models.backbones import cut_layers
 from gscnn_tf.models.gscnn import head_segments
 from gscnn_tf.models.recompute import Recompute, recomputed, trunk_segments
-from gscnn_tf.training.trainer import Trainer
-from conftest import op_count, tiny_model_kwargs, tiny_model_overrides
-from training_support import mirrored_strategy, tiny_config
+from conftest import tiny_model_kwargs
+from training_support import first_step, mirrored_strategy
 
 # Convolutions run again by the backward pass: the small backbone's blocks after its first
 # stage (two each); the shape stream's three residual blocks (two, and the 1x1 reduction) and
@@ -30,13 +29,7 @@ def data_root(tmp_path_factory):
 
 
 def _one_step(root, run_dir, strategy, switches):
-    config = tiny_config(root, run_dir, *tiny_model_overrides(
-        *switches, f"model.sync_batch_norm={str(strategy is not None).lower()}"))
-    trainer = Trainer(config, strategy=strategy or tf.distribute.get_strategy())
-    batch = next(iter(trainer._train_data(0)))
-    terms = {k: float(v) for k, v in trainer.train_step(*batch).items()}
-    convs = op_count(trainer.train_step.get_concrete_function(*batch), "Conv2D")
-    return terms, [np.array(w) for w in trainer.model.weights], convs
+    return first_step(root, run_dir, switches, strategy, "Conv2D")
 
 
 @pytest.mark.parametrize("what, replicas", [

@@ -5,10 +5,11 @@ import functools
 import socket
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from gscnn_tf.config import load_config
-from conftest import two_cpu_strategy
+from conftest import op_count, tiny_model_overrides, two_cpu_strategy
 
 
 def tiny_config(root, run_dir, *overrides):
@@ -20,6 +21,23 @@ def tiny_config(root, run_dir, *overrides):
         "data.deterministic=true", "train.batch_size=4", "train.steps=6",
         "train.checkpoint_every=2", "train.val_every=0", "train.log_every=1",
         "train.image_every=0", f"train.run_dir={run_dir}", *overrides])
+
+
+def first_step(root, run_dir, overrides=(), strategy=None, op_type="Conv2D"):
+    """The tiny GSCNN's first custom-loop training step on the tiny data (`overrides`: more
+    `--set` strings; synchronised batch norm when `strategy` is given): (loss terms as floats,
+    every weight after the update, how many `op_type` nodes the step's graph holds). The ops
+    are counted while the trainer lives: a concrete function outliving its variables cannot
+    be read."""
+    from gscnn_tf.training.trainer import Trainer
+
+    config = tiny_config(root, run_dir, *tiny_model_overrides(
+        *overrides, f"model.sync_batch_norm={str(strategy is not None).lower()}"))
+    trainer = Trainer(config, strategy=strategy or tf.distribute.get_strategy())
+    batch = next(iter(trainer._train_data(0)))
+    terms = {k: float(v) for k, v in trainer.train_step(*batch).items()}
+    ops = op_count(trainer.train_step.get_concrete_function(*batch), op_type)
+    return terms, [np.array(w) for w in trainer.model.weights], ops
 
 
 def toy_model(model_config, num_classes):

@@ -151,8 +151,7 @@ def recomputed(block: keras.Model):
     tf.recompute_grad; its second run (the backward pass's) leaves the batch-norm moving
     statistics as the first run set them and draws the first run's random numbers. A new
     wrapper for every call of the block."""
-    generators = [_seed_generator(layer) for layer in block.layers
-                  if _seed_generator(layer) is not None]
+    generators = [g for g in map(_seed_generator, block.layers) if g is not None]
     first_run = []     # the seed states before the first run, once it has run
 
     def forward(*x):

@@ -12,7 +12,6 @@ resized bilinearly to the stream's resolution.
 
 from __future__ import annotations
 
-
 from gscnn_tf.errors import ConfigError
 from gscnn_tf.models.compat import is_reference
 from gscnn_tf.models.layers import Conv2D, ResizeLike, basic_block, gated_conv

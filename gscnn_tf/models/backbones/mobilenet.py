@@ -97,7 +97,7 @@ def build(config, x, bn_kwargs):
     bn_kwargs = {"epsilon": 1e-3, "momentum": 0.999, **bn_kwargs}
     inputs = x
     x = Conv2D(make_divisible(32 * alpha), 3, strides=2, padding="same", use_bias=False,
-                      name="Conv1")(x)
+               name="Conv1")(x)
     x = batch_norm(x, "bn_Conv1", bn_kwargs)
     taps = {"stem": layers.ReLU(6.0, name="Conv1_relu")(x)}
     x = taps["stem"]

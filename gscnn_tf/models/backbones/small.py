@@ -28,8 +28,8 @@ def build(config, x, bn_kwargs):
     stages = []
     for i, (filters, stride, rate) in enumerate(plan, start=1):
         x = Conv2D(filters, 3, strides=stride, padding="same", use_bias=False,
-                          dilation_rate=rate if stride == 1 else 1,
-                          name=f"small_stage{i}_down_conv")(x)
+                   dilation_rate=rate if stride == 1 else 1,
+                   name=f"small_stage{i}_down_conv")(x)
         x = batch_norm(x, f"small_stage{i}_down_bn", bn_kwargs)
         x = layers.ReLU(name=f"small_stage{i}_down_relu")(x)
         x = conv_bn_relu(x, filters, 3, f"small_stage{i}_conv", bn_kwargs,

@@ -71,7 +71,7 @@ def _conv(x, filters, kernel_size, stride, dilation, name):
     else:
         padding = "same"
     return Conv2D(filters, kernel_size, strides=stride, padding=padding,
-                         dilation_rate=dilation, use_bias=False, name=name)(x)
+                  dilation_rate=dilation, use_bias=False, name=name)(x)
 
 
 def _max_pool(x, name):
