@@ -2,9 +2,10 @@
 weights; torch is the `convert` extra) on this CPU: converting its checkpoint (time, file
 sizes, agreement of the logits), inference round-robin in one process, training steps per
 framework in child processes of their own, our step's peak memory by variant, and WRN-38's
-convolution shapes one by one (`--parts convs`: where the inference gap comes from). Goals:
+convolution shapes one by one (`--parts convs`: where the inference gap comes from), and this
+CPU's float32 matmul rate against one inference's FLOP (`--parts ceiling`). Goals:
 inference <= 0.6, training step <= 0.8, training peak memory <= 0.75 of the reference.
-Run: python -m benchmarks.reference [--reps 2] [--parts inference train memory convs]
+Run: python -m benchmarks.reference [--reps 2] [--parts inference train memory convs ceiling]
 """
 
 from __future__ import annotations
@@ -215,6 +216,34 @@ def conv_paths(reps, shapes=CONV_SHAPES):
     return out
 
 
+def ceiling(size, reps, n=4096, config=os.path.join(ROOT, "configs", "cityscapes_wrn38.yaml")):
+    """How fast this CPU multiplies float32 matrices, against the work of one inference:
+    TensorFlow's and PyTorch's `[n, n] @ [n, n]` round-robin (`reps` runs after one warm-up,
+    2 n^3 FLOP each) and our WRN-38 GSCNN's FLOP for one `size` image (random weights; the
+    reference runs the same convolutions; `config` another model). {"n", "rates" {framework:
+    GFLOP/s median}, "model_flops", "size"}."""
+    import tensorflow as tf
+    import torch
+
+    from gscnn_tf import build_model
+    from gscnn_tf.config import load_config
+    from gscnn_tf.data.pipeline import dataset_info
+    from gscnn_tf.models.summary import count_flops
+
+    torch.set_num_threads(os.cpu_count())
+    rng = np.random.default_rng(0)
+    a, b = (rng.standard_normal((n, n), np.float32) for _ in range(2))
+    ta, tb = tf.constant(a), tf.constant(b)
+    pa, pb = torch.from_numpy(a), torch.from_numpy(b)
+    tf_matmul = tf.function(lambda: tf.matmul(ta, tb))
+    timing = time_interleaved({"tensorflow": lambda: tf_matmul().numpy(),
+                               "torch": lambda: torch.mm(pa, pb)}, warmup=1, reps=reps)
+    config = load_config(config, ["model.backbone.weights="])
+    model = build_model(config.model, dataset_info(config).num_classes)
+    return {"n": n, "size": list(size), "model_flops": count_flops(model, *size),
+            "rates": {k: 2 * n ** 3 / v["median_s"] / 1e9 for k, v in timing.items()}}
+
+
 def child_argv(module, who, size, n, config, overrides, steps=4) -> list[str]:
     """`python` arguments that run `module`'s training child for `who` (`child_train`)."""
     return ["-m", module, "--child", who, "--train-size", f"{size[0]}x{size[1]}", "--batch",
@@ -374,8 +403,29 @@ def markdown(r):
                   markdown_table(["layer", "shape", "ours (filter a variable)",
                                   "ours (filter a constant)", "PyTorch", "ours / PyTorch"],
                                  rows)]
+    if "ceiling" in r:
+        lines += ["", *_ceiling_lines(r["ceiling"], r.get("inference"))]
     return markdown_report("Against the reference PyTorch GSCNN (WRN-38, random weights)",
                            r["machine"], "\n".join(lines), versions=f" torch {r['torch']}.")
+
+
+def _ceiling_lines(c, inference=None):
+    rates = c["rates"]
+    fastest = max(rates.values())
+    lines = ["## The float32 ceiling", "",
+             f"float32 `[{c['n']}, {c['n']}] @ [{c['n']}, {c['n']}]`, round-robin: "
+             + ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in rates.items())
+             + f". One {c['size'][0]}x{c['size'][1]} inference: "
+             f"{c['model_flops'] / 1e12:.2f} TFLOP (the convolutions, both models)."]
+    if inference and list(inference["size"]) == list(c["size"]):
+        t = inference["timing"]
+        ours, ref = (c["model_flops"] / t[k]["median_s"] / 1e9 for k in ("ours", "reference"))
+        needed = ref / 0.6
+        lines[-1] += (f" Ours runs it at {ours:.0f} GFLOP/s, the reference at {ref:.0f}: "
+                      f"ratio 0.6 needs {needed:.0f} GFLOP/s, {needed / fastest:.2f}x the "
+                      f"fastest float32 matmul measured here; ours at that matmul rate would "
+                      f"give {ref / fastest:.2f}.")
+    return lines + [""]
 
 
 def main(argv=None) -> int:
@@ -385,7 +435,7 @@ def main(argv=None) -> int:
                          "configs/cityscapes_wrn38.yaml)")
     parser.set_defaults(config=os.path.join(ROOT, "configs", "cityscapes_wrn38.yaml"))
     parser.add_argument("--parts", nargs="+", default=["inference", "train", "memory"],
-                        choices=("inference", "train", "memory", "convs"))
+                        choices=("inference", "train", "memory", "convs", "ceiling"))
     parser.add_argument("--size", type=size, default=(512, 1024))
     parser.add_argument("--train-size", type=size, default=(512, 512))
     parser.add_argument("--parts-size", type=size, default=(256, 256))
@@ -410,7 +460,8 @@ def main(argv=None) -> int:
                                      args.train_steps),
            "memory": lambda: memory_parts(args.parts_size, args.batch, args.config, args.set,
                                           args.train_steps),
-           "convs": lambda: conv_paths(args.reps)}
+           "convs": lambda: conv_paths(args.reps),
+           "ceiling": lambda: ceiling(args.size, max(args.reps, 3))}
     elapsed = 0.0
     for part in args.parts:
         record[part], seconds = time_once(run[part])

@@ -379,6 +379,37 @@ def test_reference_conv_paths_compute_the_same_convolution_three_ways():
         assert all(r[key] > 0 for key in ("variable", "constant", "torch"))
 
 
+def test_reference_ceiling_counts_the_model_and_both_matmuls():
+    """`--parts ceiling`: both frameworks' matmul rates; the model's FLOP are its
+    convolutions' 2 x outputs x kh x kw x Cin x Cout (read from the traced graph's shapes) plus
+    a little for the elementwise ops; the report's arithmetic (the rate 0.6 needs against the
+    fastest matmul)."""
+    import tensorflow as tf
+
+    from benchmarks import reference
+    from gscnn_tf import build_model
+    from gscnn_tf.config import load_config
+
+    synthetic = os.path.join(ROOT, "configs", "synthetic.yaml")
+    out = reference.ceiling((64, 96), 1, n=64, config=synthetic)
+    assert set(out["rates"]) == {"tensorflow", "torch"}
+    assert all(rate > 0 for rate in out["rates"].values())
+    config = load_config(synthetic, [])
+    model = build_model(config.model, 19)
+    graph = tf.function(lambda x: model(x, training=False)).get_concrete_function(
+        tf.TensorSpec([1, 64, 96, 3])).graph
+    convs = sum(2 * np.prod(op.outputs[0].shape) * np.prod(op.inputs[1].shape[:3])
+                for op in graph.get_operations() if op.type == "Conv2D")
+    assert convs <= out["model_flops"] <= 1.1 * convs
+    c = {"n": 64, "size": [64, 64], "model_flops": 6e11, "rates": {"tensorflow": 300.0,
+                                                                  "torch": 400.0}}
+    timing = {"ours": {"median_s": 2.0}, "reference": {"median_s": 1.5}}  # 300 and 400 GFLOP/s
+    text = "\n".join(reference._ceiling_lines(c, {"size": [64, 64], "timing": timing}))
+    assert "0.60 TFLOP" in text and "Ours runs it at 300 GFLOP/s, the reference at 400" in text
+    assert "needs 667 GFLOP/s, 1.67x the fastest" in text and "would give 1.00" in text
+    assert "Ours runs" not in "\n".join(reference._ceiling_lines(c, None))
+
+
 def test_reference_frozen_forward_equals_the_live_model():
     """`_frozen` (the weights as graph constants) returns the live model's seg logits."""
     import keras
