@@ -180,8 +180,8 @@ def _tflite_latency(model, config, image_u8, name, job):
 
     height, width = image_u8.shape[1:3]
     e = config.export
-    function = frozen_function(with_canny(model, e.tflite_canny_max_steps,
-                                          e.tflite_canny_step_form), height, width)
+    graph_model = with_canny(model, e.tflite_canny_max_steps, e.tflite_canny_step_form)
+    function = frozen_function(graph_model, height, width)  # graph_model alive until converted
     representative = None
     if name == "tflite_int8":
         rng = np.random.default_rng(1)

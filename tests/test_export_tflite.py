@@ -133,6 +133,23 @@ def test_while_loop_hysteresis_is_exact(setup, tmp_path):
                              max_steps=0)
 
 
+def test_a_clone_with_other_canny_settings_lives_until_converted(setup, tmp_path,
+                                                                 monkeypatch):
+    """The model rebuilt with the export's Canny settings is only weakly held by its traced
+    function: a garbage collection between tracing and conversion must not delete its
+    variables (it did, now and then, under the full suite)."""
+    import gc
+
+    from gscnn_tf.export import tflite
+
+    config, model, images = setup
+    convert = tflite.convert_tflite
+    monkeypatch.setattr(tflite, "convert_tflite", lambda *a: [gc.collect(), convert(*a)][1])
+    content = export.export_tflite(model, config, str(tmp_path / "m.tflite"), SIZE, SIZE,
+                                   "none", max_steps=3, step_form="pool")
+    assert export.verify_tflite(content, model, images)["agreement"] >= 0.999
+
+
 def test_canny_edges_match_the_keras_layer(setup):
     """The TFLite graph's Canny (bounded pool steps) equals the model's exact Canny here."""
     config, model, images = setup

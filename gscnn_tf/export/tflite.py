@@ -145,7 +145,8 @@ def graph_converter(function):
 def frozen_function(model, height: int, width: int):
     """Concrete function `images` uint8 [1, H, W, 3] -> {"labels" int32 [1, H, W],
     "edge_prob" float32 [1, H, W, 1]} of `model` (`SegmentationModule.serve`, its variables
-    captured; `convert_tflite` freezes them into constants)."""
+    captured; `convert_tflite` freezes them into constants). The function holds its variables
+    weakly: the caller keeps `model` alive until the function is converted."""
     return SegmentationModule(model).fixed_function(height, width)
 
 
@@ -223,7 +224,8 @@ def export_tflite(model, config, path: str, height: int, width: int, quantize: s
     export = config.export
     max_steps = export.tflite_canny_max_steps if max_steps is None else max_steps
     step_form = step_form or export.tflite_canny_step_form
-    function = frozen_function(with_canny(model, max_steps, step_form), height, width)
+    graph_model = with_canny(model, max_steps, step_form)  # alive until converted
+    function = frozen_function(graph_model, height, width)
     representative = None
     if quantize == "int8":
         samples = representative_images(config, height, width, export.representative_images)
