@@ -14,10 +14,10 @@ import os
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 from benchmarks import ROOT, argument_parser  # noqa: E402
-from benchmarks.reference import child_argv, child_train, has_bf16, train_steps  # noqa: E402
+from benchmarks.reference import (child_train, has_bf16, step_rounds,  # noqa: E402
+                                  step_rounds_blocks, train_steps)
 from gscnn_tf.benchmark import (command_line, machine_info, markdown_report,  # noqa: E402
-                                markdown_table, run_child, time_interleaved, time_once,
-                                write_results)
+                                markdown_table, time_interleaved, time_once, write_results)
 from gscnn_tf.cli.arguments import add_config_arguments, parse_size  # noqa: E402
 
 # name: (batch, height, width, Cin, Cout, kernel, stride), at 512x512 crops, batch 2: WRN-38's
@@ -76,13 +76,8 @@ def steps(size, n, rounds, config, overrides, per_child, bf16):
     precisions = {"": [], ", bf16": ["train.mixed_precision=bf16"]} if bf16 else {"": []}
     runs = {f"{form}{tag}": (form.split()[0], extra)
             for tag, extra in precisions.items() for form in ("native", "matmul (auto)")}
-    out = {who: [] for who in runs}
-    for _ in range(rounds):
-        for who, (form, extra) in runs.items():
-            out[who].append(run_child(child_argv("benchmarks.conv_grad", form, size, n, config,
-                                                 [*overrides, *extra], per_child),
-                                      timeout=3600))
-    return {"size": list(size), "batch": n, "steps_per_child": per_child, "rounds": out}
+    return step_rounds("benchmarks.conv_grad", runs, size, n, rounds, config, overrides,
+                       per_child)
 
 
 def markdown(r):
@@ -107,19 +102,7 @@ def markdown(r):
                    " (bfloat16 included: its rounding).",
                    markdown_table(headers, rows)]
     if "steps" in r:
-        s = r["steps"]
-        rows = []
-        for form, runs in s["rounds"].items():
-            rows.append([form, *[(f"{c['step_s']:.1f} s, {c['peak_rss_mb'] / 1024:.1f} GiB"
-                                  if "step_s" in c else c.get("error", "?")[:60])
-                                 for c in runs]])
-        blocks += [f"## WRN-38 GSCNN training step, {s['size'][0]}x{s['size'][1]} batch "
-                   f"{s['batch']}",
-                   f"Each cell one child process: {s['steps_per_child']} steps, the first "
-                   "untimed, the median of the others, and the peak RSS after all of them; "
-                   "the forms alternate.",
-                   markdown_table(["filter gradient", *[f"round {i + 1}" for i in
-                                                        range(len(rows[0]) - 1)]], rows)]
+        blocks += step_rounds_blocks(r["steps"], "filter gradient")
     return markdown_report("The filter gradient as matrix products", r["machine"], *blocks)
 
 

@@ -251,6 +251,32 @@ def child_argv(module, who, size, n, config, overrides, steps=4) -> list[str]:
             *[f"--set={o}" for o in overrides]]
 
 
+def step_rounds(module, runs, size, n, rounds, config, overrides, per_child):
+    """Rounds of our training step at `size`, batch `n`: one child process of `module` per
+    variant and round (`child_argv`), the variants alternating. `runs`: {label: (the child's
+    `--child` value, more overrides)}. {"size", "batch", "steps_per_child", "rounds" {label:
+    [child_train's JSON, one per round]}}."""
+    out = {label: [] for label in runs}
+    for _ in range(rounds):
+        for label, (who, extra) in runs.items():
+            out[label].append(run_child(child_argv(module, who, size, n, config,
+                                                   [*overrides, *extra], per_child),
+                                        timeout=3600))
+    return {"size": list(size), "batch": n, "steps_per_child": per_child, "rounds": out}
+
+
+def step_rounds_blocks(s, what) -> list[str]:
+    """Markdown blocks of `step_rounds`' result: a heading and one row per variant (`what`
+    names the variants' column)."""
+    rows = [[label, *[(f"{c['step_s']:.1f} s, {c['peak_rss_mb'] / 1024:.1f} GiB"
+                       if "step_s" in c else c.get("error", "?")[:60]) for c in runs]]
+            for label, runs in s["rounds"].items()]
+    return [f"## WRN-38 GSCNN training step, {s['size'][0]}x{s['size'][1]} batch {s['batch']}",
+            f"Each cell one child process: {s['steps_per_child']} steps, the first untimed, the "
+            "median of the others, and the peak RSS after all of them; the variants alternate.",
+            markdown_table([what, *[f"round {i + 1}" for i in range(len(rows[0]) - 1)]], rows)]
+
+
 def train_steps(text) -> int:
     """argparse type of --train-steps: a whole number >= 2 (the first step is untimed)."""
     if not text.isdigit() or int(text) < 2:

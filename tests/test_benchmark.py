@@ -50,7 +50,8 @@ print(json.dumps(out))
                           text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     helps = json.loads(done.stdout.strip().splitlines()[-1])
-    assert SCRIPTS == ["ablation", "bf16", "boundary_f", "canny", "conv_grad", "edges",
+    assert SCRIPTS == ["ablation", "batch_norm", "bf16", "boundary_f", "canny", "conv_grad",
+                       "edges",
                        "export", "litert_gpu", "reference", "speed",
                        "speed_jobs", "speed_report", "train_step"]
     assert [n for n, h in helps.items() if h is None] == ["speed_jobs", "speed_report"]
@@ -474,3 +475,28 @@ def test_conv_grad_benchmark_times_both_forms(tmp_path, monkeypatch):
         assert child["steps"] == 2 and child["step_s"] > 0, child
     text = (tmp_path / "conv_grad.md").read_text()
     assert "| wide 3x3 | 0.0 | matmul |" in text and "| native |" in text
+
+
+def test_batch_norm_benchmark_times_both_paths(tmp_path, monkeypatch):
+    """`benchmarks.batch_norm` at tiny sizes: the shape table (Keras's graph and the fused
+    kernel, their agreement) and one round of training-step children with each."""
+    from benchmarks import batch_norm, reference
+
+    monkeypatch.setattr(batch_norm, "SHAPES", {"narrow": (2, 6, 6, 8), "wide": (1, 4, 4, 64)})
+    assert batch_norm.main(["--reps", "1", "--rounds", "1", "--train-size", "32x32",
+                            "--batch", "1", "--train-steps", "2", "--config",
+                            os.path.join(ROOT, "configs", "synthetic.yaml"),
+                            "--out", str(tmp_path)]) == 0
+    with open(tmp_path / "batch_norm.json") as f:
+        record = json.load(f)
+    for row in record["shapes"].values():
+        assert row["float32"]["max_rel_diff"] < 1e-5
+        assert row["float32"]["keras_s"] > 0 and row["float32"]["fused_s"] > 0
+    bf16 = reference.has_bf16(record["machine"])
+    assert list(record["steps"]["rounds"]) == ["keras", "fused"] + bf16 * [
+        "keras, bf16", "fused, bf16"]
+    for who in record["steps"]["rounds"]:
+        (child,) = record["steps"]["rounds"][who]
+        assert child["steps"] == 2 and child["step_s"] > 0, child
+    text = (tmp_path / "batch_norm.md").read_text()
+    assert "| narrow |" in text and "| fused |" in text and "round 1" in text
