@@ -9,17 +9,13 @@ Run: python -m benchmarks.batch_norm [--reps 5] [--rounds 2]
 
 from __future__ import annotations
 
-import argparse
+import contextlib
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-from benchmarks import ROOT, argument_parser  # noqa: E402
-from benchmarks.reference import (child_train, has_bf16, step_rounds,  # noqa: E402
-                                  step_rounds_blocks, train_steps)
-from gscnn_tf.benchmark import (command_line, machine_info, markdown_report,  # noqa: E402
-                                markdown_table, time_interleaved, time_once, write_results)
-from gscnn_tf.cli.arguments import add_config_arguments, parse_size  # noqa: E402
+from benchmarks.reference import step_rounds_blocks, variants_main  # noqa: E402
+from gscnn_tf.benchmark import markdown_report, markdown_table, time_interleaved  # noqa: E402
 
 # name: [batch, height, width, channels] at 512x512 crops, batch 2 (output stride 8).
 SHAPES = {
@@ -71,16 +67,6 @@ def shapes(reps, dtypes):
     return out
 
 
-def steps(size, n, rounds, config, overrides, per_child, bf16):
-    """Rounds of our training step, Keras's batch norm and the fused one each in its own
-    child process, alternating; with `bf16`, the same under train.mixed_precision=bf16."""
-    precisions = {"": [], ", bf16": ["train.mixed_precision=bf16"]} if bf16 else {"": []}
-    runs = {f"{who}{tag}": (who, extra) for tag, extra in precisions.items()
-            for who in ("keras", "fused")}
-    return step_rounds("benchmarks.batch_norm", runs, size, n, rounds, config, overrides,
-                       per_child)
-
-
 def markdown(r):
     blocks = [f"Command: `{r['command']}`."]
     if "shapes" in r:
@@ -94,8 +80,8 @@ def markdown(r):
         blocks += ["## Forward and backward, shape by shape",
                    f"Medians of {r['reps']} round-robin runs in one process. Largest difference "
                    "of an output or gradient from Keras's, relative to its largest value: "
-                   f"{max(v[d]['max_rel_diff'] for v in r['shapes'].values() for d in dtypes):.1e}"
-                   " (bfloat16 included: its rounding).",
+                   + ", ".join(f"{d} {max(v[d]['max_rel_diff'] for v in r['shapes'].values()):.1e}"
+                               for d in dtypes) + ".",
                    markdown_table(headers, rows)]
     if "steps" in r:
         blocks += step_rounds_blocks(r["steps"], "batch norm")
@@ -103,39 +89,17 @@ def markdown(r):
                            r["machine"], *blocks)
 
 
-def main(argv=None) -> int:
-    parser = argument_parser(__doc__, "batch_norm")
-    add_config_arguments(parser, "the training step's YAML config (default "
-                         "configs/cityscapes_wrn38.yaml)")
-    parser.set_defaults(config=os.path.join(ROOT, "configs", "cityscapes_wrn38.yaml"))
-    parser.add_argument("--parts", nargs="+", default=["shapes", "steps"],
-                        choices=("shapes", "steps"))
-    parser.add_argument("--reps", type=int, default=5, help="round-robin runs per shape")
-    parser.add_argument("--rounds", type=int, default=2, help="training-step rounds")
-    parser.add_argument("--train-size", type=lambda t: tuple(parse_size(t)), default=(512, 512))
-    parser.add_argument("--batch", type=int, default=2)
-    parser.add_argument("--train-steps", type=train_steps, default=4,
-                        help="training steps per child process (>= 2; the first untimed)")
-    parser.add_argument("--child", choices=("keras", "fused"), help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
-    if args.child:
-        from gscnn_tf.models.layers import BatchNormalization
+@contextlib.contextmanager
+def _path(child):
+    from gscnn_tf.models.layers import BatchNormalization
 
-        BatchNormalization.fused = args.child == "fused"
-        child_train("ours", *args.train_size, args.batch, args.config, args.set,
-                    args.train_steps)
-        return 0
-    record = {"machine": machine_info(), "reps": args.reps,
-              "command": command_line("benchmarks.batch_norm", argv)}
-    dtypes = ["float32", *(["bfloat16"] if has_bf16(record["machine"]) else [])]
-    run = {"shapes": lambda: shapes(args.reps, dtypes),
-           "steps": lambda: steps(args.train_size, args.batch, args.rounds, args.config,
-                                  args.set, args.train_steps, len(dtypes) > 1)}
-    for part in args.parts:
-        record[part], _ = time_once(run[part])
-        write_results(args.out, args.name, record, markdown(record))
-    write_results(args.out, args.name, record, markdown(record), echo=True)
-    return 0
+    BatchNormalization.fused = child == "fused"
+    yield
+
+
+def main(argv=None) -> int:
+    return variants_main(argv, __doc__, "benchmarks.batch_norm",
+                         {"keras": "keras", "fused": "fused"}, _path, shapes, markdown)
 
 
 if __name__ == "__main__":

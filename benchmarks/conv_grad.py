@@ -8,17 +8,12 @@ Run: python -m benchmarks.conv_grad [--reps 5] [--rounds 2]
 
 from __future__ import annotations
 
-import argparse
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-from benchmarks import ROOT, argument_parser  # noqa: E402
-from benchmarks.reference import (child_train, has_bf16, step_rounds,  # noqa: E402
-                                  step_rounds_blocks, train_steps)
-from gscnn_tf.benchmark import (command_line, machine_info, markdown_report,  # noqa: E402
-                                markdown_table, time_interleaved, time_once, write_results)
-from gscnn_tf.cli.arguments import add_config_arguments, parse_size  # noqa: E402
+from benchmarks.reference import step_rounds_blocks, variants_main  # noqa: E402
+from gscnn_tf.benchmark import markdown_report, markdown_table, time_interleaved  # noqa: E402
 
 # name: (batch, height, width, Cin, Cout, kernel, stride), at 512x512 crops, batch 2: WRN-38's
 # wide layers (the dilated ones as the space-to-batch form runs them: rate x rate images),
@@ -70,16 +65,6 @@ def shapes(reps, dtypes):
     return out
 
 
-def steps(size, n, rounds, config, overrides, per_child, bf16):
-    """Rounds of our training step, each form in its own child process, alternating; with
-    `bf16`, the same under train.mixed_precision=bf16."""
-    precisions = {"": [], ", bf16": ["train.mixed_precision=bf16"]} if bf16 else {"": []}
-    runs = {f"{form}{tag}": (form.split()[0], extra)
-            for tag, extra in precisions.items() for form in ("native", "matmul (auto)")}
-    return step_rounds("benchmarks.conv_grad", runs, size, n, rounds, config, overrides,
-                       per_child)
-
-
 def markdown(r):
     blocks = [f"Command: `{r['command']}`."]
     if "shapes" in r:
@@ -106,39 +91,16 @@ def markdown(r):
     return markdown_report("The filter gradient as matrix products", r["machine"], *blocks)
 
 
-def main(argv=None) -> int:
-    parser = argument_parser(__doc__, "conv_grad")
-    add_config_arguments(parser, "the training step's YAML config (default "
-                         "configs/cityscapes_wrn38.yaml)")
-    parser.set_defaults(config=os.path.join(ROOT, "configs", "cityscapes_wrn38.yaml"))
-    parser.add_argument("--parts", nargs="+", default=["shapes", "steps"],
-                        choices=("shapes", "steps"))
-    parser.add_argument("--reps", type=int, default=5, help="round-robin runs per shape")
-    parser.add_argument("--rounds", type=int, default=2, help="training-step rounds")
-    parser.add_argument("--train-size", type=lambda t: tuple(parse_size(t)), default=(512, 512))
-    parser.add_argument("--batch", type=int, default=2)
-    parser.add_argument("--train-steps", type=train_steps, default=4,
-                        help="training steps per child process (>= 2; the first untimed)")
-    parser.add_argument("--child", choices=("native", "matmul"), help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
-    if args.child:
-        from gscnn_tf.ops import conv
+def _form(child):
+    from gscnn_tf.ops import conv
 
-        with conv.filter_gradient("auto" if args.child == "matmul" else "native"):
-            child_train("ours", *args.train_size, args.batch, args.config, args.set,
-                        args.train_steps)
-        return 0
-    record = {"machine": machine_info(), "reps": args.reps,
-              "command": command_line("benchmarks.conv_grad", argv)}
-    dtypes = ["float32", *(["bfloat16"] if has_bf16(record["machine"]) else [])]
-    run = {"shapes": lambda: shapes(args.reps, dtypes),
-           "steps": lambda: steps(args.train_size, args.batch, args.rounds, args.config,
-                                  args.set, args.train_steps, len(dtypes) > 1)}
-    for part in args.parts:
-        record[part], _ = time_once(run[part])
-        write_results(args.out, args.name, record, markdown(record))
-    write_results(args.out, args.name, record, markdown(record), echo=True)
-    return 0
+    return conv.filter_gradient("auto" if child == "matmul" else "native")
+
+
+def main(argv=None) -> int:
+    return variants_main(argv, __doc__, "benchmarks.conv_grad",
+                         {"native": "native", "matmul (auto)": "matmul"}, _form, shapes,
+                         markdown)
 
 
 if __name__ == "__main__":

@@ -277,6 +277,49 @@ def step_rounds_blocks(s, what) -> list[str]:
             markdown_table([what, *[f"round {i + 1}" for i in range(len(rows[0]) - 1)]], rows)]
 
 
+def variants_main(argv, doc, module, variants, child_setup, shapes, markdown) -> int:
+    """`main` of a benchmark that times variants of a training kernel (conv_grad, batch_norm):
+    `--parts shapes` (`shapes(reps, dtypes)`: the kernel shape by shape, in one process) and
+    `--parts steps` (WRN-38 GSCNN's training step, `step_rounds` over `variants` {label:
+    child name}, in float32 and, where the CPU has bfloat16 instructions, in bfloat16 too).
+    In a child, `child_setup(child name)` is the context its steps run in. Writes
+    `markdown(record)` and the record as NAME.json beside it."""
+    name = module.rsplit(".", 1)[-1]
+    parser = argument_parser(doc, name)
+    add_config_arguments(parser, "the training step's YAML config (default "
+                         "configs/cityscapes_wrn38.yaml)")
+    parser.set_defaults(config=os.path.join(ROOT, "configs", "cityscapes_wrn38.yaml"))
+    parser.add_argument("--parts", nargs="+", default=["shapes", "steps"],
+                        choices=("shapes", "steps"))
+    parser.add_argument("--reps", type=int, default=5, help="round-robin runs per shape")
+    parser.add_argument("--rounds", type=int, default=2, help="training-step rounds")
+    parser.add_argument("--train-size", type=lambda t: tuple(parse_size(t)), default=(512, 512))
+    parser.add_argument("--batch", type=int, default=2)
+    parser.add_argument("--train-steps", type=train_steps, default=4,
+                        help="training steps per child process (>= 2; the first untimed)")
+    parser.add_argument("--child", choices=tuple(variants.values()), help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.child:
+        with child_setup(args.child):
+            child_train("ours", *args.train_size, args.batch, args.config, args.set,
+                        args.train_steps)
+        return 0
+    record = {"machine": machine_info(), "reps": args.reps,
+              "command": command_line(module, argv)}
+    dtypes = ["float32", *(["bfloat16"] if has_bf16(record["machine"]) else [])]
+    precisions = {"": [], ", bf16": ["train.mixed_precision=bf16"]}
+    runs = {f"{label}{tag}": (child, precisions[tag]) for tag in list(precisions)[:len(dtypes)]
+            for label, child in variants.items()}
+    run = {"shapes": lambda: shapes(args.reps, dtypes),
+           "steps": lambda: step_rounds(module, runs, args.train_size, args.batch, args.rounds,
+                                        args.config, args.set, args.train_steps)}
+    for part in args.parts:
+        record[part], _ = time_once(run[part])
+        write_results(args.out, args.name, record, markdown(record))
+    write_results(args.out, args.name, record, markdown(record), echo=True)
+    return 0
+
+
 def train_steps(text) -> int:
     """argparse type of --train-steps: a whole number >= 2 (the first step is untimed)."""
     if not text.isdigit() or int(text) < 2:
