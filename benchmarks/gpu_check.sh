@@ -39,7 +39,7 @@ section() {
 }
 
 if [ "$gpus" -gt 0 ]; then
-  section "tests: mixed precision (fp16, bf16), XLA on/off, fused Canny, recomputation" 120 \
+  section "tests: mixed precision (fp16, bf16), XLA on/off, fused Canny, recomputation, fused batch norm" 120 \
     python -m pytest -q -x -p no:cacheprovider -n 0 \
       tests/test_training_loop.py::test_options_train_finite \
       "tests/test_recompute.py::test_recomputed_step_equals_plain_step[trunk-1]" \
@@ -48,7 +48,9 @@ if [ "$gpus" -gt 0 ]; then
       tests/test_model.py::test_mixed_precision_outputs_float32 \
       tests/test_losses.py::test_dual_support_is_the_same_with_xla \
       tests/test_losses.py::test_mixed_precision_logits_are_computed_in_float32 \
-      tests/test_canny.py::test_fused_form_equals_the_other_forms
+      tests/test_canny.py::test_fused_form_equals_the_other_forms \
+      tests/test_batch_norm.py::test_training_pass_equals_kerass \
+      tests/test_batch_norm.py::test_bfloat16_inputs_go_in_as_they_are
 
   strategy=one_device
   [ "$gpus" -gt 1 ] && strategy=mirrored

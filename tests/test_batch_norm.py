@@ -15,11 +15,6 @@ from training_support import first_step, mirrored_strategy
 SHAPE = (2, 9, 11, 6)
 
 
-@pytest.fixture
-def cpu_only(monkeypatch):
-    monkeypatch.setattr(conv, "gpu_visible", lambda: False)
-
-
 def _pair(rng, dtype=None, **kwargs):
     """Ours and Keras's layer, built for SHAPE with the same random positive weights."""
     ours, theirs = (cls(dtype=dtype, **kwargs) for cls in
@@ -56,22 +51,24 @@ def _close(actual, expected, rel):
 @pytest.mark.parametrize("jit", [False, True])
 @pytest.mark.parametrize("kwargs", [{}, {"epsilon": 1e-5}, {"center": False, "scale": False},
                                     {"momentum": 0.5}])
-def test_training_pass_equals_kerass(rng, cpu_only, kwargs, jit):
+def test_training_pass_equals_kerass(rng, kwargs, jit):
     """Outputs, the gradients to the input, gamma and beta, and the moving mean and variance
     after one step (Keras keeps the biased batch variance; the kernel's is Bessel-corrected)
-    equal Keras's layer's; the graph holds the fused op and no batch moments."""
+    equal Keras's layer's; the graph holds the fused op and no batch moments (on a GPU host,
+    Keras's path for an epsilon under cuDNN's minimum)."""
     x = tf.constant(rng.standard_normal(SHAPE) * 3 + 1, tf.float32)
     weights = tf.constant(rng.standard_normal(SHAPE), tf.float32)
     ours, theirs = _pair(rng, **kwargs)
     got, fn = _train_call(ours, x, weights, jit)
     expected, _ = _train_call(theirs, x, weights, jit)
     _close(got, expected, 1e-5)
+    fused = kwargs.get("epsilon", 1e-3) >= 1.001e-5 or not conv.gpu_visible()
     concrete = fn.get_concrete_function()
-    assert op_count(concrete, "FusedBatchNormV3") == 1
-    assert op_count(concrete, "Mean") == 0
+    assert op_count(concrete, "FusedBatchNormV3") == int(fused)
+    assert (op_count(concrete, "Mean") == 0) == fused
 
 
-def test_bfloat16_inputs_go_in_as_they_are(rng, cpu_only):
+def test_bfloat16_inputs_go_in_as_they_are(rng):
     """Under a bfloat16 policy the fused op takes the bfloat16 tensor (no cast up and down);
     outputs and gradients within bfloat16's rounding of Keras's, statistics in float32."""
     x = tf.constant(rng.standard_normal(SHAPE) * 3 + 1, tf.bfloat16)
