@@ -93,8 +93,11 @@ def markdown(r):
 def _path(child):
     from gscnn_tf.models.layers import BatchNormalization
 
-    BatchNormalization.fused = child == "fused"
-    yield
+    before, BatchNormalization.fused = BatchNormalization.fused, child == "fused"
+    try:
+        yield
+    finally:
+        BatchNormalization.fused = before
 
 
 def main(argv=None) -> int:

@@ -23,6 +23,9 @@ from gscnn_tf.benchmark import (command_line, labelled_batch, machine_info, mark
                                 time_interleaved, time_once, training_step, write_results)
 from gscnn_tf.cli.arguments import add_config_arguments, parse_size
 
+# Our WRN-38 GSCNN's config (the reference's architecture), the default model of every part.
+WRN38_CONFIG = os.path.join(ROOT, "configs", "cityscapes_wrn38.yaml")
+
 # Peak RSS seen for one 512x512 batch-2 training step (ours 12.3 GB, reference 8.4 GB), about
 # 3 GB of it weights, gradients and momentum: a child starts only when the machine has its
 # estimate (scaled by pixels x batch) available.
@@ -216,7 +219,7 @@ def conv_paths(reps, shapes=CONV_SHAPES):
     return out
 
 
-def ceiling(size, reps, n=4096, config=os.path.join(ROOT, "configs", "cityscapes_wrn38.yaml")):
+def ceiling(size, reps, n=4096, config=WRN38_CONFIG):
     """How fast this CPU multiplies float32 matrices, against the work of one inference:
     TensorFlow's and PyTorch's `[n, n] @ [n, n]` round-robin (`reps` runs after one warm-up,
     2 n^3 FLOP each) and our WRN-38 GSCNN's FLOP for one `size` image (random weights; the
@@ -288,7 +291,7 @@ def variants_main(argv, doc, module, variants, child_setup, shapes, markdown) ->
     parser = argument_parser(doc, name)
     add_config_arguments(parser, "the training step's YAML config (default "
                          "configs/cityscapes_wrn38.yaml)")
-    parser.set_defaults(config=os.path.join(ROOT, "configs", "cityscapes_wrn38.yaml"))
+    parser.set_defaults(config=WRN38_CONFIG)
     parser.add_argument("--parts", nargs="+", default=["shapes", "steps"],
                         choices=("shapes", "steps"))
     parser.add_argument("--reps", type=int, default=5, help="round-robin runs per shape")
@@ -502,7 +505,7 @@ def main(argv=None) -> int:
     parser = argument_parser(__doc__, "reference")
     add_config_arguments(parser, "our training step's YAML config (default "
                          "configs/cityscapes_wrn38.yaml)")
-    parser.set_defaults(config=os.path.join(ROOT, "configs", "cityscapes_wrn38.yaml"))
+    parser.set_defaults(config=WRN38_CONFIG)
     parser.add_argument("--parts", nargs="+", default=["inference", "train", "memory"],
                         choices=("inference", "train", "memory", "convs", "ceiling"))
     parser.add_argument("--size", type=size, default=(512, 1024))

@@ -171,8 +171,8 @@ class BatchNormalization(layers.BatchNormalization):
         return tf.cast(outputs, self.compute_dtype)
 
     def _fusable(self, inputs, mask) -> bool:
-        if not self.fused or mask is not None or self.renorm or len(inputs.shape) != 4 or self.axis not in (
-                -1, 3) or inputs.shape[-1] is None:
+        if (not self.fused or mask is not None or self.renorm or len(inputs.shape) != 4
+                or self.axis not in (-1, 3) or inputs.shape[-1] is None):
             return False
         if self.synchronized:
             context = tf.distribute.get_replica_context()
